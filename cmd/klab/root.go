@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// globals are the persistent flags every verb shares.
+var globals struct {
+	lab      string
+	explain  bool
+	output   string
+	stateDir string
+}
+
+// verbs registers each top-level verb; every verb file adds itself in init.
+var verbs []func() *cobra.Command
+
+func register(f func() *cobra.Command) { verbs = append(verbs, f) }
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "klab",
+		Short: "Rebuild Kubernetes pod networking from Linux primitives, one visible step at a time",
+		Long: `klab builds pod networks the way Kubernetes does — network namespaces, veth pairs,
+a cni0 bridge, flannel's VXLAN tunnel, kube-proxy's iptables chains — on one Linux
+machine, with real kernel objects and real packets, and shows every step.
+
+Everything lives in network namespaces named klab.<lab>.<object>; the host's own
+network is never touched. Run 'klab labs' to see the guided labs.`,
+		Example: `  sudo klab run flannel-crossnode        # the guided flannel VXLAN lab
+  sudo klab node add node1                # or build by hand, one step at a time
+  sudo klab pod add pod-a --node node1
+  sudo klab exec node1 -- ip route
+  sudo klab destroy --all`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&globals.lab, "lab", os.Getenv("KLAB_LAB"), "lab to act on (default: $KLAB_LAB, else the only lab that is up, else \"default\")")
+	pf.BoolVar(&globals.explain, "explain", false, "print the equivalent ip/bridge/iptables commands of every change")
+	pf.StringVarP(&globals.output, "output", "o", "text", "output format: text or json")
+	pf.StringVar(&globals.stateDir, "state-dir", envOr("KLAB_STATE_DIR", "/run/klab"), "where labs keep their state")
+	_ = pf.MarkHidden("state-dir")
+	for _, f := range verbs {
+		root.AddCommand(f())
+	}
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

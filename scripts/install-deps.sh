@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs what klab needs from the distribution (Debian/Ubuntu), if missing:
+# iptables (klab's only runtime dependency) and, for the tests' cross-checks,
+# iproute2, iputils-ping, conntrack and tshark.
+set -eu
+need=""
+command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
+command -v bridge >/dev/null 2>&1 || need="$need iproute2"
+command -v ping >/dev/null 2>&1 || need="$need iputils-ping"
+command -v conntrack >/dev/null 2>&1 || need="$need conntrack"
+if [ "${KLAB_WITH_TSHARK:-1}" = 1 ]; then
+	command -v tshark >/dev/null 2>&1 || need="$need tshark"
+fi
+command -v make >/dev/null 2>&1 || need="$need make"
+[ -z "$need" ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "klab: missing$need and no apt-get here: install them with your package manager" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends $need >/dev/null
