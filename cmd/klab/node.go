@@ -1,0 +1,157 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"text/tabwriter"
+
+	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/ipam"
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newNodeCmd) }
+
+func newNodeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Add, delete and list nodes (namespaces on the underlay with cni0 and flannel.1)",
+	}
+	cmd.AddCommand(newNodeAddCmd(), newNodeDelCmd(), newNodeListCmd())
+	return cmd
+}
+
+func newNodeAddCmd() *cobra.Command {
+	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR string
+	cmd := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add a node: a namespace on the underlay, with cni0, flannel.1 and a pod subnet",
+		Long: `Add a node to the lab (the lab is created on first use).
+
+A node is a network namespace plugged into the lab's underlay bridge through
+its eth0 (192.168.1.101, .102, ... by default). It leases a /24 of the cluster
+network (10.244.1.0/24, 10.244.2.0/24, ...), gets a cni0 bridge holding the
+subnet's .1 (the pods' gateway) and, with the vxlan backend, a flannel.1 VTEP
+(VNI 1, UDP 8472, MTU 1450) plus an ARP entry, an FDB entry and a route for
+every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
+'klab exec NAME'.`,
+		Example: `  klab node add node1
+  klab node add node2 --ip 192.168.1.102 --pod-cidr 10.244.2.0/24 --explain
+  klab node add node1 --lab hostgw --backend host-gw`,
+		Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := cluster.Options{Backend: backend}
+			var err error
+			for _, f := range []struct {
+				name, val string
+				dst       *netip.Prefix
+			}{{"cluster-cidr", clusterCIDR, &opts.ClusterCIDR}, {"underlay-cidr", underlayCIDR, &opts.UnderlayCIDR}, {"service-cidr", serviceCIDR, &opts.ServiceCIDR}} {
+				if f.val != "" {
+					if *f.dst, err = ipam.ParseCIDR("--"+f.name, f.val); err != nil {
+						return err
+					}
+				}
+			}
+			spec := cluster.NodeSpec{Name: args[0]}
+			if ip != "" {
+				if spec.IP, err = netip.ParseAddr(ip); err != nil || !spec.IP.Is4() {
+					return fmt.Errorf("--ip %q is not an IPv4 address: write it like 192.168.1.101", ip)
+				}
+			}
+			if podCIDR != "" {
+				if spec.PodCIDR, err = netip.ParsePrefix(podCIDR); err != nil || !spec.PodCIDR.Addr().Is4() {
+					return fmt.Errorf("--pod-cidr %q is not a valid IPv4 CIDR: write it like 10.244.1.0/24", podCIDR)
+				}
+			}
+			c, err := openLab(&opts)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.CheckOptions(opts, cmd.Flags().Changed); err != nil {
+				return err
+			}
+			n, err := c.AddNode(spec)
+			if err != nil {
+				return err
+			}
+			printExplain(c.Log)
+			fmt.Printf("node %s: underlay %s, pod subnet %s, backend %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Name)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&ip, "ip", "", "underlay address (default: next free from .101)")
+	f.StringVar(&podCIDR, "pod-cidr", "", "pod subnet (default: next free /24 of the cluster network)")
+	f.StringVar(&backend, "backend", "", "for a new lab: vxlan (flannel's default) or host-gw")
+	f.StringVar(&clusterCIDR, "cluster-cidr", "", "for a new lab: the pod network (default 10.244.0.0/16)")
+	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
+	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
+	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw"))
+	return cmd
+}
+
+func newNodeDelCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "del NAME...",
+		Aliases:           []string{"delete", "rm"},
+		Short:             "Delete nodes, their pods, and every other node's entries for them",
+		Example:           "  klab node del node3",
+		Args:              minArgs(1, "NAME"),
+		ValidArgsFunction: completeNodes,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for _, a := range args {
+				if c.Lab.Node(a) == nil {
+					return fmt.Errorf("node %q does not exist in lab %s: see 'klab node list'", a, c.Lab.Name)
+				}
+			}
+			for _, a := range args {
+				if err := c.DelNode(a); err != nil {
+					return err
+				}
+				fmt.Printf("node %s deleted\n", a)
+			}
+			printExplain(c.Log)
+			return nil
+		},
+	}
+}
+
+func newNodeListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the lab's nodes",
+		Example: "  klab node list\n  klab node list -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(); err != nil {
+				return err
+			}
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if jsonOutput() {
+				return printJSON(c.Lab.Nodes)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NODE\tUNDERLAY IP\tPOD SUBNET\tVTEP MAC\tPODS\tNAMESPACE")
+			for _, n := range c.Lab.Nodes {
+				vm := n.VtepMAC
+				if vm == "" {
+					vm = "-"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.IP, n.PodCIDR, vm, len(c.Lab.PodsOn(n.Name)), c.NS(n.Name))
+			}
+			return w.Flush()
+		},
+	}
+}

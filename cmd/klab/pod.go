@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newPodCmd) }
+
+func newPodCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pod",
+		Short: "Add, delete and list pods (namespaces wired to a node's cni0)",
+	}
+	cmd.AddCommand(newPodAddCmd(), newPodDelCmd(), newPodListCmd())
+	return cmd
+}
+
+func newPodAddCmd() *cobra.Command {
+	var node, ip string
+	var labels []string
+	cmd := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add a pod: a namespace with eth0 on its node's cni0, like the CNI bridge plugin's ADD",
+		Long: `Add a pod to a node.
+
+A pod is a network namespace (the pause container's, in Kubernetes) with lo up
+and eth0: one end of a veth pair created directly in the pod and named eth0;
+the other end, veth<8 hex>, is plugged into the node's cni0 with hairpin mode
+on. eth0 gets the next free address of the node's subnet (host-local style,
+from .2) and two routes via cni0's address: the default route and the cluster
+network.`,
+		Example: `  klab pod add pod-a --node node1
+  klab pod add web-1 --node node2 --ip 10.244.2.10 --label app=web --explain`,
+		Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec := cluster.PodSpec{Name: args[0], Node: node}
+			var err error
+			if ip != "" {
+				if spec.IP, err = netip.ParseAddr(ip); err != nil || !spec.IP.Is4() {
+					return fmt.Errorf("--ip %q is not an IPv4 address: write it like 10.244.1.5", ip)
+				}
+			}
+			if spec.Labels, err = cluster.ParseLabels(labels); err != nil {
+				return err
+			}
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			p, err := c.AddPod(spec)
+			if err != nil {
+				return err
+			}
+			if err := afterPodsChanged(c); err != nil {
+				return err
+			}
+			printExplain(c.Log)
+			fmt.Printf("pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&node, "node", "", "node to run the pod on (may be left out when the lab has one node)")
+	f.StringVar(&ip, "ip", "", "pod address (default: next free in the node's subnet)")
+	f.StringSliceVarP(&labels, "label", "l", nil, "label key=value (repeatable), for service selectors")
+	cmd.RegisterFlagCompletionFunc("node", completeNodes)
+	return cmd
+}
+
+func newPodDelCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "del NAME...",
+		Aliases:           []string{"delete", "rm"},
+		Short:             "Delete pods: their servers, veth pair, namespace and address",
+		Example:           "  klab pod del pod-b",
+		Args:              minArgs(1, "NAME"),
+		ValidArgsFunction: completePods,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for _, a := range args {
+				if c.Lab.Pod(a) == nil {
+					return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", a, c.Lab.Name)
+				}
+			}
+			for _, a := range args {
+				if err := c.DelPod(a); err != nil {
+					return err
+				}
+				fmt.Printf("pod %s deleted\n", a)
+			}
+			if err := afterPodsChanged(c); err != nil {
+				return err
+			}
+			printExplain(c.Log)
+			return nil
+		},
+	}
+}
+
+func newPodListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the lab's pods",
+		Example: "  klab pod list\n  klab pod list -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(); err != nil {
+				return err
+			}
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if jsonOutput() {
+				return printJSON(c.Lab.Pods)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "POD\tIP\tNODE\tHOST VETH\tLABELS\tNAMESPACE")
+			for _, p := range c.Lab.Pods {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.IP, p.Node, p.HostVeth, labelString(p.Labels), c.NS(p.Name))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func labelString(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var kv []string
+	for k, v := range m {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, ",")
+}
+
+// podHooks run after pods were added or deleted (services re-render their
+// endpoints here).
+var podHooks []func(*cluster.Cluster) error
+
+func afterPodsChanged(c *cluster.Cluster) error {
+	for _, h := range podHooks {
+		if err := h(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

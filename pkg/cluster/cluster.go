@@ -1,0 +1,239 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/klab-dev/klab/pkg/explain"
+	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Options are the lab-wide settings, used when a lab is created.
+type Options struct {
+	Backend      string
+	ClusterCIDR  netip.Prefix
+	ServiceCIDR  netip.Prefix
+	UnderlayCIDR netip.Prefix
+	UnderlayMTU  int
+	VNI          int
+	Port         int
+}
+
+// withDefaults fills the zero fields with seed 003's values.
+func (o Options) withDefaults() Options {
+	if o.Backend == "" {
+		o.Backend = BackendVXLAN
+	}
+	if !o.ClusterCIDR.IsValid() {
+		o.ClusterCIDR = DefaultClusterCIDR
+	}
+	if !o.ServiceCIDR.IsValid() {
+		o.ServiceCIDR = DefaultServiceCIDR
+	}
+	if !o.UnderlayCIDR.IsValid() {
+		o.UnderlayCIDR = DefaultUnderlayCIDR
+	}
+	if o.UnderlayMTU == 0 {
+		o.UnderlayMTU = 1500
+	}
+	if o.VNI == 0 {
+		o.VNI = 1
+	}
+	if o.Port == 0 {
+		o.Port = 8472
+	}
+	return o
+}
+
+// Validate checks lab-wide settings.
+func (o Options) Validate() error {
+	o = o.withDefaults()
+	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW {
+		return fmt.Errorf("backend %q is not known: use vxlan or host-gw", o.Backend)
+	}
+	for _, c := range []struct {
+		what string
+		p    netip.Prefix
+	}{{"cluster CIDR", o.ClusterCIDR}, {"service CIDR", o.ServiceCIDR}, {"underlay CIDR", o.UnderlayCIDR}} {
+		if !c.p.Addr().Is4() || c.p.Masked() != c.p {
+			return fmt.Errorf("%s %s must be an IPv4 network address, like 10.244.0.0/16", c.what, c.p)
+		}
+	}
+	if o.ClusterCIDR.Bits() > 24 {
+		return fmt.Errorf("cluster CIDR %s is too small: it must hold at least one /24 per node, use /24 or larger (10.244.0.0/16)", o.ClusterCIDR)
+	}
+	if o.UnderlayCIDR.Bits() > 29 {
+		return fmt.Errorf("underlay CIDR %s is too small: use /29 or larger (192.168.1.0/24)", o.UnderlayCIDR)
+	}
+	pairs := [][2]string{{"cluster CIDR", "service CIDR"}, {"cluster CIDR", "underlay CIDR"}, {"service CIDR", "underlay CIDR"}}
+	ps := map[string]netip.Prefix{"cluster CIDR": o.ClusterCIDR, "service CIDR": o.ServiceCIDR, "underlay CIDR": o.UnderlayCIDR}
+	for _, pr := range pairs {
+		if ps[pr[0]].Overlaps(ps[pr[1]]) {
+			return fmt.Errorf("%s %s overlaps %s %s: choose ranges that do not overlap", pr[0], ps[pr[0]], pr[1], ps[pr[1]])
+		}
+	}
+	if o.UnderlayMTU < 1280 || o.UnderlayMTU > 9000 {
+		return fmt.Errorf("underlay MTU %d is out of range: use 1280-9000", o.UnderlayMTU)
+	}
+	if o.VNI < 1 || o.VNI > 1<<24-1 {
+		return fmt.Errorf("VNI %d is out of range: use 1-16777215", o.VNI)
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		return fmt.Errorf("VXLAN port %d is out of range: use 1-65535 (8472 is flannel's default)", o.Port)
+	}
+	return nil
+}
+
+// Cluster is an open lab: its state, locked for this process, plus the
+// netlink handles opened in its namespaces.
+type Cluster struct {
+	StateDir string
+	Lab      *Lab
+	// Log receives the equivalent ip/bridge commands of every change.
+	Log *explain.Log
+
+	lock    *os.File
+	mu      sync.Mutex
+	handles map[string]*netlink.Handle
+}
+
+// Dir is the lab's state directory.
+func (c *Cluster) Dir() string { return filepath.Join(c.StateDir, c.Lab.Name) }
+
+// NS returns the namespace name of an object of this lab.
+func (c *Cluster) NS(obj string) string { return netns.Name(c.Lab.Name, obj) }
+
+// Lock takes the per-lab lock, telling wait (if not nil) when it has to
+// wait for another klab command.
+func Lock(stateDir, lab string, wait io.Writer) (*os.File, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", stateDir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, lab+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock lab %q: %w", lab, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		return f, nil
+	}
+	if wait != nil {
+		fmt.Fprintf(wait, "klab: waiting for another klab command on lab %q to finish...\n", lab)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err == nil {
+			return f, nil
+		}
+		if err != unix.EINTR {
+			f.Close()
+			return nil, fmt.Errorf("lock lab %q: %w", lab, err)
+		}
+	}
+}
+
+// Open locks and loads a lab. If the lab does not exist and create is not
+// nil, a new lab is created with those options (nothing touches the kernel
+// until a node is added).
+func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, error) {
+	if err := netns.ValidateLab(lab); err != nil {
+		return nil, err
+	}
+	lock, err := Lock(stateDir, lab, wait)
+	if err != nil {
+		return nil, err
+	}
+	l, err := Load(stateDir, lab)
+	if errors.Is(err, ErrNoLab) && create != nil {
+		if err := create.Validate(); err != nil {
+			lock.Close()
+			return nil, err
+		}
+		o := create.withDefaults()
+		l = &Lab{
+			Name: lab, Backend: o.Backend, ClusterCIDR: o.ClusterCIDR, ServiceCIDR: o.ServiceCIDR,
+			UnderlayCIDR: o.UnderlayCIDR, UnderlayGateway: o.UnderlayCIDR.Addr().Next(), UnderlayMTU: o.UnderlayMTU,
+			VNI: o.VNI, Port: o.Port, Created: time.Now().UTC(),
+		}
+		err = nil
+	}
+	if err != nil {
+		lock.Close()
+		if errors.Is(err, ErrNoLab) {
+			return nil, fmt.Errorf("lab %q does not exist: add a node first (klab node add node1 --lab %s) or run a lab (klab labs)", lab, lab)
+		}
+		return nil, err
+	}
+	return &Cluster{StateDir: stateDir, Lab: l, lock: lock, handles: map[string]*netlink.Handle{}}, nil
+}
+
+// Close releases the netlink handles and the lab lock.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	for _, h := range c.handles {
+		h.Close()
+	}
+	c.handles = map[string]*netlink.Handle{}
+	c.mu.Unlock()
+	if c.lock != nil {
+		c.lock.Close()
+		c.lock = nil
+	}
+}
+
+// Save persists the lab's state.
+func (c *Cluster) Save() error { return Save(c.StateDir, c.Lab) }
+
+// Handle returns a (cached) netlink handle inside an object's namespace.
+func (c *Cluster) Handle(obj string) (*netlink.Handle, error) {
+	name := c.NS(obj)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h, ok := c.handles[name]; ok {
+		return h, nil
+	}
+	h, err := netns.Handle(name)
+	if err != nil {
+		return nil, err
+	}
+	c.handles[name] = h
+	return h, nil
+}
+
+func (c *Cluster) dropHandle(obj string) {
+	name := c.NS(obj)
+	c.mu.Lock()
+	if h, ok := c.handles[name]; ok {
+		h.Close()
+		delete(c.handles, name)
+	}
+	c.mu.Unlock()
+}
+
+// CheckOptions rejects lab-wide settings given for a lab that already
+// exists with different ones (they only apply when a lab is created).
+// changed tells which flags the user set, by flag name.
+func (c *Cluster) CheckOptions(o Options, changed func(flag string) bool) error {
+	l := c.Lab
+	for _, f := range []struct {
+		flag      string
+		want, has string
+	}{
+		{"backend", o.Backend, l.Backend},
+		{"cluster-cidr", o.ClusterCIDR.String(), l.ClusterCIDR.String()},
+		{"underlay-cidr", o.UnderlayCIDR.String(), l.UnderlayCIDR.String()},
+		{"service-cidr", o.ServiceCIDR.String(), l.ServiceCIDR.String()},
+	} {
+		if changed(f.flag) && f.want != f.has {
+			return fmt.Errorf("lab %s already uses %s %s, and --%s only applies when a lab is created: destroy the lab first (klab destroy %s) or pick another --lab", l.Name, f.flag, f.has, f.flag, l.Name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/klab-dev/klab/pkg/netns"
+)
+
+// TargetNS returns the namespace of a node, pod, "underlay" or "external"
+// of this lab, or an error naming the valid targets.
+func (c *Cluster) TargetNS(target string) (string, error) {
+	if c.Lab.Node(target) != nil || c.Lab.Pod(target) != nil || target == UnderlayName || (target == ExternalName && netns.Exists(c.NS(ExternalName))) {
+		return c.NS(target), nil
+	}
+	return "", fmt.Errorf("%q is neither a node nor a pod of lab %s: use one of %v", target, c.Lab.Name, c.Lab.Names())
+}
+
+// StartServer starts argv as a background process (its own session, output
+// to a log file in the lab's state directory) and records it, so that
+// destroy stops it. The process enters the target's namespace itself.
+func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*Server, error) {
+	for _, s := range c.Lab.Servers {
+		if s.Target == target && s.Port == port && s.Proto == proto && alive(s.PID) {
+			return nil, fmt.Errorf("%s already serves %s port %d (pid %d): stop it with 'klab serve %s --port %d --stop'", target, proto, port, s.PID, target, port)
+		}
+	}
+	dir := filepath.Join(c.Dir(), "servers")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("start server: %w", err)
+	}
+	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", target, proto, port))
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start server: %w", err)
+	}
+	defer lf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	ns, err := c.TargetNS(target)
+	if err != nil {
+		return nil, err
+	}
+	// Fork from a thread inside the target's namespace: the whole server
+	// process then lives there (ip netns pids shows it, destroy finds it).
+	if err := netns.Do(ns, cmd.Start); err != nil {
+		return nil, fmt.Errorf("start server in %s: %w", target, err)
+	}
+	s := &Server{Target: target, Proto: proto, Port: port, PID: cmd.Process.Pid, Log: logPath}
+	go cmd.Wait()
+	// Wait until the server reports that it listens (or died).
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if len(b) > 0 && containsLine(string(b), "listening") {
+			break
+		}
+		if !alive(s.PID) || time.Now().After(deadline) {
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("server in %s did not start: %s", target, string(b))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Lab.Servers = append(c.Lab.Servers, s)
+	return s, c.Save()
+}
+
+func containsLine(s, word string) bool {
+	for i := 0; i+len(word) <= len(s); i++ {
+		if s[i:i+len(word)] == word {
+			return true
+		}
+	}
+	return false
+}
+
+// StopServers stops the servers of a target ("" for all) and forgets them.
+func (c *Cluster) StopServers(target string) error {
+	return c.StopServer(target, "", 0)
+}
+
+// StopServer stops matching servers (empty target/proto or zero port
+// match anything) and forgets them.
+func (c *Cluster) StopServer(target, proto string, port int) error {
+	keep := c.Lab.Servers[:0]
+	changed := false
+	for _, s := range c.Lab.Servers {
+		if (target == "" || s.Target == target) && (proto == "" || s.Proto == proto) && (port == 0 || s.Port == port) {
+			stopPID(s.PID, c.NS(s.Target))
+			changed = true
+			continue
+		}
+		keep = append(keep, s)
+	}
+	c.Lab.Servers = keep
+	if changed {
+		return c.Save()
+	}
+	return nil
+}
+
+// stopPID kills pid only if it still runs inside ns (PIDs get reused).
+func stopPID(pid int, ns string) {
+	procs, _ := ProcessesIn([]string{ns})
+	if _, ok := procs[pid]; !ok {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 100 && alive(pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil && !isZombie(pid) }
