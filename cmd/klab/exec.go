@@ -34,8 +34,8 @@ as on a real node. With no command, starts your shell there.`,
   klab exec node1 -- bridge fdb show dev flannel.1
   klab exec pod-a -- ip route
   klab exec node2            # an interactive shell on node2`,
-		Args:              cobra.MinimumNArgs(1),
-		ValidArgsFunction: completeTargets,
+		Args:                  cobra.MinimumNArgs(1),
+		ValidArgsFunction:     completeTargets,
 		DisableFlagsInUseLine: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := needRoot(); err != nil {

@@ -106,6 +106,17 @@ func Destroy(stateDir, lab string, log *explain.Log, wait io.Writer) error {
 		return err
 	}
 	defer lock.Close()
+	return destroyLocked(stateDir, lab, log)
+}
+
+// Destroy removes the open lab completely (see the function Destroy); the
+// cluster must not be used afterwards.
+func (c *Cluster) Destroy() error {
+	c.Close()
+	return Destroy(c.StateDir, c.Lab.Name, c.Log, nil)
+}
+
+func destroyLocked(stateDir, lab string, log *explain.Log) error {
 	nss, err := netns.List(lab)
 	if err != nil {
 		return err

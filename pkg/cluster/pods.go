@@ -89,7 +89,7 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{Name: s.Name, Node: n.Name, IP: ip, HostVeth: veth.HostName(c.Lab.Name + "/" + s.Name), Labels: s.Labels}
+	p := &Pod{Name: s.Name, Node: n.Name, IP: ip, HostVeth: vethName(c.Lab.Name, s.Name), Labels: s.Labels}
 	ok := false
 	defer func() {
 		if !ok {
@@ -184,6 +184,9 @@ func (c *Cluster) nodeNames() []string {
 	sort.Strings(out)
 	return out
 }
+
+// vethName is the host-side name of a pod's veth: stable for a lab and pod.
+func vethName(lab, pod string) string { return veth.HostName(lab + "/" + pod) }
 
 func parseMAC(s string) (net.HardwareAddr, error) {
 	if s == "" {
