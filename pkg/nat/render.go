@@ -289,7 +289,9 @@ func probability(n int) string {
 // jumps lists the built-in-chain jumps of a rendering, kube-proxy's
 // (iptablesJumpChains) and flannel's, each with a klab comment.
 func jumps(c Config) []Jump {
-	cm := func(text string) []string { return []string{"-m", "comment", "--comment", "klab:" + c.Lab + " " + text} }
+	cm := func(text string) []string {
+		return []string{"-m", "comment", "--comment", "klab:" + c.Lab + " " + text}
+	}
 	newOnly := []string{"-m", "conntrack", "--ctstate", "NEW"}
 	j := func(t Table, chain string, prepend bool, pre []string, text, target string) Jump {
 		rule := append(append(slices.Clone(pre), cm(text)...), "-j", target)
