@@ -227,7 +227,7 @@ func TestDiffOnlyChangedChains(t *testing.T) {
 	}
 	svcs[1].Endpoints = eps("10.244.1.5")
 	r2, _ := Render(cfg, svcs)
-	in, rewritten, deleted := r2.restoreInput(r1, nil)
+	in, rewritten, deleted := r2.restoreInput(r1, nil, nil)
 	oldSep := SEPChain("default/b", TCP, "10.244.1.4:80")
 	newSep := SEPChain("default/b", TCP, "10.244.1.5:80")
 	wantRe := []string{"nat/" + SVCChain("default/b", TCP), "nat/" + newSep}
@@ -239,7 +239,7 @@ func TestDiffOnlyChangedChains(t *testing.T) {
 	}
 	// Delete service a: KUBE-SERVICES changes, a's chains go away.
 	r3, _ := Render(cfg, svcs[1:])
-	_, rewritten, deleted = r3.restoreInput(r2, nil)
+	_, rewritten, deleted = r3.restoreInput(r2, nil, nil)
 	if !slices.Equal(rewritten, []string{"nat/KUBE-SERVICES"}) || len(deleted) != 3 {
 		t.Errorf("rewritten %q deleted %q", rewritten, deleted)
 	}

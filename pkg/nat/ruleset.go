@@ -161,7 +161,7 @@ func (r *Ruleset) chainText(i int) []byte {
 // chain declared (which flushes it under --noflush) and filled. It does not
 // contain the built-in-chain jumps (see TextWithJumps).
 func (r *Ruleset) Text() string {
-	b, _, _ := r.restoreInput(nil, nil)
+	b, _, _ := r.restoreInput(nil, nil, nil)
 	return string(b)
 }
 
@@ -198,7 +198,10 @@ func (r *Ruleset) TextWithJumps() string {
 // rewritten; existing lists extra chains known to exist in the kernel (read
 // with iptables-save), deleted when r does not have them. It returns the
 // input and the rewritten and deleted chains ("table/chain").
-func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey) (input []byte, rewritten, deleted []string) {
+//
+// drop holds extra "-D <chain> <rule>" lines per table, for built-in-chain
+// jumps that must go before their target chain can be deleted.
+func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey, drop map[Table][]string) (input []byte, rewritten, deleted []string) {
 	var b bytes.Buffer
 	for _, t := range tables {
 		var changed []int
@@ -226,7 +229,7 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey) (input []byte
 				stale = append(stale, k.name)
 			}
 		}
-		if len(changed) == 0 && len(stale) == 0 {
+		if len(changed) == 0 && len(stale) == 0 && len(drop[t]) == 0 {
 			continue
 		}
 		b.WriteString("*" + string(t) + "\n")
@@ -239,6 +242,9 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey) (input []byte
 		// references to other stale chains, so the -X lines below succeed.
 		for _, n := range stale {
 			b.WriteString(":" + n + " - [0:0]\n")
+		}
+		for _, d := range drop[t] {
+			b.WriteString(d + "\n")
 		}
 		for _, i := range changed {
 			b.Write(r.chainText(i))
@@ -258,6 +264,6 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey) (input []byte
 // means "nothing known": every chain is written. An empty result means no
 // change.
 func (r *Ruleset) Diff(prev *Ruleset) string {
-	b, _, _ := r.restoreInput(prev, nil)
+	b, _, _ := r.restoreInput(prev, nil, nil)
 	return string(b)
 }

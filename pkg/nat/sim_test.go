@@ -50,7 +50,7 @@ func TestSimulate(t *testing.T) {
 		verdict    string
 	}{
 		{name: "pod to ClusterIP, first endpoint", pkt: Packet{Src: ip("10.244.1.7"), Dst: ip("10.96.0.10"), Proto: TCP, DPort: 80, Rand: 0.01},
-			chains: []string{"nat/PREROUTING", "nat/KUBE-SERVICES", "nat/" + web, "nat/" + sep("10.244.1.2:8080"), "filter/FORWARD", "nat/POSTROUTING", "nat/KUBE-POSTROUTING", "nat/FLANNEL-POSTRTG"},
+			chains:   []string{"nat/PREROUTING", "nat/KUBE-SERVICES", "nat/" + web, "nat/" + sep("10.244.1.2:8080"), "filter/FORWARD", "nat/POSTROUTING", "nat/KUBE-POSTROUTING", "nat/FLANNEL-POSTRTG"},
 			endpoint: sep("10.244.1.2:8080"), dnat: "10.244.1.2:8080", verdict: "ACCEPT"},
 		{name: "pod to ClusterIP, rand 0.55 picks endpoint 3 of 6", pkt: Packet{Src: ip("10.244.1.7"), Dst: ip("10.96.0.10"), Proto: TCP, DPort: 80, Rand: 0.55},
 			endpoint: sep("10.244.2.3:8080"), dnat: "10.244.2.3:8080", verdict: "ACCEPT"},
