@@ -16,8 +16,18 @@ const (
 // base32(sha256(servicePortName + protocol)). 16 characters keep
 // "KUBE-SVC-" + hash within iptables' 28-character chain-name limit.
 func portProtoHash(portName string, proto Protocol) string {
-	h := sha256.Sum256([]byte(portName + string(proto)))
-	return base32.StdEncoding.EncodeToString(h[:])[:16]
+	return hash16(portName, string(proto), "")
+}
+
+// hash16 is base32(sha256(a+b+c))[:16], without heap allocations for the
+// hash input (this runs 40,000 times when rendering 10,000 services).
+func hash16(a, b, c string) string {
+	var in [256]byte
+	buf := append(append(append(in[:0], a...), b...), c...)
+	h := sha256.Sum256(buf)
+	var out [56]byte
+	base32.StdEncoding.Encode(out[:], h[:])
+	return string(out[:16])
 }
 
 // SVCChain is the KUBE-SVC chain of a service port, e.g.
@@ -34,6 +44,5 @@ func EXTChain(portName string, proto Protocol) string {
 // SEPChain is the KUBE-SEP chain of one endpoint ("ip:port") of a service
 // port: kube-proxy's servicePortEndpointChainName.
 func SEPChain(portName string, proto Protocol, endpoint string) string {
-	h := sha256.Sum256([]byte(portName + string(proto) + endpoint))
-	return sepChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:16]
+	return sepChainPrefix + hash16(portName, string(proto), endpoint)
 }

@@ -116,8 +116,10 @@ func Render(cfg Config, services []Service) (*Ruleset, error) {
 		}
 	}
 
-	// Rough size: ~200 bytes per rule, ~8 rules per port plus 2 per endpoint.
-	r := &Ruleset{lab: c.Lab, buf: make([]byte, 0, 256*(16+6*nports+2*neps))}
+	// Size estimate: ~190 bytes per rule; 2 rules per port (ClusterIP
+	// capture, masquerade) and 3 per endpoint (balance, hairpin, DNAT).
+	// Getting it about right matters at 10k services: the buffer is ~15 MB.
+	r := &Ruleset{lab: c.Lab, buf: make([]byte, 0, 190*(32+2*nports+3*neps))}
 	r.chains = make([]chainSpan, 0, 12+2*nports+neps)
 	b := &builder{r: r, cur: -1, comment: `"klab:` + c.Lab}
 
@@ -283,8 +285,20 @@ func renderFlannelPost(b *builder, c Config, f *FlannelMasq, markMask string) {
 
 // probability is kube-proxy's: 1/n printed with 10 decimals.
 func probability(n int) string {
+	if n < len(probabilities) {
+		return probabilities[n]
+	}
 	return fmt.Sprintf("%0.10f", 1.0/float64(n))
 }
+
+// probabilities caches probability(n) for small n.
+var probabilities = func() []string {
+	p := make([]string, 128)
+	for n := 1; n < len(p); n++ {
+		p[n] = fmt.Sprintf("%0.10f", 1.0/float64(n))
+	}
+	return p
+}()
 
 // jumps lists the built-in-chain jumps of a rendering, kube-proxy's
 // (iptablesJumpChains) and flannel's, each with a klab comment.

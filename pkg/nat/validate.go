@@ -58,10 +58,14 @@ func Validate(cfg Config, services []Service) error {
 	svcNames := make(map[string]bool, len(services))
 	clusterIPs := make(map[netip.Addr]string, len(services))
 	nodePorts := make(map[int]string)
+	goodNS := map[string]bool{}
 	for i := range services {
 		s := &services[i]
-		if err := netns.ValidateObject("service namespace", s.namespace()); err != nil {
-			return err
+		if !goodNS[s.namespace()] {
+			if err := netns.ValidateObject("service namespace", s.namespace()); err != nil {
+				return err
+			}
+			goodNS[s.namespace()] = true
 		}
 		if err := netns.ValidateObject("service", s.Name); err != nil {
 			return err
