@@ -1,0 +1,269 @@
+package nat
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+)
+
+// Table is an iptables table klab writes to.
+type Table string
+
+// The two tables kube-proxy and flannel use.
+const (
+	Filter Table = "filter"
+	NAT    Table = "nat"
+)
+
+// tables is the order tables appear in a rendering (kube-proxy writes filter
+// first, then nat).
+var tables = []Table{Filter, NAT}
+
+// Fixed chain names.
+const (
+	chainServices         = "KUBE-SERVICES"          // nat: ClusterIP dispatch; filter: REJECT for services without endpoints
+	chainExternalServices = "KUBE-EXTERNAL-SERVICES" // filter: REJECT for NodePorts without endpoints
+	chainNodePorts        = "KUBE-NODEPORTS"         // nat: NodePort dispatch
+	chainPostrouting      = "KUBE-POSTROUTING"       // nat: MASQUERADE marked traffic
+	chainMarkMasq         = "KUBE-MARK-MASQ"         // nat: set the masquerade mark
+	chainForward          = "KUBE-FORWARD"           // filter: accept forwarded service traffic
+	chainFlannelPost      = "FLANNEL-POSTRTG"        // nat: flannel pod-egress masquerade
+	chainFlannelFwd       = "FLANNEL-FWD"            // filter: flannel forward accept
+)
+
+// ownedChain reports whether a chain name is one klab writes: the fixed
+// kube-proxy and flannel chains and the hashed per-service chains.
+func ownedChain(name string) bool {
+	switch name {
+	case chainServices, chainExternalServices, chainNodePorts, chainPostrouting,
+		chainMarkMasq, chainForward, chainFlannelPost, chainFlannelFwd:
+		return true
+	}
+	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, sepChainPrefix) ||
+		strings.HasPrefix(name, extChainPrefix)
+}
+
+// Jump is a rule in a built-in chain (PREROUTING, OUTPUT, POSTROUTING,
+// INPUT, FORWARD) that sends packets into a klab chain. Built-in chains are
+// shared with everything else on the node, so they are never rewritten with
+// iptables-restore: each jump is checked and inserted on its own, as
+// kube-proxy and flannel do.
+type Jump struct {
+	Table Table
+	Chain string // the built-in chain
+	// Prepend inserts the jump at the top (kube-proxy's jumps); otherwise it
+	// is appended (flannel's).
+	Prepend bool
+	// Rule is the rule specification, unquoted, ending in "-j <klab chain>".
+	Rule []string
+}
+
+// Target is the chain the jump leads to.
+func (j Jump) Target() string { return j.Rule[len(j.Rule)-1] }
+
+// String is the rule as "-A CHAIN args", quoted as iptables-save prints it.
+func (j Jump) String() string {
+	var b strings.Builder
+	b.WriteString("-A ")
+	b.WriteString(j.Chain)
+	for _, a := range j.Rule {
+		b.WriteByte(' ')
+		b.WriteString(quote(a))
+	}
+	return b.String()
+}
+
+func quote(a string) string {
+	if a == "" || strings.ContainsAny(a, " \t\"") {
+		return `"` + a + `"`
+	}
+	return a
+}
+
+type chainKey struct {
+	table Table
+	name  string
+}
+
+// chainSpan is one chain of a rendering: its rules are buf[start:end], one
+// "-A <name> ..." line each.
+type chainSpan struct {
+	chainKey
+	start, end int
+	rules      int
+}
+
+// Ruleset is the rendered iptables state klab owns on one node: every klab
+// chain of the filter and nat tables with its rules, plus the jumps from the
+// built-in chains. All rule text lives in one buffer (like kube-proxy's
+// LineBuffer); each chain remembers its slice of it, so two renderings can
+// be compared chain by chain and only changed chains rewritten. A Ruleset is
+// immutable once rendered and safe for concurrent reads.
+type Ruleset struct {
+	lab    string
+	buf    []byte
+	chains []chainSpan
+	index  map[chainKey]int
+	jumps  []Jump
+}
+
+// Lab is the lab the ruleset belongs to.
+func (r *Ruleset) Lab() string { return r.lab }
+
+// Jumps returns the built-in-chain jumps, in the order they appear in their
+// chains.
+func (r *Ruleset) Jumps() []Jump { return slices.Clone(r.jumps) }
+
+// Chains returns the names of the ruleset's chains in table t, in rendering
+// order.
+func (r *Ruleset) Chains(t Table) []string {
+	var out []string
+	for _, c := range r.chains {
+		if c.table == t {
+			out = append(out, c.name)
+		}
+	}
+	return out
+}
+
+// ChainRules returns the rule lines ("-A <chain> ...") of one chain, and
+// whether the chain exists in the ruleset.
+func (r *Ruleset) ChainRules(t Table, name string) ([]string, bool) {
+	i, ok := r.index[chainKey{t, name}]
+	if !ok {
+		return nil, false
+	}
+	c := r.chains[i]
+	s := strings.TrimSuffix(string(r.buf[c.start:c.end]), "\n")
+	if s == "" {
+		return []string{}, true
+	}
+	return strings.Split(s, "\n"), true
+}
+
+// RuleCount is the number of rules of table t (jumps not included).
+func (r *Ruleset) RuleCount(t Table) int {
+	n := 0
+	for _, c := range r.chains {
+		if c.table == t {
+			n += c.rules
+		}
+	}
+	return n
+}
+
+func (r *Ruleset) chainText(i int) []byte {
+	c := r.chains[i]
+	return r.buf[c.start:c.end]
+}
+
+// Text is the complete iptables-restore input of the ruleset: every klab
+// chain declared (which flushes it under --noflush) and filled. It does not
+// contain the built-in-chain jumps (see TextWithJumps).
+func (r *Ruleset) Text() string {
+	b, _, _ := r.restoreInput(nil, nil, nil)
+	return string(b)
+}
+
+// TextWithJumps is Text plus the jumps as "-A PREROUTING ..." lines, the
+// whole picture of what klab adds to a node. It is what the simulator
+// evaluates; it is not meant for iptables-restore --noflush (that would
+// append duplicate jumps).
+func (r *Ruleset) TextWithJumps() string {
+	var b bytes.Buffer
+	for _, t := range tables {
+		b.WriteString("*" + string(t) + "\n")
+		for _, c := range r.chains {
+			if c.table == t {
+				b.WriteString(":" + c.name + " - [0:0]\n")
+			}
+		}
+		for _, j := range r.jumps {
+			if j.Table == t {
+				b.WriteString(j.String() + "\n")
+			}
+		}
+		for i, c := range r.chains {
+			if c.table == t {
+				b.Write(r.chainText(i))
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// restoreInput builds the iptables-restore --noflush input that turns the
+// kernel state described by prev into r. With prev nil every chain of r is
+// rewritten; existing lists extra chains known to exist in the kernel (read
+// with iptables-save), deleted when r does not have them. It returns the
+// input and the rewritten and deleted chains ("table/chain").
+//
+// drop holds extra "-D <chain> <rule>" lines per table, for built-in-chain
+// jumps that must go before their target chain can be deleted.
+func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey, drop map[Table][]string) (input []byte, rewritten, deleted []string) {
+	var b bytes.Buffer
+	for _, t := range tables {
+		var changed []int
+		for i, c := range r.chains {
+			if c.table != t {
+				continue
+			}
+			if prev != nil {
+				if j, ok := prev.index[c.chainKey]; ok && bytes.Equal(prev.chainText(j), r.chainText(i)) {
+					continue
+				}
+			}
+			changed = append(changed, i)
+		}
+		var stale []string
+		if prev != nil {
+			for _, c := range prev.chains {
+				if _, ok := r.index[c.chainKey]; !ok && c.table == t {
+					stale = append(stale, c.name)
+				}
+			}
+		}
+		for _, k := range existing {
+			if _, ok := r.index[k]; !ok && k.table == t && !slices.Contains(stale, k.name) {
+				stale = append(stale, k.name)
+			}
+		}
+		if len(changed) == 0 && len(stale) == 0 && len(drop[t]) == 0 {
+			continue
+		}
+		b.WriteString("*" + string(t) + "\n")
+		// Declaring a chain creates it, or flushes it under --noflush.
+		for _, i := range changed {
+			b.WriteString(":" + r.chains[i].name + " - [0:0]\n")
+			rewritten = append(rewritten, string(t)+"/"+r.chains[i].name)
+		}
+		// Stale chains are declared too: that flushes them, dropping their
+		// references to other stale chains, so the -X lines below succeed.
+		for _, n := range stale {
+			b.WriteString(":" + n + " - [0:0]\n")
+		}
+		for _, d := range drop[t] {
+			b.WriteString(d + "\n")
+		}
+		for _, i := range changed {
+			b.Write(r.chainText(i))
+		}
+		for _, n := range stale {
+			b.WriteString("-X " + n + "\n")
+			deleted = append(deleted, string(t)+"/"+n)
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes(), rewritten, deleted
+}
+
+// Diff returns the iptables-restore --noflush input that turns the kernel
+// state rendered as prev into r: only chains whose rules changed are
+// rewritten, chains that disappeared are flushed and deleted (-X). prev nil
+// means "nothing known": every chain is written. An empty result means no
+// change.
+func (r *Ruleset) Diff(prev *Ruleset) string {
+	b, _, _ := r.restoreInput(prev, nil, nil)
+	return string(b)
+}
