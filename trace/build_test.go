@@ -35,7 +35,7 @@ func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	return append([]byte(nil), buf.Bytes()...)
 }
 
-func ipv4(s l3spec, proto layers.IPProtocol) *layers.IPv4 {
+func mkIPv4(s l3spec, proto layers.IPProtocol) *layers.IPv4 {
 	return &layers.IPv4{Version: 4, IHL: 5, TTL: s.ttl, Id: s.id, Protocol: proto,
 		Flags: layers.IPv4DontFragment, SrcIP: net.ParseIP(s.src).To4(), DstIP: net.ParseIP(s.dst).To4()}
 }
@@ -48,20 +48,20 @@ func icmpFrame(t testing.TB, smac, dmac net.HardwareAddr, s l3spec, req bool, id
 	}
 	return serialize(t,
 		&layers.Ethernet{SrcMAC: smac, DstMAC: dmac, EthernetType: layers.EthernetTypeIPv4},
-		ipv4(s, layers.IPProtocolICMPv4),
+		mkIPv4(s, layers.IPProtocolICMPv4),
 		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, 0), Id: id, Seq: seq},
 		gopacket.Payload(make([]byte, 56)))
 }
 
 func tcpFrame(t testing.TB, smac, dmac net.HardwareAddr, s l3spec, sport, dport uint16, seq, ack uint32, syn, isAck bool) []byte {
-	ip := ipv4(s, layers.IPProtocolTCP)
+	ip := mkIPv4(s, layers.IPProtocolTCP)
 	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, SYN: syn, ACK: isAck, Window: 64240}
 	_ = tcp.SetNetworkLayerForChecksum(ip)
 	return serialize(t, &layers.Ethernet{SrcMAC: smac, DstMAC: dmac, EthernetType: layers.EthernetTypeIPv4}, ip, tcp)
 }
 
 func udpFrame(t testing.TB, s l3spec, sport, dport uint16, payload []byte) []byte {
-	ip := ipv4(s, layers.IPProtocolUDP)
+	ip := mkIPv4(s, layers.IPProtocolUDP)
 	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
 	_ = udp.SetNetworkLayerForChecksum(ip)
 	return serialize(t, &layers.Ethernet{SrcMAC: macEth1, DstMAC: macEth2, EthernetType: layers.EthernetTypeIPv4}, ip, udp, gopacket.Payload(payload))
@@ -69,7 +69,7 @@ func udpFrame(t testing.TB, s l3spec, sport, dport uint16, payload []byte) []byt
 
 // vxlanWrap encapsulates inner (an Ethernet frame) in Ethernet/IPv4/UDP/VXLAN.
 func vxlanWrap(t testing.TB, outer l3spec, sport, dport uint16, vni uint32, inner []byte) []byte {
-	ip := ipv4(outer, layers.IPProtocolUDP)
+	ip := mkIPv4(outer, layers.IPProtocolUDP)
 	ip.Flags = 0
 	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
 	_ = udp.SetNetworkLayerForChecksum(ip)
