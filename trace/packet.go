@@ -3,7 +3,6 @@ package trace
 import (
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"strconv"
 	"time"
@@ -466,7 +465,3 @@ func (p *Packet) MarshalJSON() ([]byte, error) {
 
 // Dump returns a hex dump of the raw frame (debugging aid).
 func (p *Packet) Dump() string { return hex.Dump(p.Data) }
-
-func (h Header) GoString() string {
-	return fmt.Sprintf("trace.Header{%s}", h.Summary())
-}
