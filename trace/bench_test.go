@@ -1,0 +1,114 @@
+package trace
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/klab-dev/klab/pkg/netns"
+)
+
+// BenchmarkDecodeVXLAN decodes Ethernet/IPv4/UDP/VXLAN/Ethernet/IPv4/ICMP.
+func BenchmarkDecodeVXLAN(b *testing.B) {
+	data := crossNodePing(b)
+	d := NewDecoder()
+	var p Packet
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := d.Decode(data, &p); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+}
+
+// BenchmarkDecodeFilter is decode plus a typical userspace filter.
+func BenchmarkDecodeFilter(b *testing.B) {
+	data := crossNodePing(b)
+	d := NewDecoder()
+	f := MustParseFilter("vni 1 and inner (icmp and host 10.244.2.2) and not outer port 53")
+	var p Packet
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_ = d.Decode(data, &p)
+		if !f.Match(&p) {
+			b.Fatal("no match")
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+}
+
+func BenchmarkText(b *testing.B) {
+	p := decode(b, crossNodePing(b))
+	p.Point, p.Dir = "node1/eth0", DirOut
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = p.AppendText(buf[:0])
+	}
+}
+
+// BenchmarkCaptureVeth sends b.N UDP datagrams from node1 to node2 over the
+// underlay veth and captures them at node2/eth0; it reports the send rate,
+// how many were captured and the kernel's drop count.
+func BenchmarkCaptureVeth(b *testing.B) {
+	needRoot(b)
+	tp := newTopo(b)
+	c, err := Open([]Point{{Label: "node2/eth0", NS: tp.ns["node2"], Iface: "eth0"}},
+		Options{Filter: MustParseFilter("outer udp and dst port 9999")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var conn *net.UDPConn
+	if err := netns.Do(tp.ns["node1"], func() (err error) {
+		conn, err = net.ListenUDP("udp4", nil)
+		return
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetWriteBuffer(4 << 20)
+	// A sink on node2 so the kernel does not answer with ICMP port unreachable.
+	var sink *net.UDPConn
+	if err := netns.Do(tp.ns["node2"], func() (err error) {
+		sink, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 9999})
+		return
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var got atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, func(p *Packet) error { got.Add(1); return nil })
+	}()
+	msg := make([]byte, 64)
+	dst := &net.UDPAddr{IP: net.ParseIP("192.168.1.102"), Port: 9999}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if _, err := conn.WriteToUDP(msg, dst); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sendDur := time.Since(start)
+	deadline := time.Now().Add(2 * time.Second)
+	for got.Load() < int64(b.N) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.StopTimer()
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	st := c.Stats()[0]
+	b.ReportMetric(float64(b.N)/sendDur.Seconds(), "sent-pkts/s")
+	b.ReportMetric(float64(got.Load())/float64(b.N)*100, "%captured")
+	b.ReportMetric(float64(st.Drops), "drops")
+}

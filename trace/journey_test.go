@@ -1,0 +1,142 @@
+package trace
+
+import (
+	"encoding/json"
+	"math/rand"
+	"strings"
+	"testing"
+	"time"
+)
+
+type hopSpec struct {
+	point string
+	dir   Direction
+	data  []byte
+}
+
+func packets(t *testing.T, specs []hopSpec, tie bool) []Packet {
+	base := time.Unix(1700000000, 0)
+	var ps []Packet
+	for i, s := range specs {
+		p := decode(t, s.data)
+		p.Point, p.Dir = s.point, s.dir
+		p.Time = base.Add(time.Duration(i) * time.Microsecond)
+		if tie {
+			p.Time = base // every capture point stamped the same instant
+		}
+		ps = append(ps, p)
+	}
+	rand.New(rand.NewSource(1)).Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
+	return ps
+}
+
+func kinds(h Hop) string {
+	var k []string
+	for _, c := range h.Changes {
+		k = append(k, c.Kind)
+	}
+	return strings.Join(k, ",")
+}
+
+// A ClusterIP connection from pod-a (node1) to pod-b (node2): DNAT on node1,
+// VXLAN between the nodes, and the SYN-ACK coming back un-DNATed.
+func TestFollowClusterIPAcrossVXLAN(t *testing.T) {
+	syn := func(dst string, dport uint16, ttl uint8, smac, dmac []byte) []byte {
+		return tcpFrame(t, smac, dmac, l3spec{"10.244.1.2", dst, ttl, 5}, 40000, dport, 1000, 0, true, false)
+	}
+	synack := func(src string, sport uint16, ttl uint8, smac, dmac []byte) []byte {
+		return tcpFrame(t, smac, dmac, l3spec{src, "10.244.1.2", ttl, 0}, sport, 40000, 5000, 1001, true, true)
+	}
+	outer12 := l3spec{"192.168.1.101", "192.168.1.102", 64, 10}
+	outer21 := l3spec{"192.168.1.102", "192.168.1.101", 64, 11}
+	specs := []hopSpec{
+		{"pod-a/eth0", DirOut, syn("10.96.0.10", 80, 64, macPodA, macCni1)},
+		{"node1/cni0", DirIn, syn("10.96.0.10", 80, 64, macPodA, macCni1)},
+		{"node1/flannel.1", DirOut, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2)},
+		{"node1/eth0", DirOut, vxlanWrap(t, outer12, 33333, 8472, 1, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2))},
+		{"node2/eth0", DirIn, vxlanWrap(t, outer12, 33333, 8472, 1, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2))},
+		{"node2/flannel.1", DirIn, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2)},
+		{"pod-b/eth0", DirIn, syn("10.244.2.3", 8080, 62, macCni1, macPodA)},
+		// reply
+		{"pod-b/eth0", DirOut, synack("10.244.2.3", 8080, 64, macPodA, macCni1)},
+		{"node2/eth0", DirOut, vxlanWrap(t, outer21, 44444, 8472, 1, synack("10.244.2.3", 8080, 63, macVtep2, macVtep1))},
+		{"node1/eth0", DirIn, vxlanWrap(t, outer21, 44444, 8472, 1, synack("10.244.2.3", 8080, 63, macVtep2, macVtep1))},
+		{"pod-a/eth0", DirIn, synack("10.96.0.10", 80, 62, macCni1, macPodA)},
+		// noise: another connection, an ARP, a ping
+		{"pod-a/eth0", DirOut, tcpFrame(t, macPodA, macCni1, l3spec{"10.244.1.2", "10.96.0.10", 64, 6}, 40001, 80, 777, 0, true, false)},
+		{"node1/cni0", DirIn, arpFrame(t, 1, "10.244.1.2", "10.244.1.1")},
+		{"node1/eth0", DirOut, crossNodePing(t)},
+	}
+	path := []string{"pod-a/eth0", "node1/cni0", "node1/flannel.1", "node1/eth0", "node2/eth0", "node2/flannel.1", "pod-b/eth0"}
+	for _, tie := range []bool{false, true} {
+		ps := packets(t, specs, tie)
+		probe := FindProbe(ps, MustParseFilter("tcp and dst port 80 and src port 40000"))
+		if probe < 0 {
+			t.Fatal("no probe")
+		}
+		j, err := Follow(ps, probe, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, h := range j.Hops {
+			got = append(got, h.Point+"["+kinds(h)+"]")
+		}
+		want := "pod-a/eth0[] node1/cni0[] node1/flannel.1[dnat,ttl,mac] node1/eth0[+vxlan] node2/eth0[] node2/flannel.1[-vxlan] pod-b/eth0[ttl,mac]"
+		if strings.Join(got, " ") != want {
+			t.Errorf("tie=%v hops:\n got %s\nwant %s\n%s", tie, strings.Join(got, " "), want, j)
+		}
+		got = nil
+		for _, h := range j.Reply {
+			got = append(got, h.Point+"["+kinds(h)+"]")
+		}
+		want = "pod-b/eth0[] node2/eth0[+vxlan,ttl,mac] node1/eth0[] pod-a/eth0[-vxlan,snat,ttl,mac]"
+		if strings.Join(got, " ") != want {
+			t.Errorf("tie=%v reply:\n got %s\nwant %s\n%s", tie, strings.Join(got, " "), want, j)
+		}
+		s := j.String()
+		for _, w := range []string{"dnat   dst 10.96.0.10:80 -> 10.244.2.3:8080",
+			"+vxlan encapsulated in VXLAN: outer 192.168.1.101:33333 > 192.168.1.102 udp/8472 vni=1",
+			"snat   src 10.244.2.3:8080 -> 10.96.0.10:80 (reply: conntrack reverses the forward DNAT)",
+			"ttl    ttl 63 -> 62 (routed)"} {
+			if !strings.Contains(s, w) {
+				t.Errorf("journey text lacks %q:\n%s", w, s)
+			}
+		}
+		if _, err := json.Marshal(j); err != nil {
+			t.Fatal(err)
+		}
+		if testing.Verbose() && !tie {
+			t.Log("\n" + s)
+		}
+	}
+}
+
+// Without a path, hops fall back to TTL then time; MASQUERADE shows as SNAT.
+func TestFollowNoPathMasquerade(t *testing.T) {
+	specs := []hopSpec{
+		{"pod-a/eth0", DirOut, icmpFrame(t, macPodA, macCni1, l3spec{"10.244.1.2", "203.0.113.10", 64, 99}, true, 7, 3)},
+		{"node1/eth0", DirOut, icmpFrame(t, macEth1, macEth2, l3spec{"192.168.1.101", "203.0.113.10", 63, 99}, true, 7, 3)},
+		{"node1/eth0", DirIn, icmpFrame(t, macEth2, macEth1, l3spec{"203.0.113.10", "192.168.1.101", 64, 1234}, false, 7, 3)},
+		{"pod-a/eth0", DirIn, icmpFrame(t, macCni1, macPodA, l3spec{"203.0.113.10", "10.244.1.2", 63, 1234}, false, 7, 3)},
+	}
+	ps := packets(t, specs, true)
+	j, err := Follow(ps, FindProbe(ps, MustParseFilter("icmp and src host 10.244.1.2")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j.Hops) != 2 || j.Hops[0].Point != "pod-a/eth0" || kinds(j.Hops[1]) != "snat,ttl,mac" {
+		t.Fatalf("hops:\n%s", j)
+	}
+	if len(j.Reply) != 2 || j.Reply[0].Point != "node1/eth0" || kinds(j.Reply[1]) != "dnat,ttl,mac" ||
+		!strings.Contains(j.Reply[1].Changes[0].Detail, "reverses the forward SNAT") {
+		t.Fatalf("reply:\n%s", j)
+	}
+	if _, err := Follow(ps, 99, nil); err == nil {
+		t.Error("out-of-range probe accepted")
+	}
+	arp := []Packet{decode(t, arpFrame(t, 1, "1.1.1.1", "1.1.1.2"))}
+	if _, err := Follow(arp, 0, nil); err != ErrNoProbe {
+		t.Errorf("arp probe: %v", err)
+	}
+}
