@@ -6,8 +6,8 @@
 // one per line), blocks tagged "check" hold checks (klab verbs that must
 // succeed, optionally with expect: lines their output must contain), and a
 // "> Hint:" blockquote after a check block is shown when one of its checks
-// fails. Every other fenced block (sh, text, ...) is display-only. FORMAT.md in
-// this directory is the full specification.
+// fails. Every other fenced block (sh, text, ...) is display-only. docs/lab-format.md is the full
+// specification.
 //
 // Parse turns a file into a *Lab (with file:line errors, running nothing);
 // Lint adds checks against the real command tree through a callback, so this

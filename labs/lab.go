@@ -94,9 +94,10 @@ type Expectation struct {
 type Check struct {
 	Command
 	Expect   []Expectation
-	ExitCode int  // the exit status wanted when !NonZero (default 0)
-	NonZero  bool // exit: nonzero — the command must fail (e.g. a ping that must not get through)
-	Retry    time.Duration
+	ExitCode int           // the exit status wanted when !NonZero (default 0)
+	NonZero  bool          // exit: nonzero — the command must fail (e.g. a ping that must not get through)
+	Retry    time.Duration // keep trying this long for the check to pass
+	Timeout  time.Duration // one attempt
 	Hint     string
 	Step     string // the step's title
 }

@@ -398,6 +398,9 @@ func (p *parser) fenced(line int, info string, content []string) {
 			return
 		}
 		b.Checks = p.checks(line, content, retry)
+		for _, c := range b.Checks {
+			c.Timeout = b.Timeout
+		}
 		if len(b.Checks) == 0 {
 			p.errorf(line, "this ```check block has no command: add a klab command that must succeed, like \"klab ping pod-a pod-b\"")
 		}
