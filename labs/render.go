@@ -425,3 +425,46 @@ func (r *Renderer) wrapParagraph(s, first, rest string, restWidth int) string {
 	b.WriteByte('\n')
 	return b.String()
 }
+
+// Lab prints a whole lab without running it: prose, display blocks, the
+// actions as commands and the checks with their expectations and hints.
+func (r *Renderer) Lab(l *Lab) {
+	r.Header(l, l.Name)
+	for _, b := range l.Intro {
+		r.Block(stripTitle(b))
+	}
+	for i, s := range l.Steps {
+		r.Step(i+1, len(l.Steps), s.Title)
+		for _, b := range s.Blocks {
+			switch b.Kind {
+			case Action:
+				for _, c := range b.Commands {
+					if c.Background {
+						r.Command(c.Text + " &")
+					} else {
+						r.Command(c.Text)
+					}
+				}
+				r.printf("\n")
+			case CheckBlock:
+				for _, c := range b.Checks {
+					r.printf("%s %s\n", r.style(ansiYellow, "check:"), c.Text)
+					for _, e := range c.Expect {
+						r.printf("    %s %s\n", r.style(ansiDim, [...]string{"expect:", "expect-re:", "expect-not:"}[e.Kind]), e.Text)
+					}
+					if c.NonZero {
+						r.printf("    %s nonzero\n", r.style(ansiDim, "exit:"))
+					} else if c.ExitCode != 0 {
+						r.printf("    %s %d\n", r.style(ansiDim, "exit:"), c.ExitCode)
+					}
+				}
+				if b.Hint != "" {
+					r.printf("%s", r.wrapParagraph(b.Hint, "  "+r.style(ansiYellow+ansiBold, "Hint:")+" ", "        ", 8))
+				}
+				r.printf("\n")
+			default:
+				r.Block(b)
+			}
+		}
+	}
+}
