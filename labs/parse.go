@@ -3,6 +3,7 @@ package labs
 import (
 	"fmt"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,7 @@ var (
 	quoteRE   = regexp.MustCompile(`^ {0,3}>[ \t]?(.*)$`)
 	fmKeyRE   = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9_-]*)[ \t]*:(.*)$`)
 	fmItemRE  = regexp.MustCompile(`^[ \t]+-[ \t]+(.*)$`)
+	keyLike   = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9_-]*):(\s|$)`)
 	optionKey = regexp.MustCompile(`^(expect|expect-re|expect-not|exit)[ \t]*:(.*)$`)
 )
 
@@ -70,6 +72,7 @@ func Parse(file string, src []byte) (*Lab, error) {
 		p.body(body)
 	}
 	if len(p.errs) > 0 {
+		sort.SliceStable(p.errs, func(i, j int) bool { return p.errs[i].Line < p.errs[j].Line })
 		return nil, p.errs
 	}
 	return p.lab, nil
@@ -390,7 +393,7 @@ func (p *parser) fenced(line int, info string, content []string) {
 		}
 		if lang == "klab" {
 			b.Commands = p.actions(line, content)
-			if len(b.Commands) == 0 {
+			if len(logicalLines(line, content)) == 0 {
 				p.errorf(line, "this ```klab block has no command: add lines like \"klab node add node1\"")
 			}
 			p.addBlock(b)
@@ -401,7 +404,7 @@ func (p *parser) fenced(line int, info string, content []string) {
 		for _, c := range b.Checks {
 			c.Timeout = b.Timeout
 		}
-		if len(b.Checks) == 0 {
+		if len(logicalLines(line, content)) == 0 {
 			p.errorf(line, "this ```check block has no command: add a klab command that must succeed, like \"klab ping pod-a pod-b\"")
 		}
 		p.lastCheck = p.addBlock(b)
@@ -543,6 +546,11 @@ func (p *parser) checks(fence int, content []string, retry time.Duration) []*Che
 					cur.ExitCode, cur.NonZero = n, false
 				}
 			}
+			continue
+		}
+		if m := keyLike.FindStringSubmatch(ll.text); m != nil {
+			p.errorf(ll.line, "unknown check option %q: under a check command use expect:, expect-re:, expect-not: or exit:", m[1]+":")
+			bad, cur = true, nil
 			continue
 		}
 		c := p.command(ll, "```check blocks", false)
