@@ -99,7 +99,7 @@ func fmtDuration(d time.Duration) string {
 // Step prints a step heading ("Step 2/5: ...").
 func (r *Renderer) Step(i, n int, title string) {
 	h := fmt.Sprintf("Step %d/%d: %s", i, n, title)
-	r.printf("\n%s\n%s\n\n", r.style(ansiBold, h), r.style(ansiBold, strings.Repeat("-", min(r.width(), utf8.RuneCountInString(h)))))
+	r.printf("%s\n%s\n\n", r.style(ansiBold, h), r.style(ansiBold, strings.Repeat("-", min(r.width(), utf8.RuneCountInString(h)))))
 }
 
 // Block prints a prose or display block (runnable blocks are printed by the

@@ -157,7 +157,7 @@ func (r *Runner) Run(ctx context.Context, l *Lab) (*Result, error) {
 		if i > 0 && r.Mode == Stepwise {
 			if !r.prompt(fmt.Sprintf("Enter: step %d/%d, %q · q: stop here", i+1, len(l.Steps), s.Title)) {
 				res.Stopped = true
-				r.explore(inst, false)
+				r.explore(l, inst, false)
 				return res, nil
 			}
 		}
@@ -167,7 +167,7 @@ func (r *Runner) Run(ctx context.Context, l *Lab) (*Result, error) {
 			switch b.Kind {
 			case Action:
 				if err := r.actions(ctx, inst, s.Title, b); err != nil {
-					r.explore(inst, true)
+					r.explore(l, inst, true)
 					return res, err
 				}
 				r.R.printf("\n")
@@ -187,13 +187,13 @@ func (r *Runner) Run(ctx context.Context, l *Lab) (*Result, error) {
 			}
 		}
 		if len(failed) > 0 {
-			r.explore(inst, true)
+			r.explore(l, inst, true)
 			return res, &CheckFailedError{Lab: inst, Failed: failed}
 		}
 		res.Steps++
 	}
 	r.R.Note("All %d steps done; %d checks passed.", len(l.Steps), len(res.Checks))
-	r.explore(inst, false)
+	r.explore(l, inst, false)
 	return res, nil
 }
 
@@ -219,7 +219,7 @@ func (r *Runner) Check(ctx context.Context, l *Lab) []CheckResult {
 }
 
 // explore tells the student how to look around and how to clean up.
-func (r *Runner) explore(inst string, failed bool) {
+func (r *Runner) explore(l *Lab, inst string, failed bool) {
 	if failed {
 		r.R.Note("The lab is left as it is, so you can see what went wrong:")
 	} else {
@@ -228,7 +228,11 @@ func (r *Runner) explore(inst string, failed bool) {
 	r.R.printf("    export KLAB_LAB=%s\n", inst)
 	r.R.printf("    sudo -E klab show node1               # links, routes, neighbours, FDB\n")
 	r.R.printf("    sudo -E klab exec node1 -- ip route   # any command inside a node or pod\n")
-	r.R.printf("    sudo klab lab check %s    # run the lab's checks again\n", inst)
+	check := l.Name
+	if inst != l.Name {
+		check += " --lab " + inst
+	}
+	r.R.printf("    sudo klab lab check %s   # run the lab's checks again\n", check)
 	r.R.Note("When you are done:")
 	r.R.printf("    sudo klab destroy %s\n", inst)
 }

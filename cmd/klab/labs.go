@@ -138,6 +138,11 @@ func validateKlabArgs(args []string) error {
 	root := newRoot()
 	c, rest, err := root.Find(args)
 	if err != nil {
+		// cobra's "Did you mean this?" block, on one line
+		msg, sugg, ok := strings.Cut(err.Error(), "\n\nDid you mean this?\n")
+		if ok {
+			return fmt.Errorf("%s (did you mean %s?)", msg, strings.Join(strings.Fields(sugg), " or "))
+		}
 		return err
 	}
 	if c == root {
