@@ -1,0 +1,83 @@
+package labs
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Validator checks one klab command (the words after "klab") against the real
+// command tree without running it: the verb must exist, its flags must parse
+// and its positional arguments must be acceptable. The cmd layer provides it,
+// so this package needs no knowledge of the verbs.
+type Validator func(args []string) error
+
+// Lint checks a parsed lab beyond its syntax: every command is validated
+// (when validate is not nil), commands must not choose the lab or state
+// directory themselves (the runner does), labs cannot run labs, and the
+// backend named in the front matter must agree with the lab's node add
+// commands. It returns an ErrorList, or nil.
+func Lint(l *Lab, validate Validator) error {
+	var errs ErrorList
+	add := func(line int, format string, args ...any) {
+		errs = append(errs, &Error{File: l.File, Line: line, Msg: fmt.Sprintf(format, args...)})
+	}
+	hostGWNode := false
+	for _, c := range l.Commands() {
+		flags := c.Args
+		for i, a := range c.Args {
+			if a == "--" {
+				flags = c.Args[:i]
+				break
+			}
+		}
+		switch c.Args[0] {
+		case "run", "lab", "labs":
+			add(c.Line, "a lab cannot run \"klab %s\": labs hold the verbs a student would type (node, pod, exec, ...)", c.Args[0])
+			continue
+		}
+		bad := false
+		for _, f := range flags {
+			for _, g := range []string{"--lab", "--state-dir"} {
+				if f == g || strings.HasPrefix(f, g+"=") {
+					add(c.Line, "%s in a lab command: the runner selects the lab (use 'klab run LAB --lab NAME' to pick another instance name)", g)
+					bad = true
+				}
+			}
+		}
+		if bad {
+			continue
+		}
+		if b := flagValue(flags, "--backend"); b != "" && len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {
+			want := l.Backend
+			if want == "" {
+				want = "vxlan"
+			}
+			if b != want {
+				add(c.Line, "this node uses --backend %s but the front matter says backend: %s: make them agree", b, want)
+			}
+			hostGWNode = hostGWNode || b == "host-gw"
+		}
+		if validate != nil {
+			if err := validate(c.Args); err != nil {
+				add(c.Line, "klab %s: %v", joinWords(c.Args), err)
+			}
+		}
+	}
+	if l.Backend == "host-gw" && !hostGWNode {
+		add(1, "backend: host-gw, but no \"klab node add ... --backend host-gw\" builds the lab that way: add the flag to the first node add")
+	}
+	return errs.err()
+}
+
+// flagValue returns the value of a --name VALUE or --name=VALUE flag.
+func flagValue(args []string, name string) string {
+	for i, a := range args {
+		if a == name && i+1 < len(args) {
+			return args[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
