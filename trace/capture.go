@@ -20,6 +20,10 @@ type Point struct {
 	Label string // shown on every packet, e.g. "node1/eth0"
 	NS    string // network namespace name under /run/netns; "" = the current one
 	Iface string // interface name inside NS
+	// Promisc puts this interface in promiscuous mode even when
+	// Options.Promisc is off: a bridge (cni0) only passes bridged frames
+	// between its ports up to a capture socket in promiscuous mode.
+	Promisc bool
 }
 
 func (p Point) String() string {
@@ -135,7 +139,7 @@ func openSock(pt Point, id int, opts Options, raw []bpf.RawInstruction) (*sock, 
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			return fmt.Errorf("SO_RCVTIMEO: %w", err)
 		}
-		if opts.Promisc {
+		if opts.Promisc || pt.Promisc {
 			mr := unix.PacketMreq{Ifindex: int32(ifi.Index), Type: unix.PACKET_MR_PROMISC}
 			if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mr); err != nil {
 				return fmt.Errorf("promiscuous mode: %w", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -10,67 +11,29 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/journey"
 	"github.com/klab-dev/klab/trace"
 	"github.com/spf13/cobra"
 )
 
 func init() { register(newTraceCmd) }
 
-// resolvePoints turns capture point specs ("node1:eth0", "pod-a:eth0",
-// "node1:*") of a lab into trace points. The default looks the object's
-// namespace up directly; the lab layer may replace it with one that knows
-// the lab's objects (and their aliases).
-var resolvePoints = defaultResolvePoints
+// resolvePoints turns capture point specs ("node1:eth0", "pod-a",
+// "pod-a:host", "node1:*", "underlay:*") of a lab into trace points, using
+// the lab's state (see journey.Resolve). It is a variable so tests and
+// other layers can replace it.
+var resolvePoints = labResolvePoints
 
-func defaultResolvePoints(lab string, specs []string) ([]trace.Point, error) {
-	var out []trace.Point
-	for _, spec := range specs {
-		obj, iface, ok := strings.Cut(spec, ":")
-		if !ok || obj == "" || iface == "" {
-			return nil, fmt.Errorf("capture point %q is not OBJECT:INTERFACE; write it like node1:eth0, pod-a:eth0 or node1:*", spec)
+func labResolvePoints(lab string, specs []string) ([]trace.Point, error) {
+	l, err := cluster.Load(globals.stateDir, lab)
+	if err != nil {
+		if errors.Is(err, cluster.ErrNoLab) {
+			return nil, fmt.Errorf("lab %s is not up, so it has no capture points: build it first (klab node add node1) or pick another with --lab", lab)
 		}
-		if err := netns.ValidateObject("object", obj); err != nil {
-			return nil, fmt.Errorf("unknown capture point %q: %w", spec, err)
-		}
-		ns := netns.Name(lab, obj)
-		if !netns.Exists(ns) {
-			return nil, fmt.Errorf("unknown capture point %q: lab %s has no node or pod named %s", spec, lab, obj)
-		}
-		if iface != "*" {
-			h, err := netns.Handle(ns)
-			if err != nil {
-				return nil, err
-			}
-			_, lerr := h.LinkByName(iface)
-			h.Close()
-			if lerr != nil {
-				return nil, fmt.Errorf("unknown capture point %q: %s has no interface %s (use %s:* for all of them)", spec, obj, iface, obj)
-			}
-			out = append(out, trace.Point{Label: obj + "/" + iface, NS: ns, Iface: iface})
-			continue
-		}
-		h, err := netns.Handle(ns)
-		if err != nil {
-			return nil, err
-		}
-		links, err := h.LinkList()
-		h.Close()
-		if err != nil {
-			return nil, fmt.Errorf("list interfaces of %s: %w", obj, err)
-		}
-		for _, l := range links {
-			name := l.Attrs().Name
-			if name == "lo" {
-				continue
-			}
-			out = append(out, trace.Point{Label: obj + "/" + name, NS: ns, Iface: name})
-		}
+		return nil, err
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no interfaces to capture on in %s", strings.Join(specs, " "))
-	}
-	return out, nil
+	return journey.Resolve(l, specs, journey.NetlinkLinks)
 }
 
 func newTraceCmd() *cobra.Command {
@@ -80,7 +43,7 @@ func newTraceCmd() *cobra.Command {
 		duration time.Duration
 		pcapPath string
 		promisc  bool
-		journey  bool
+		follow   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "trace POINT... [--filter EXPR]",
@@ -98,15 +61,29 @@ inner/outer, and/or/not. --pcap writes a pcapng file with one interface per
 capture point, for Wireshark (decode 8472 with -d udp.port==8472,vxlan).
 --journey follows the first matching packet across the points, in the order
 given, and shows what changed at each hop (+VXLAN/-VXLAN, DNAT, SNAT, TTL,
-MACs), and its reply. Stop with Ctrl-C, --count or --duration.`,
+MACs), and its reply. Stop with Ctrl-C, --count or --duration; with both
+--count and --duration, capturing fewer than --count packets in time exits 1
+(a lab step can assert that a packet crossed a point).
+
+POINT may also be a pod alone (its eth0), POD:host (the pod's veth in its
+node), NODE:underlay (the node's port on the underlay bridge) or underlay:*.
+Bridges (cni0, underlay0) are captured in promiscuous mode.
+
+'klab trace journey FROM TARGET' computes the path itself, sends one probe
+and shows its journey (see 'klab trace journey --help').`,
 		Example: `  sudo klab trace node1:eth0 node2:eth0 --filter 'inner icmp'
   sudo klab trace pod-a:eth0 node1:eth0 node2:eth0 pod-b:eth0 --count 8 --journey
-  sudo klab trace node1:* --filter 'vni 1' --pcap /tmp/vxlan.pcapng -o json`,
+  sudo klab trace node1:* --filter 'vni 1' --pcap /tmp/vxlan.pcapng -o json
+  sudo klab trace underlay:* --count 1 --duration 10s --filter 'vni 1 and inner icmp' &
+  sudo klab trace journey pod-a pod-c`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			lab := globals.lab
-			if lab == "" {
-				lab = "default"
+			lab, err := labName()
+			if err != nil {
+				return exitError{code: 2, msg: err.Error()}
+			}
+			if err := needRoot(); err != nil {
+				return exitError{code: 1, msg: err.Error()}
 			}
 			flt, err := trace.ParseFilter(filter)
 			if err != nil {
@@ -143,7 +120,7 @@ MACs), and its reply. Stop with Ctrl-C, --count or --duration.`,
 			fmt.Fprintf(cmd.ErrOrStderr(), "capturing on %s%s (Ctrl-C to stop)\n", pointList(points), filterNote(flt))
 			err = c.Run(ctx, func(p *trace.Packet) error {
 				n++
-				if journey {
+				if follow {
 					kept = append(kept, p.Clone())
 				}
 				if pw != nil {
@@ -151,7 +128,7 @@ MACs), and its reply. Stop with Ctrl-C, --count or --duration.`,
 						return err
 					}
 				}
-				if json && !journey {
+				if json && !follow {
 					b, err := p.MarshalJSON()
 					if err != nil {
 						return err
@@ -178,7 +155,10 @@ MACs), and its reply. Stop with Ctrl-C, --count or --duration.`,
 				drops += st.Drops
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "%d packets captured, %d dropped by the kernel\n", n, drops)
-			if journey {
+			if count > 0 && duration > 0 && n < count && ctx.Err() == nil {
+				return exitError{code: 1, msg: fmt.Sprintf("captured %d of the %d packets asked for%s within %s", n, count, filterNote(flt), duration)}
+			}
+			if follow {
 				return printJourney(cmd, out, kept, points, json)
 			}
 			return nil
@@ -190,7 +170,8 @@ MACs), and its reply. Stop with Ctrl-C, --count or --duration.`,
 	f.DurationVarP(&duration, "duration", "d", 0, "stop after this long, e.g. 10s (0: no limit)")
 	f.StringVar(&pcapPath, "pcap", "", "also write the packets to this pcapng file")
 	f.BoolVar(&promisc, "promisc", false, "promiscuous mode (to see bridged pod-to-pod traffic on cni0)")
-	f.BoolVar(&journey, "journey", false, "after capturing, follow the first matching packet across the points (given in path order)")
+	cmd.AddCommand(newTraceJourneyCmd())
+	f.BoolVar(&follow, "journey", false, "after capturing, follow the first matching packet across the points (given in path order)")
 	return cmd
 }
 

@@ -1,0 +1,213 @@
+package journey
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/probe"
+	"github.com/klab-dev/klab/trace"
+)
+
+// Options tune Run.
+type Options struct {
+	// Timeout bounds the probe: the wait for the echo reply or the TCP
+	// handshake. 0 means 2s.
+	Timeout time.Duration
+	// Grace is how long capture goes on after the probe finished, for the
+	// reply's last hops to be read. 0 means 300ms.
+	Grace time.Duration
+	// Pcap, if set, receives every captured packet as pcapng (one
+	// interface per capture point).
+	Pcap io.Writer
+	// NoEnrich skips the conntrack and iptables counter look-ups.
+	NoEnrich bool
+}
+
+// Report is the result of a journey.
+type Report struct {
+	Plan *Plan `json:"plan"`
+	// Points are the armed capture point labels, in path order.
+	Points []string `json:"points"`
+	// Probe says how the probe went: "reply", "connected",
+	// "refused", or the error.
+	Probe   string         `json:"probe"`
+	Src     string         `json:"src"` // the probe's source as the source saw it (addr or addr:port)
+	Journey *trace.Journey `json:"journey"`
+	// Missing lists the expected points the probe was not seen at (only
+	// for plans whose path is known).
+	Missing []string `json:"missing"`
+	// Conntrack holds the entries of the probe's connection, per node.
+	Conntrack []Flow `json:"conntrack"`
+	// Rules are the iptables rules whose packet counters the probe raised.
+	Rules []RuleHit `json:"rules"`
+	// Captured is the number of packets captured at all points.
+	Captured int `json:"captured"`
+}
+
+// Run captures at plan.Points, sends one probe from plan.From, and follows
+// it. It needs root. It returns an error only when capture or the lab
+// fail; a probe that gets no answer is a report with Probe saying so.
+func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.Grace <= 0 {
+		o.Grace = 300 * time.Millisecond
+	}
+	rep := &Report{Plan: plan, Points: plan.Labels()}
+	var before map[string]counters
+	if !o.NoEnrich {
+		before = readCounters(lab)
+	}
+	flt, err := trace.ParseFilter(plan.Proto)
+	if err != nil {
+		return nil, err
+	}
+	var pw *trace.PcapngWriter
+	if o.Pcap != nil {
+		if pw, err = trace.NewPcapngWriter(o.Pcap, plan.Points, trace.DefaultSnapLen, true); err != nil {
+			return nil, err
+		}
+	}
+	c, err := trace.Open(plan.Points, trace.Options{Filter: flt})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu   sync.Mutex
+		pkts []trace.Packet
+		werr error
+	)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(cctx, func(p *trace.Packet) error {
+			mu.Lock()
+			defer mu.Unlock()
+			pkts = append(pkts, p.Clone())
+			if pw != nil && werr == nil {
+				werr = pw.Write(p)
+			}
+			return nil
+		})
+	}()
+
+	rep.Probe, rep.Src = send(ctx, plan, o.Timeout)
+	select {
+	case <-time.After(o.Grace):
+	case <-ctx.Done():
+	}
+	stop()
+	if err := <-done; err != nil {
+		return nil, err
+	}
+	if pw != nil {
+		if werr == nil {
+			werr = pw.Flush()
+		}
+		if werr != nil {
+			return nil, werr
+		}
+	}
+	rep.Captured = len(pkts)
+	idx := FindProbe(pkts, plan)
+	if idx >= 0 {
+		j, err := trace.Follow(pkts, idx, rep.Points)
+		if err != nil {
+			return nil, err
+		}
+		rep.Journey = j
+		if plan.Expected {
+			seen := map[string]bool{}
+			for _, h := range j.Hops {
+				seen[h.Point] = true
+			}
+			for _, l := range rep.Points {
+				if !seen[l] {
+					rep.Missing = append(rep.Missing, l)
+				}
+			}
+		}
+	}
+	if !o.NoEnrich {
+		var first *trace.Header
+		if rep.Journey != nil && len(rep.Journey.Hops) > 0 {
+			first = rep.Journey.Hops[0].Packet.Innermost()
+		}
+		rep.Conntrack = conntrackFor(lab, plan, first)
+		rep.Rules = diffCounters(before, readCounters(lab))
+	}
+	return rep, nil
+}
+
+// send sends the one probe and says how it went.
+func send(ctx context.Context, plan *Plan, timeout time.Duration) (result, src string) {
+	switch plan.Proto {
+	case ICMP:
+		res, err := probe.Ping(ctx, plan.FromNS, plan.Dst, probe.PingOptions{Count: 1, Timeout: timeout})
+		switch {
+		case err != nil:
+			return err.Error(), ""
+		case res.Received == 1:
+			return "reply", ""
+		}
+		return fmt.Sprintf("no reply within %s", timeout), ""
+	default:
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		addr := net.JoinHostPort(plan.Dst.String(), strconv.Itoa(plan.Port))
+		conn, err := probe.Dial(dctx, plan.FromNS, "tcp4", addr)
+		if err != nil {
+			if isRefused(err) {
+				return "refused (RST: nothing listens on " + addr + ")", ""
+			}
+			return err.Error(), ""
+		}
+		src = conn.LocalAddr().String()
+		conn.Close()
+		return "connected", src
+	}
+}
+
+// FindProbe returns the index of the probe among pkts: the earliest ICMP
+// echo request, or TCP SYN, addressed to the plan's destination (before
+// any DNAT), or -1.
+func FindProbe(pkts []trace.Packet, plan *Plan) int {
+	best := -1
+	for i := range pkts {
+		h := pkts[i].Innermost()
+		if h.L3 != trace.L3IPv4 || h.DstIP != plan.Dst {
+			continue
+		}
+		switch plan.Proto {
+		case ICMP:
+			if h.Proto != trace.ProtoICMP || h.ICMPType != 8 {
+				continue
+			}
+		case TCP:
+			if h.Proto != trace.ProtoTCP || h.DstPort != uint16(plan.Port) || h.TCPFlags&(trace.TCPSyn|trace.TCPAck) != trace.TCPSyn {
+				continue
+			}
+		}
+		if best < 0 || pkts[i].Time.Before(pkts[best].Time) {
+			best = i
+		}
+	}
+	return best
+}
+
+func addrPort(a netip.Addr, port uint16) string {
+	if port == 0 {
+		return a.String()
+	}
+	return netip.AddrPortFrom(a, port).String()
+}
