@@ -51,16 +51,19 @@ type RuleHit struct {
 	Chain   string `json:"chain"`
 	Rule    string `json:"rule"` // as iptables-save prints it, without counters
 	Packets uint64 `json:"packets"`
+	pos     int
 }
 
 func (r RuleHit) String() string {
 	return fmt.Sprintf("%s %s: %s  (+%d)", r.Node, r.Table, r.Rule, r.Packets)
 }
 
-// conntrackFor lists, in every node, the conntrack entries whose original
-// tuple is the probe's (its source, and its destination before or after
-// DNAT). Nodes whose conntrack is not active (no NAT rule loaded) have none.
-func conntrackFor(lab *cluster.Lab, plan *Plan, first *trace.Header) []Flow {
+// conntrackFor lists, in every node, the conntrack entries of the probe:
+// its protocol, its destination before DNAT, and its source — the local
+// address of the TCP connection (src, "addr:port"), or for ICMP the
+// source the first capture point saw, before or after SNAT. Nodes whose
+// conntrack is not active (no NAT rule loaded) have none.
+func conntrackFor(lab *cluster.Lab, plan *Plan, src string, first *trace.Header) []Flow {
 	var out []Flow
 	for _, n := range lab.Nodes {
 		h, err := netns.Handle(netns.Name(lab.Name, n.Name))
@@ -73,7 +76,7 @@ func conntrackFor(lab *cluster.Lab, plan *Plan, first *trace.Header) []Flow {
 			continue
 		}
 		for _, f := range flows {
-			if fl, ok := matchFlow(n.Name, f, plan, first); ok {
+			if fl, ok := matchFlow(n.Name, f, plan, src, first); ok {
 				out = append(out, fl)
 			}
 		}
@@ -86,22 +89,19 @@ func ip4(ip net.IP) netip.Addr {
 	return a
 }
 
-// matchFlow keeps a flow of the probe's protocol whose original source is
-// the probe's source (when known) and whose original destination is the
-// plan's, the probe's source port matching for TCP.
-func matchFlow(node string, f *netlink.ConntrackFlow, plan *Plan, first *trace.Header) (Flow, bool) {
+func matchFlow(node string, f *netlink.ConntrackFlow, plan *Plan, src string, first *trace.Header) (Flow, bool) {
 	proto := map[string]uint8{ICMP: unix.IPPROTO_ICMP, TCP: unix.IPPROTO_TCP}[plan.Proto]
 	fw, rv := f.Forward, f.Reverse
 	if fw.Protocol != proto || ip4(fw.DstIP) != plan.Dst {
 		return Flow{}, false
 	}
-	if proto == unix.IPPROTO_TCP && fw.DstPort != uint16(plan.Port) {
-		return Flow{}, false
-	}
-	if first != nil {
-		if ip4(fw.SrcIP) != first.SrcIP || (proto == unix.IPPROTO_TCP && fw.SrcPort != first.SrcPort) {
+	if proto == unix.IPPROTO_TCP {
+		ap, err := netip.ParseAddrPort(src)
+		if fw.DstPort != uint16(plan.Port) || err != nil || ip4(fw.SrcIP) != ap.Addr() || fw.SrcPort != ap.Port() {
 			return Flow{}, false
 		}
+	} else if first != nil && ip4(fw.SrcIP) != first.SrcIP && ip4(rv.DstIP) != first.SrcIP {
+		return Flow{}, false
 	}
 	return describeFlow(node, plan.Proto, fw, rv), true
 }
@@ -127,8 +127,14 @@ func describeFlow(node, proto string, fw, rv netlink.IPTuple) Flow {
 	return fl
 }
 
-// counters maps "table\x00rule" to its packet counter, for one node.
-type counters map[string]uint64
+// counters maps "table\x00rule" to its packet counter and its position in
+// iptables-save's output, for one node.
+type counters map[string]counter
+
+type counter struct {
+	packets uint64
+	pos     int
+}
 
 // readCounters runs iptables-save -c in every node. It lists only the
 // tables that exist (it never loads one, which would switch conntrack on).
@@ -174,21 +180,26 @@ func ParseCounters(text string) counters {
 			if err != nil || !strings.HasPrefix(rule, "-A ") {
 				continue
 			}
-			c[table+"\x00"+rule] += n
+			k := table + "\x00" + rule
+			if old, ok := c[k]; ok {
+				c[k] = counter{old.packets + n, old.pos}
+			} else {
+				c[k] = counter{n, len(c)}
+			}
 		}
 	}
 	return c
 }
 
 // diffCounters lists the rules whose counter rose, in the nat table and in
-// kube-proxy's and flannel's chains of other tables, sorted by node, table
-// and chain.
+// kube-proxy's and flannel's chains of other tables, by node, in
+// iptables-save's order (tables, then chains as the kernel lists them).
 func diffCounters(before, after map[string]counters) []RuleHit {
 	var out []RuleHit
 	for node, a := range after {
 		b := before[node]
 		for k, n := range a {
-			if n <= b[k] {
+			if n.packets <= b[k].packets {
 				continue
 			}
 			table, rule, _ := strings.Cut(k, "\x00")
@@ -196,7 +207,7 @@ func diffCounters(before, after map[string]counters) []RuleHit {
 			if table != "nat" && !strings.HasPrefix(chain, "KUBE-") && !strings.HasPrefix(chain, "FLANNEL-") {
 				continue
 			}
-			out = append(out, RuleHit{Node: node, Table: table, Chain: chain, Rule: rule, Packets: n - b[k]})
+			out = append(out, RuleHit{Node: node, Table: table, Chain: chain, Rule: rule, Packets: n.packets - b[k].packets, pos: n.pos})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -204,10 +215,7 @@ func diffCounters(before, after map[string]counters) []RuleHit {
 		if x.Node != y.Node {
 			return x.Node < y.Node
 		}
-		if x.Table != y.Table {
-			return x.Table < y.Table
-		}
-		return x.Rule < y.Rule
+		return x.pos < y.pos
 	})
 	return out
 }

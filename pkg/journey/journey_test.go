@@ -226,12 +226,12 @@ COMMIT
 	for _, h := range hits {
 		got = append(got, h.Table+":"+h.Chain)
 	}
-	want := "filter:KUBE-FORWARD nat:KUBE-SEP-Y nat:KUBE-SERVICES nat:KUBE-SVC-X nat:PREROUTING"
+	want := "nat:PREROUTING nat:KUBE-SERVICES nat:KUBE-SVC-X nat:KUBE-SEP-Y filter:KUBE-FORWARD"
 	if strings.Join(got, " ") != want {
 		t.Errorf("hits %s, want %s", strings.Join(got, " "), want)
 	}
-	if !strings.Contains(hits[1].String(), "node1 nat: -A KUBE-SEP-Y -p tcp -j DNAT --to-destination 10.244.2.2:8080  (+1)") {
-		t.Errorf("hit text: %s", hits[1])
+	if !strings.Contains(hits[3].String(), "node1 nat: -A KUBE-SEP-Y -p tcp -j DNAT --to-destination 10.244.2.2:8080  (+1)") {
+		t.Errorf("hit text: %s", hits[3])
 	}
 }
 

@@ -143,7 +143,7 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 		if rep.Journey != nil && len(rep.Journey.Hops) > 0 {
 			first = rep.Journey.Hops[0].Packet.Innermost()
 		}
-		rep.Conntrack = conntrackFor(lab, plan, first)
+		rep.Conntrack = conntrackFor(lab, plan, rep.Src, first)
 		rep.Rules = diffCounters(before, readCounters(lab))
 	}
 	return rep, nil
@@ -180,12 +180,21 @@ func send(ctx context.Context, plan *Plan, timeout time.Duration) (result, src s
 
 // FindProbe returns the index of the probe among pkts: the earliest ICMP
 // echo request, or TCP SYN, addressed to the plan's destination (before
-// any DNAT), or -1.
+// any DNAT). When no such packet was captured — a node's own probe is
+// rewritten in OUTPUT before any capture point sees it — it falls back to
+// the earliest echo request or SYN at all. -1 if there is none.
 func FindProbe(pkts []trace.Packet, plan *Plan) int {
+	if i := findProbe(pkts, plan, true); i >= 0 {
+		return i
+	}
+	return findProbe(pkts, plan, false)
+}
+
+func findProbe(pkts []trace.Packet, plan *Plan, exact bool) int {
 	best := -1
 	for i := range pkts {
 		h := pkts[i].Innermost()
-		if h.L3 != trace.L3IPv4 || h.DstIP != plan.Dst {
+		if h.L3 != trace.L3IPv4 || (exact && h.DstIP != plan.Dst) {
 			continue
 		}
 		switch plan.Proto {
@@ -194,7 +203,7 @@ func FindProbe(pkts []trace.Packet, plan *Plan) int {
 				continue
 			}
 		case TCP:
-			if h.Proto != trace.ProtoTCP || h.DstPort != uint16(plan.Port) || h.TCPFlags&(trace.TCPSyn|trace.TCPAck) != trace.TCPSyn {
+			if h.Proto != trace.ProtoTCP || (exact && h.DstPort != uint16(plan.Port)) || h.TCPFlags&(trace.TCPSyn|trace.TCPAck) != trace.TCPSyn {
 				continue
 			}
 		}
