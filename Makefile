@@ -1,5 +1,5 @@
 # klab: build, test, benchmark, lint. Tests and labs need root.
-GO      ?= go
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     ?= bin/klab
 PKGS    ?= ./...
 export CGO_ENABLED ?= 0
