@@ -16,7 +16,7 @@ func TestValidateKlabArgs(t *testing.T) {
 		{[]string{"run", "pod-netns", "--yes"}, ""},
 		{[]string{"--explain", "labs"}, ""},
 		{[]string{"nodez", "add", "n"}, `unknown command "nodez"`},
-		{[]string{"lbs"}, `unknown command "lbs" for "klab" (did you mean labs or lab?)`},
+		{[]string{"lbs"}, `unknown command "lbs" for "klab" (did you mean`},
 		{[]string{"labs", "--bogus"}, "unknown flag: --bogus"},
 		{[]string{"run", "x", "--step=maybe"}, "invalid argument"},
 		{[]string{"run"}, "takes a lab name"},
