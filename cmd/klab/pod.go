@@ -60,9 +60,6 @@ network.`,
 			if err != nil {
 				return err
 			}
-			if err := afterPodsChanged(c); err != nil {
-				return err
-			}
 			printExplain(c.Log)
 			fmt.Printf("pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
 			return nil
@@ -100,9 +97,6 @@ func newPodDelCmd() *cobra.Command {
 					return err
 				}
 				fmt.Printf("pod %s deleted\n", a)
-			}
-			if err := afterPodsChanged(c); err != nil {
-				return err
 			}
 			printExplain(c.Log)
 			return nil
@@ -149,17 +143,4 @@ func labelString(m map[string]string) string {
 	}
 	sort.Strings(kv)
 	return strings.Join(kv, ",")
-}
-
-// podHooks run after pods were added or deleted (services re-render their
-// endpoints here).
-var podHooks []func(*cluster.Cluster) error
-
-func afterPodsChanged(c *cluster.Cluster) error {
-	for _, h := range podHooks {
-		if err := h(c); err != nil {
-			return err
-		}
-	}
-	return nil
 }
