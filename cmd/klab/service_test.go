@@ -35,7 +35,9 @@ func TestServiceFlagsSpec(t *testing.T) {
 					t.Errorf("spec %+v", s)
 				}
 			}},
-		{"multi port", func(f *serviceFlags) { f.tcp, f.udp, f.endpoints = []string{"53:5353"}, []string{"53:5353"}, []string{"a"} }, false, "",
+		{"multi port", func(f *serviceFlags) {
+			f.tcp, f.udp, f.endpoints = []string{"53:5353"}, []string{"53:5353"}, []string{"a"}
+		}, false, "",
 			func(t *testing.T, s cluster.ServiceSpec) {
 				if len(s.Ports) != 2 || s.Ports[0].Name != "53-5353" || s.Ports[1].Protocol != nat.UDP || s.Ports[1].TargetPort != 5353 {
 					t.Errorf("spec %+v", s)
