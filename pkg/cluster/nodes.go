@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
+	"os/exec"
 	"net/netip"
 	"path/filepath"
 
@@ -136,6 +138,11 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	n, err := c.PlanNode(s)
 	if err != nil {
 		return nil, err
+	}
+	// Every node runs kube-proxy's and flannel's rules: check for the tool
+	// before anything is built.
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		return nil, errors.New("iptables-restore is not installed, and every node needs it for kube-proxy's and flannel's rules: install iptables (apt-get install iptables), then run 'klab doctor'")
 	}
 	ok := false
 	defer func() {

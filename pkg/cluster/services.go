@@ -125,7 +125,7 @@ func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 		}
 		seen[e] = true
 		if l.Pod(e) == nil {
-			return nil, fmt.Errorf("service %s: endpoint %q is not a pod of lab %s: use pods from 'klab pod list' (%s)", s.Name, e, l.Name, strings.Join(c.podNames(), ", "))
+			return nil, c.unknownPod(s.Name, e)
 		}
 	}
 	var usedIPs []netip.Addr
@@ -206,7 +206,7 @@ func (c *Cluster) SetEndpoints(name string, pods []string) error {
 	}
 	for _, p := range pods {
 		if c.Lab.Pod(p) == nil {
-			return fmt.Errorf("service %s: endpoint %q is not a pod of lab %s: use pods from 'klab pod list' (%s)", name, p, c.Lab.Name, strings.Join(c.podNames(), ", "))
+			return c.unknownPod(name, p)
 		}
 	}
 	upd := *s
@@ -332,6 +332,14 @@ func (c *Cluster) programNewNode(n *Node, fresh bool) error {
 		return fmt.Errorf("program iptables of node %s: %w", n.Name, err)
 	}
 	return nil
+}
+
+// unknownPod is the error for an endpoint that names no pod.
+func (c *Cluster) unknownPod(svc, pod string) error {
+	if len(c.Lab.Pods) == 0 {
+		return fmt.Errorf("service %s: endpoint %q is not a pod: lab %s has no pods yet, add them first (klab pod add %s --node NODE)", svc, pod, c.Lab.Name, pod)
+	}
+	return fmt.Errorf("service %s: endpoint %q is not a pod of lab %s: use pods from 'klab pod list' (%s)", svc, pod, c.Lab.Name, strings.Join(c.podNames(), ", "))
 }
 
 func (c *Cluster) podNames() []string {
