@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -119,7 +120,26 @@ func ensureRunDir() error {
 	return nil
 }
 
-var runDirReady bool
+var (
+	runDirMu    sync.Mutex
+	runDirReady bool
+)
+
+// prepareRunDir runs ensureRunDir once per process; Ensure may be called
+// from several goroutines at once (cluster.Build creates namespaces in
+// parallel).
+func prepareRunDir() error {
+	runDirMu.Lock()
+	defer runDirMu.Unlock()
+	if runDirReady {
+		return nil
+	}
+	if err := ensureRunDir(); err != nil {
+		return err
+	}
+	runDirReady = true
+	return nil
+}
 
 // Ensure creates the named namespace if it does not exist yet. It reports
 // whether it created it. The calling thread never changes namespace: the
@@ -128,11 +148,8 @@ func Ensure(name string) (created bool, err error) {
 	if Exists(name) {
 		return false, nil
 	}
-	if !runDirReady {
-		if err := ensureRunDir(); err != nil {
-			return false, err
-		}
-		runDirReady = true
+	if err := prepareRunDir(); err != nil {
+		return false, err
 	}
 	p := Path(name)
 	f, err := os.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
