@@ -165,6 +165,72 @@ func (s Store) Allocate(id, ifname string, want netip.Addr) (netip.Addr, error) 
 	return a, nil
 }
 
+// Request asks AllocateMany for one address: Want if valid, else the next
+// free one.
+type Request struct {
+	ID, IfName string
+	Want       netip.Addr
+}
+
+// AllocateMany reserves addresses for several ids, with exactly the result
+// of calling Allocate for each request in order, but reading the directory
+// once and writing last_reserved_ip.0 once. Every request is checked before
+// anything is written, so a bad request reserves nothing.
+func (s Store) AllocateMany(reqs []Request) ([]netip.Addr, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ipam: %w", err)
+	}
+	used, err := s.Used()
+	if err != nil {
+		return nil, err
+	}
+	var last netip.Addr
+	if b, err := os.ReadFile(filepath.Join(s.Dir, lastFile)); err == nil {
+		last, _ = netip.ParseAddr(strings.TrimSpace(string(b)))
+	}
+	taken := make(map[netip.Addr]bool, len(used)+len(reqs))
+	for k := range used {
+		taken[k] = true
+	}
+	out := make([]netip.Addr, len(reqs))
+	for i, r := range reqs {
+		var a netip.Addr
+		if r.Want.IsValid() {
+			switch {
+			case !s.Subnet.Contains(r.Want):
+				return nil, fmt.Errorf("address %s is outside the node's pod subnet %s: pick one inside it or leave --ip out", r.Want, s.Subnet)
+			case r.Want == s.Subnet.Addr() || r.Want == Gateway(s.Subnet) || r.Want == s.broadcast():
+				return nil, fmt.Errorf("address %s is the network, gateway or broadcast address of %s: pick another", r.Want, s.Subnet)
+			case used[r.Want] != "" && used[r.Want] != r.ID:
+				return nil, fmt.Errorf("address %s is already used by %s: pick another or leave --ip out", r.Want, used[r.Want])
+			}
+			a = r.Want
+		} else if a, err = NextIP(s.Subnet, last, taken); err != nil {
+			return nil, err
+		}
+		used[a], taken[a], last = r.ID, true, a
+		out[i] = a
+	}
+	for i, r := range reqs {
+		if err := os.WriteFile(filepath.Join(s.Dir, out[i].String()), []byte(r.ID+"\n"+r.IfName), 0o600); err != nil {
+			for _, w := range reqs[:i] {
+				s.Release(w.ID)
+			}
+			return nil, fmt.Errorf("ipam: record %s: %w", out[i], err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, lastFile), []byte(last.String()), 0o600); err != nil {
+		for _, w := range reqs {
+			s.Release(w.ID)
+		}
+		return nil, fmt.Errorf("ipam: %w", err)
+	}
+	return out, nil
+}
+
 // Release frees every address held by id. It is idempotent.
 func (s Store) Release(id string) error {
 	used, err := s.Used()

@@ -122,3 +122,59 @@ func TestStore(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// AllocateMany gives the same addresses and leaves the same files as
+// Allocate called once per request.
+func TestAllocateManyMatchesAllocate(t *testing.T) {
+	sub := netip.MustParsePrefix("10.244.1.0/28")
+	one, many := Store{Dir: t.TempDir(), Subnet: sub}, Store{Dir: t.TempDir(), Subnet: sub}
+	for _, s := range []Store{one, many} {
+		if _, err := s.Allocate("old", "eth0", netip.Addr{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reqs := []Request{{ID: "a", IfName: "eth0"}, {ID: "b", IfName: "eth0", Want: netip.MustParseAddr("10.244.1.9")}, {ID: "c", IfName: "eth0"}, {ID: "d", IfName: "eth0"}}
+	var want []netip.Addr
+	for _, r := range reqs {
+		a, err := one.Allocate(r.ID, r.IfName, r.Want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, a)
+	}
+	got, err := many.AllocateMany(reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("request %d: got %s, want %s", i, got[i], want[i])
+		}
+	}
+	for _, name := range []string{lastFile, "10.244.1.2", "10.244.1.3", "10.244.1.9", "10.244.1.10", "10.244.1.11"} {
+		a, errA := os.ReadFile(filepath.Join(one.Dir, name))
+		b, errB := os.ReadFile(filepath.Join(many.Dir, name))
+		if errA != nil || errB != nil || string(a) != string(b) {
+			t.Errorf("%s: %q (%v) vs %q (%v)", name, a, errA, b, errB)
+		}
+	}
+}
+
+// A bad request in the batch reserves nothing.
+func TestAllocateManyAllOrNothing(t *testing.T) {
+	s := Store{Dir: t.TempDir(), Subnet: netip.MustParsePrefix("10.244.1.0/24")}
+	_, err := s.AllocateMany([]Request{{ID: "a"}, {ID: "b", Want: netip.MustParseAddr("10.244.2.5")}})
+	if err == nil || !strings.Contains(err.Error(), "outside the node's pod subnet") {
+		t.Fatalf("got %v", err)
+	}
+	if used, _ := s.Used(); len(used) != 0 {
+		t.Errorf("addresses reserved: %v", used)
+	}
+	_, err = s.AllocateMany([]Request{{ID: "a", Want: netip.MustParseAddr("10.244.1.7")}, {ID: "b", Want: netip.MustParseAddr("10.244.1.7")}})
+	if err == nil || !strings.Contains(err.Error(), "already used by a") {
+		t.Fatalf("duplicate in batch: got %v", err)
+	}
+}
