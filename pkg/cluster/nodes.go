@@ -1,9 +1,7 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
-	"os/exec"
 	"net/netip"
 	"path/filepath"
 
@@ -141,8 +139,8 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	}
 	// Every node runs kube-proxy's and flannel's rules: check for the tool
 	// before anything is built.
-	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		return nil, errors.New("iptables-restore is not installed, and every node needs it for kube-proxy's and flannel's rules: install iptables (apt-get install iptables), then run 'klab doctor'")
+	if err := checkIptablesRestore(); err != nil {
+		return nil, err
 	}
 	ok := false
 	defer func() {

@@ -63,27 +63,9 @@ func ParseLabels(kvs []string) (map[string]string, error) {
 // AddPod validates, allocates, builds and records a pod. On failure what
 // this call created is removed and the address released.
 func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
-	if err := c.validateName("pod", s.Name); err != nil {
+	n, err := c.podNode(&s)
+	if err != nil {
 		return nil, err
-	}
-	if s.Node == "" {
-		switch len(c.Lab.Nodes) {
-		case 0:
-			return nil, fmt.Errorf("lab %s has no nodes yet: add one first (klab node add node1)", c.Lab.Name)
-		case 1:
-			s.Node = c.Lab.Nodes[0].Name
-		default:
-			return nil, fmt.Errorf("pod %s needs a node: add --node (one of %s)", s.Name, strings.Join(c.nodeNames(), ", "))
-		}
-	}
-	n := c.Lab.Node(s.Node)
-	if n == nil {
-		return nil, fmt.Errorf("node %q does not exist in lab %s: use one of %s, or add it with 'klab node add %s'", s.Node, c.Lab.Name, strings.Join(c.nodeNames(), ", "), s.Node)
-	}
-	for _, o := range c.Lab.Pods {
-		if s.IP.IsValid() && o.IP == s.IP {
-			return nil, fmt.Errorf("address %s is already used by pod %s: pick another or leave --ip out", s.IP, o.Name)
-		}
 	}
 	store := c.ipamStore(n)
 	ip, err := store.Allocate(s.Name, PodIface, s.IP)
@@ -113,6 +95,35 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 	}
 	ok = true
 	return p, nil
+}
+
+// podNode validates a pod request against the lab (name, node, address
+// not taken by another pod) and returns its node; an empty s.Node is set
+// to the lab's only node.
+func (c *Cluster) podNode(s *PodSpec) (*Node, error) {
+	if err := c.validateName("pod", s.Name); err != nil {
+		return nil, err
+	}
+	if s.Node == "" {
+		switch len(c.Lab.Nodes) {
+		case 0:
+			return nil, fmt.Errorf("lab %s has no nodes yet: add one first (klab node add node1)", c.Lab.Name)
+		case 1:
+			s.Node = c.Lab.Nodes[0].Name
+		default:
+			return nil, fmt.Errorf("pod %s needs a node: add --node (one of %s)", s.Name, strings.Join(c.nodeNames(), ", "))
+		}
+	}
+	n := c.Lab.Node(s.Node)
+	if n == nil {
+		return nil, fmt.Errorf("node %q does not exist in lab %s: use one of %s, or add it with 'klab node add %s'", s.Node, c.Lab.Name, strings.Join(c.nodeNames(), ", "), s.Node)
+	}
+	for _, o := range c.Lab.Pods {
+		if s.IP.IsValid() && o.IP == s.IP {
+			return nil, fmt.Errorf("address %s is already used by pod %s: pick another or leave --ip out", s.IP, o.Name)
+		}
+	}
+	return n, nil
 }
 
 func (c *Cluster) buildPod(p *Pod) error {

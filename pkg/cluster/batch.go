@@ -1,0 +1,259 @@
+package cluster
+
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+
+	"github.com/klab-dev/klab/pkg/ipam"
+	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/veth"
+	"github.com/klab-dev/klab/pkg/vxlan"
+)
+
+// Spec is a batch of nodes and pods to add in one call. Pods may sit on
+// nodes of the same Spec.
+type Spec struct {
+	Nodes []NodeSpec
+	Pods  []PodSpec
+}
+
+// Build adds the nodes, then the pods, of s. The result in the kernel and
+// in the state is the same as calling AddNode for each node and then
+// AddPod for each pod, in order; only faster: the whole request is
+// validated and every address allocated before the kernel is touched, the
+// nodes and the pods are built by parallel workers (one node's pods are
+// built by one worker), each node's peer entries are programmed in one
+// pass, and the state is saved once. With an explain log the work is done
+// serially, so the equivalent commands come out in order.
+//
+// Bad input changes nothing. If the kernel fails half-way, everything this
+// call created is removed again and the error is returned.
+func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
+	// (Not named results: a return must not clear what the deferred
+	// rollback removes.)
+	var nodes []*Node
+	var pods []*Pod
+	before := *c.Lab
+	c.Lab.Nodes = slices.Clone(before.Nodes)
+	c.Lab.Pods = slices.Clone(before.Pods)
+	restore := func() { c.Lab.Nodes, c.Lab.Pods = before.Nodes, before.Pods }
+	// Plan: every node, then every pod, each checked against the lab as it
+	// would stand after the objects before it in s.
+	for _, ns := range s.Nodes {
+		n, err := c.PlanNode(ns)
+		if err != nil {
+			restore()
+			return nil, nil, err
+		}
+		c.Lab.Nodes = append(c.Lab.Nodes, n)
+		nodes = append(nodes, n)
+	}
+	if len(nodes) > 0 {
+		if err := checkIptablesRestore(); err != nil {
+			restore()
+			return nil, nil, err
+		}
+	}
+	byNode := map[string][]int{} // pod indexes per node, in request order
+	var order []string           // nodes with new pods, in first-use order
+	for _, ps := range s.Pods {
+		n, err := c.podNode(&ps)
+		if err != nil {
+			restore()
+			return nil, nil, err
+		}
+		p := &Pod{Name: ps.Name, Node: n.Name, IP: ps.IP, HostVeth: vethName(c.Lab.Name, ps.Name), Labels: ps.Labels}
+		if _, ok := byNode[n.Name]; !ok {
+			order = append(order, n.Name)
+		}
+		byNode[n.Name] = append(byNode[n.Name], len(pods))
+		c.Lab.Pods = append(c.Lab.Pods, p)
+		pods = append(pods, p)
+	}
+	// Addresses, host-local style: one directory read and one
+	// last_reserved_ip.0 write per node.
+	var allocated []string
+	release := func() {
+		for _, name := range allocated {
+			for _, i := range byNode[name] {
+				c.ipamStore(c.Lab.Node(name)).Release(pods[i].Name)
+			}
+		}
+	}
+	for _, name := range order {
+		reqs := make([]ipam.Request, len(byNode[name]))
+		for k, i := range byNode[name] {
+			reqs[k] = ipam.Request{ID: pods[i].Name, IfName: PodIface, Want: pods[i].IP}
+		}
+		ips, err := c.ipamStore(c.Lab.Node(name)).AllocateMany(reqs)
+		if err != nil {
+			release()
+			restore()
+			return nil, nil, err
+		}
+		allocated = append(allocated, name)
+		for k, i := range byNode[name] {
+			pods[i].IP = ips[k]
+		}
+	}
+
+	ok := false
+	defer func() {
+		if !ok {
+			c.unbuild(nodes, pods)
+			release()
+			restore()
+		}
+	}()
+	if len(nodes) > 0 {
+		if err := c.ensureUnderlay(); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := c.parallel(len(nodes), func(i int) error { return c.buildNode(nodes[i]) }); err != nil {
+		return nil, nil, err
+	}
+	// Peers: a new node learns every other node; an old one the new nodes.
+	if len(nodes) > 0 {
+		all := c.Lab.Nodes
+		if err := c.parallel(len(all), func(i int) error {
+			var others []*Node
+			for _, o := range all {
+				if o != all[i] && (i >= len(before.Nodes) || slices.Contains(nodes, o)) {
+					others = append(others, o)
+				}
+			}
+			return c.peerMany(all[i], others)
+		}); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := c.parallel(len(order), func(k int) error {
+		for _, i := range byNode[order[k]] {
+			if err := c.buildPod(pods[i]); err != nil {
+				return err
+			}
+			c.dropHandle(pods[i].Name)
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	// One save; services that select the new pods are reprogrammed.
+	if err := c.commit(&before); err != nil {
+		// commit has put c.Lab back; undo the kernel side too.
+		c.Lab.Nodes, c.Lab.Pods = append(slices.Clone(before.Nodes), nodes...), append(slices.Clone(before.Pods), pods...)
+		return nil, nil, err
+	}
+	ok = true
+	return nodes, pods, nil
+}
+
+// checkIptablesRestore checks, before anything is built, that every node
+// can get kube-proxy's and flannel's rules.
+func checkIptablesRestore() error {
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		return errors.New("iptables-restore is not installed, and every node needs it for kube-proxy's and flannel's rules: install iptables (apt-get install iptables), then run 'klab doctor'")
+	}
+	return nil
+}
+
+// peerMany programs node n to reach the pods of every node in others,
+// looking its flannel.1 up once.
+func (c *Cluster) peerMany(n *Node, others []*Node) error {
+	if len(others) == 0 {
+		return nil
+	}
+	h, err := c.Handle(n.Name)
+	if err != nil {
+		return err
+	}
+	if c.Lab.Backend == BackendHostGW {
+		for _, o := range others {
+			if err := vxlan.EnsureHostGW(h, c.NS(n.Name), NodeUplink, c.peerOf(o), c.Log); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	dev, err := vxlan.LookupDevice(h, c.NS(n.Name), c.Lab.VNI, c.Log)
+	if err != nil {
+		return err
+	}
+	for _, o := range others {
+		if err := dev.AddPeer(c.peerOf(o)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unbuild removes what a failed Build created: the new pods (namespace,
+// host veth) and the new nodes (namespace, underlay port, other nodes'
+// entries, files). c.Lab still lists them.
+func (c *Cluster) unbuild(nodes []*Node, pods []*Pod) {
+	for _, p := range pods {
+		c.deleteNS(p.Name)
+		if !slices.ContainsFunc(nodes, func(n *Node) bool { return n.Name == p.Node }) && netns.Exists(c.NS(p.Node)) {
+			if h, err := c.Handle(p.Node); err == nil {
+				veth.Delete(h, c.NS(p.Node), p.HostVeth, nil)
+			}
+		}
+	}
+	for _, n := range nodes {
+		c.teardownNode(n)
+		removeAll(filepath.Join(c.Dir(), "nodes", n.Name))
+		removeAll(filepath.Join(c.Dir(), "ipam", n.Name))
+	}
+}
+
+// parallel runs f(0..n-1) on a few workers and returns the error of the
+// lowest index that failed, after every started call has returned. With an
+// explain log it runs serially, so the log stays in order.
+func (c *Cluster) parallel(n int, f func(i int) error) error {
+	workers := min(n, buildWorkers)
+	if c.Log != nil {
+		workers = min(n, 1)
+	}
+	errs := make([]error, n)
+	var next int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				failed := slices.ContainsFunc(errs[:min(i, n)], func(e error) bool { return e != nil })
+				mu.Unlock()
+				if i >= n || failed {
+					return
+				}
+				err := f(i)
+				mu.Lock()
+				errs[i] = err
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildWorkers is how many objects Build works on at once. Most of a
+// build's time is spent in the kernel, much of it waiting for the RTNL
+// lock or an exec'd iptables-restore, so a few more workers than CPUs keep
+// the CPUs busy.
+var buildWorkers = 2 * runtime.GOMAXPROCS(0)
