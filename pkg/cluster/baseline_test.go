@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/klab-dev/klab/internal/testutil"
+	"github.com/klab-dev/klab/pkg/bench"
 	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/netns"
 )
@@ -18,21 +19,6 @@ import (
 // baselineScript is the hand-written iproute2 script the benchmarks compare
 // klab with.
 var baselineScript = filepath.Join("..", "..", "scripts", "baseline", "flannel.sh")
-
-// flannelSpec is the benchmarks' topology: nodes node1..nodeN, pods
-// pod-<n>-<i>, as scripts/baseline/flannel.sh names them.
-func flannelSpec(nodes, pods int) cluster.Spec {
-	var s cluster.Spec
-	for i := 1; i <= nodes; i++ {
-		s.Nodes = append(s.Nodes, cluster.NodeSpec{Name: fmt.Sprintf("node%d", i)})
-	}
-	for i := 1; i <= nodes; i++ {
-		for k := 1; k <= pods; k++ {
-			s.Pods = append(s.Pods, cluster.PodSpec{Name: fmt.Sprintf("pod-%d-%d", i, k), Node: fmt.Sprintf("node%d", i)})
-		}
-	}
-	return s
-}
 
 // TestBaselineScriptMatchesKlab builds the same 3-node lab three ways — one
 // AddNode/AddPod call per object, one Build call, and the baseline script —
@@ -63,7 +49,7 @@ func TestBaselineScriptMatchesKlab(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s := flannelSpec(nodes, pods)
+			s := bench.FlannelSpec(nodes, pods)
 			if how == "build" {
 				_, _, err = c.Build(s)
 			} else {

@@ -24,11 +24,11 @@ type Spec struct {
 // Build adds the nodes, then the pods, of s. The result in the kernel and
 // in the state is the same as calling AddNode for each node and then
 // AddPod for each pod, in order; only faster: the whole request is
-// validated and every address allocated before the kernel is touched, the
-// nodes and the pods are built by parallel workers (one node's pods are
-// built by one worker), each node's peer entries are programmed in one
-// pass, and the state is saved once. With an explain log the work is done
-// serially, so the equivalent commands come out in order.
+// validated and every address allocated before the kernel is touched,
+// each node (its devices, its entries for every other node, its pods) is
+// built by one of a few parallel workers, and the state is saved once.
+// With an explain log the work is done serially, so the equivalent
+// commands come out in order.
 //
 // Bad input changes nothing. If the kernel fails half-way, everything this
 // call created is removed again and the error is returned.
@@ -109,38 +109,50 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 			restore()
 		}
 	}()
+	// Then one job per node, run by parallel workers: a new node is built,
+	// learns every other node (the entries need only the plan, not the
+	// other node's devices) and gets its pods; an old node learns the new
+	// nodes and gets its pods. The external host is a job of its own.
+	var jobs []func() error
 	if len(nodes) > 0 {
-		if err := c.ensureUnderlay(); err != nil {
+		if err := c.ensureUnderlayBridge(); err != nil {
 			return nil, nil, err
 		}
+		jobs = append(jobs, c.ensureExternal)
 	}
-	if err := c.parallel(len(nodes), func(i int) error { return c.buildNode(nodes[i]) }); err != nil {
-		return nil, nil, err
-	}
-	// Peers: a new node learns every other node; an old one the new nodes.
-	if len(nodes) > 0 {
-		all := c.Lab.Nodes
-		if err := c.parallel(len(all), func(i int) error {
-			var others []*Node
-			for _, o := range all {
-				if o != all[i] && (i >= len(before.Nodes) || slices.Contains(nodes, o)) {
-					others = append(others, o)
-				}
-			}
-			return c.peerMany(all[i], others)
-		}); err != nil {
-			return nil, nil, err
-		}
-	}
-	if err := c.parallel(len(order), func(k int) error {
-		for _, i := range byNode[order[k]] {
+	podsOf := func(name string) error {
+		for _, i := range byNode[name] {
 			if err := c.buildPod(pods[i]); err != nil {
 				return err
 			}
 			c.dropHandle(pods[i].Name)
 		}
 		return nil
-	}); err != nil {
+	}
+	for _, n := range c.Lab.Nodes {
+		isNew := slices.Contains(nodes, n)
+		var others []*Node
+		for _, o := range c.Lab.Nodes {
+			if o != n && (isNew || slices.Contains(nodes, o)) {
+				others = append(others, o)
+			}
+		}
+		if !isNew && len(others) == 0 && len(byNode[n.Name]) == 0 {
+			continue
+		}
+		jobs = append(jobs, func() error {
+			if isNew {
+				if err := c.buildNode(n); err != nil {
+					return err
+				}
+			}
+			if err := c.peerMany(n, others); err != nil {
+				return err
+			}
+			return podsOf(n.Name)
+		})
+	}
+	if err := c.parallel(len(jobs), func(i int) error { return jobs[i]() }); err != nil {
 		return nil, nil, err
 	}
 	// One save; services that select the new pods are reprogrammed.
@@ -209,6 +221,24 @@ func (c *Cluster) unbuild(nodes []*Node, pods []*Pod) {
 		removeAll(filepath.Join(c.Dir(), "nodes", n.Name))
 		removeAll(filepath.Join(c.Dir(), "ipam", n.Name))
 	}
+}
+
+// later runs f in the background and returns wait, which waits for f and
+// returns its error. With an explain log f runs inside wait instead, so the
+// log keeps the order of the code, and wait(false) skips it (the caller
+// failed before it).
+func (c *Cluster) later(f func() error) (wait func(run bool) error) {
+	if c.Log != nil {
+		return func(run bool) error {
+			if !run {
+				return nil
+			}
+			return f()
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	return func(bool) error { return <-done }
 }
 
 // parallel runs f(0..n-1) on a few workers and returns the error of the

@@ -174,6 +174,14 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 // ensureUnderlay builds the underlay namespace: the underlay0 bridge that
 // joins all nodes, holding the nodes' default gateway address.
 func (c *Cluster) ensureUnderlay() error {
+	if err := c.ensureUnderlayBridge(); err != nil {
+		return err
+	}
+	return c.ensureExternal()
+}
+
+// ensureUnderlayBridge is ensureUnderlay without the external host.
+func (c *Cluster) ensureUnderlayBridge() error {
 	name := c.NS(UnderlayName)
 	created, err := netns.Ensure(name)
 	if err != nil {
@@ -195,7 +203,7 @@ func (c *Cluster) ensureUnderlay() error {
 			return err
 		}
 	}
-	return c.ensureExternal()
+	return nil
 }
 
 // ensureExternal builds the lab's "external" host: a namespace outside the
@@ -244,7 +252,7 @@ func (c *Cluster) enableForwarding(ns string) error {
 
 // buildNode creates a node's namespace, uplink, cni0, flannel.1 and
 // subnet.env.
-func (c *Cluster) buildNode(n *Node) error {
+func (c *Cluster) buildNode(n *Node) (err error) {
 	l := c.Lab
 	name := c.NS(n.Name)
 	created, err := netns.Ensure(name)
@@ -254,6 +262,14 @@ func (c *Cluster) buildNode(n *Node) error {
 	if created {
 		c.Log.Add("ip netns add %s", name)
 	}
+	// The rules do not depend on the links, and iptables-restore (an exec)
+	// is the slowest step: it runs while the links are made.
+	rules := c.later(func() error { return c.programNewNode(n, created) })
+	defer func() {
+		if rerr := rules(err == nil); err == nil {
+			err = rerr
+		}
+	}()
 	uh, err := c.Handle(UnderlayName)
 	if err != nil {
 		return err
@@ -294,9 +310,6 @@ func (c *Cluster) buildNode(n *Node) error {
 	}
 	network := ipam.IPNet(l.ClusterCIDR.Addr(), l.ClusterCIDR.Bits())
 	subnet := ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())
-	if err := c.programNewNode(n, created); err != nil {
-		return err
-	}
 	if err := vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), network, subnet, l.MTU(), true); err != nil {
 		return err
 	}
