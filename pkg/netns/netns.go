@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -22,15 +21,26 @@ const RunDir = "/run/netns"
 // Prefix starts the name of every namespace klab creates.
 const Prefix = "klab."
 
-var (
-	labRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
-	objRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-)
+// label reports whether s is 1-max lowercase letters, digits or '-',
+// starting and ending with a letter or digit (an RFC 1123 label when max is
+// 63). Hand-written rather than a regexp: rendering 10,000 services checks
+// 10,000 names.
+func label(s string, max int) bool {
+	if len(s) == 0 || len(s) > max || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateLab checks a lab name: lowercase letters, digits and '-', at most
 // 32 characters, starting and ending with a letter or digit.
 func ValidateLab(lab string) error {
-	if !labRE.MatchString(lab) {
+	if !label(lab, 32) {
 		return fmt.Errorf("lab name %q is not valid: use 1-32 lowercase letters, digits or '-', starting and ending with a letter or digit", lab)
 	}
 	return nil
@@ -39,7 +49,7 @@ func ValidateLab(lab string) error {
 // ValidateObject checks a node, pod or host name: a DNS label (RFC 1123) as
 // Kubernetes uses for pod and node names.
 func ValidateObject(kind, name string) error {
-	if !objRE.MatchString(name) {
+	if !label(name, 63) {
 		return fmt.Errorf("%s name %q is not valid: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", kind, name)
 	}
 	return nil
@@ -60,7 +70,7 @@ func Parse(name string) (lab, obj string, ok bool) {
 		return "", "", false
 	}
 	lab, obj = rest[:i], rest[i+1:]
-	if labRE.MatchString(lab) && objRE.MatchString(obj) {
+	if label(lab, 32) && label(obj, 63) {
 		return lab, obj, true
 	}
 	return "", "", false
