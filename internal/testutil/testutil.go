@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/klab-dev/klab/pkg/netns"
@@ -21,12 +24,49 @@ func RequireRoot(t testing.TB) {
 }
 
 // LabName returns a unique lab name starting with prefix, and registers a
-// cleanup that deletes every namespace of that lab, whatever the test did.
+// cleanup that deletes every namespace of that lab, whatever the test did;
+// also when the test binary is interrupted (Ctrl-C, SIGTERM), which skips
+// the cleanups: the labs of running tests are removed before it exits.
 func LabName(t testing.TB, prefix string) string {
 	t.Helper()
 	name := fmt.Sprintf("%s-%06x", prefix, rand.IntN(1<<24))
-	t.Cleanup(func() { RemoveLab(name) })
+	track(name)
+	t.Cleanup(func() {
+		RemoveLab(name)
+		untrack(name)
+	})
 	return name
+}
+
+var (
+	liveMu sync.Mutex
+	live   = map[string]bool{} // labs of tests that have not finished
+	watch  sync.Once
+)
+
+func track(lab string) {
+	watch.Do(func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+		go func() {
+			s := <-sig
+			liveMu.Lock()
+			for l := range live {
+				RemoveLab(l)
+			}
+			fmt.Fprintf(os.Stderr, "testutil: %v: removed the namespaces of %d labs\n", s, len(live))
+			os.Exit(2)
+		}()
+	})
+	liveMu.Lock()
+	live[lab] = true
+	liveMu.Unlock()
+}
+
+func untrack(lab string) {
+	liveMu.Lock()
+	delete(live, lab)
+	liveMu.Unlock()
 }
 
 // RemoveLab deletes every namespace of a lab.
