@@ -175,22 +175,30 @@ type Request struct {
 // AllocateMany reserves addresses for several ids, with exactly the result
 // of calling Allocate for each request in order, but reading the directory
 // once and writing last_reserved_ip.0 once. Every request is checked before
-// anything is written, so a bad request reserves nothing.
+// anything is written, so a bad request reserves nothing. It is Plan, then
+// Record.
 func (s Store) AllocateMany(reqs []Request) ([]netip.Addr, error) {
+	addrs, err := s.Plan(reqs)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Record(reqs, addrs); err != nil {
+		return nil, err
+	}
+	return addrs, nil
+}
+
+// Plan chooses the addresses AllocateMany would reserve, and checks every
+// request, without writing anything.
+func (s Store) Plan(reqs []Request) ([]netip.Addr, error) {
 	if len(reqs) == 0 {
 		return nil, nil
-	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("ipam: %w", err)
 	}
 	used, err := s.Used()
 	if err != nil {
 		return nil, err
 	}
-	var last netip.Addr
-	if b, err := os.ReadFile(filepath.Join(s.Dir, lastFile)); err == nil {
-		last, _ = netip.ParseAddr(strings.TrimSpace(string(b)))
-	}
+	last := s.last()
 	taken := make(map[netip.Addr]bool, len(used)+len(reqs))
 	for k := range used {
 		taken[k] = true
@@ -214,21 +222,43 @@ func (s Store) AllocateMany(reqs []Request) ([]netip.Addr, error) {
 		used[a], taken[a], last = r.ID, true, a
 		out[i] = a
 	}
+	return out, nil
+}
+
+// Record writes the reservations Plan chose: one file per address and
+// last_reserved_ip.0. If a write fails, what it wrote is released.
+func (s Store) Record(reqs []Request, addrs []netip.Addr) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("ipam: %w", err)
+	}
 	for i, r := range reqs {
-		if err := os.WriteFile(filepath.Join(s.Dir, out[i].String()), []byte(r.ID+"\n"+r.IfName), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(s.Dir, addrs[i].String()), []byte(r.ID+"\n"+r.IfName), 0o600); err != nil {
 			for _, w := range reqs[:i] {
 				s.Release(w.ID)
 			}
-			return nil, fmt.Errorf("ipam: record %s: %w", out[i], err)
+			return fmt.Errorf("ipam: record %s: %w", addrs[i], err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(s.Dir, lastFile), []byte(last.String()), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(s.Dir, lastFile), []byte(addrs[len(addrs)-1].String()), 0o600); err != nil {
 		for _, w := range reqs {
 			s.Release(w.ID)
 		}
-		return nil, fmt.Errorf("ipam: %w", err)
+		return fmt.Errorf("ipam: %w", err)
 	}
-	return out, nil
+	return nil
+}
+
+// last is the address last_reserved_ip.0 holds, or the zero Addr.
+func (s Store) last() netip.Addr {
+	b, err := os.ReadFile(filepath.Join(s.Dir, lastFile))
+	if err != nil {
+		return netip.Addr{}
+	}
+	a, _ := netip.ParseAddr(strings.TrimSpace(string(b)))
+	return a
 }
 
 // Release frees every address held by id. It is idempotent.
