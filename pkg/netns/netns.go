@@ -153,7 +153,8 @@ func prepareRunDir() error {
 
 // Ensure creates the named namespace if it does not exist yet. It reports
 // whether it created it. The calling thread never changes namespace: the
-// work happens on a throwaway locked thread.
+// work happens on another locked thread, which returns to its original
+// namespace afterwards.
 func Ensure(name string) (created bool, err error) {
 	if Exists(name) {
 		return false, nil
@@ -170,16 +171,35 @@ func Ensure(name string) (created bool, err error) {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// The thread is never unlocked: once it has unshared its network
-		// namespace it must not run other goroutines. When this goroutine
-		// returns, the runtime terminates the thread.
+		orig, err := vnetns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("unshare: %w", err)
 			return
 		}
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, p, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount %s: %w", p, err)
+		merr := unix.Mount(src, p, "none", unix.MS_BIND, "")
+		// Back to the original namespace, so that the thread can be
+		// reused (creating a thread per namespace shows at 1,000 pods). If
+		// that fails the thread stays locked, and the runtime ends it when
+		// this goroutine returns instead of reusing it in the wrong
+		// namespace.
+		if err := vnetns.Set(orig); err != nil {
+			if merr == nil {
+				unix.Unmount(p, unix.MNT_DETACH)
+			}
+			errc <- fmt.Errorf("return to original namespace: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		if merr != nil {
+			errc <- fmt.Errorf("bind mount %s: %w", p, merr)
 			return
 		}
 		errc <- nil
