@@ -91,6 +91,7 @@ func Ensure(outer, inner *netlink.Handle, innerNS vnetns.NsHandle, a Attachment,
 		attrs.Name = a.OuterIface
 		attrs.MTU = a.MTU
 		attrs.MasterIndex = masterIdx
+		attrs.Flags = net.FlagUp // created up: one round trip fewer
 		v := &netlink.Veth{LinkAttrs: attrs, PeerName: a.InnerIface, PeerNamespace: netlink.NsFd(innerNS), PeerMTU: uint32(a.MTU), PeerHardwareAddr: a.MAC}
 		if err := outer.LinkAdd(v); err != nil {
 			if errors.Is(err, syscall.EEXIST) {
@@ -111,8 +112,10 @@ func Ensure(outer, inner *netlink.Handle, innerNS vnetns.NsHandle, a Attachment,
 		}
 		log.IP(a.OuterNS, "link set %s master %s", a.OuterIface, a.Bridge)
 	}
-	if err := outer.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up in %s: %w", a.OuterIface, a.OuterNS, err)
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := outer.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %s up in %s: %w", a.OuterIface, a.OuterNS, err)
+		}
 	}
 	log.IP(a.OuterNS, "link set %s up", a.OuterIface)
 	if a.OuterAddr != nil {
