@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -74,30 +75,29 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		c.Lab.Pods = append(c.Lab.Pods, p)
 		pods = append(pods, p)
 	}
-	// Addresses, host-local style: one directory read and one
-	// last_reserved_ip.0 write per node.
-	var allocated []string
-	release := func() {
-		for _, name := range allocated {
-			for _, i := range byNode[name] {
-				c.ipamStore(c.Lab.Node(name)).Release(pods[i].Name)
-			}
-		}
-	}
+	// Addresses, host-local style, chosen now (one directory read per
+	// node) and written by the node's job, off the critical path.
+	reqs := map[string][]ipam.Request{}
+	addrs := map[string][]netip.Addr{}
 	for _, name := range order {
-		reqs := make([]ipam.Request, len(byNode[name]))
-		for k, i := range byNode[name] {
-			reqs[k] = ipam.Request{ID: pods[i].Name, IfName: PodIface, Want: pods[i].IP}
+		for _, i := range byNode[name] {
+			reqs[name] = append(reqs[name], ipam.Request{ID: pods[i].Name, IfName: PodIface, Want: pods[i].IP})
 		}
-		ips, err := c.ipamStore(c.Lab.Node(name)).AllocateMany(reqs)
+		ips, err := c.ipamStore(c.Lab.Node(name)).Plan(reqs[name])
 		if err != nil {
-			release()
 			restore()
 			return nil, nil, err
 		}
-		allocated = append(allocated, name)
+		addrs[name] = ips
 		for k, i := range byNode[name] {
 			pods[i].IP = ips[k]
+		}
+	}
+	release := func() {
+		for _, name := range order {
+			for _, r := range reqs[name] {
+				c.ipamStore(c.Lab.Node(name)).Release(r.ID)
+			}
 		}
 	}
 
@@ -121,6 +121,9 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		jobs = append(jobs, c.ensureExternal)
 	}
 	podsOf := func(name string) error {
+		if err := c.ipamStore(c.Lab.Node(name)).Record(reqs[name], addrs[name]); err != nil {
+			return err
+		}
 		for _, i := range byNode[name] {
 			if err := c.buildPod(pods[i]); err != nil {
 				return err
@@ -282,8 +285,9 @@ func (c *Cluster) parallel(n int, f func(i int) error) error {
 	return nil
 }
 
-// buildWorkers is how many objects Build works on at once. Most of a
-// build's time is spent in the kernel, much of it waiting for the RTNL
-// lock or an exec'd iptables-restore, so a few more workers than CPUs keep
-// the CPUs busy.
-var buildWorkers = 2 * runtime.GOMAXPROCS(0)
+// buildWorkers is how many nodes Build works on at once: one per CPU.
+// Most of a build is kernel work under the RTNL lock, which serialises it
+// across namespaces: measured on 2 CPUs, 2 workers build 100 nodes x 10
+// pods in 2.5 s against 3.4 s for 1, and more workers only spin on the
+// lock (10x10: 1 worker 220 ms, 2-3 workers 197 ms, 8 workers 226 ms).
+var buildWorkers = runtime.GOMAXPROCS(0)

@@ -262,9 +262,17 @@ func (c *Cluster) buildNode(n *Node) (err error) {
 	if created {
 		c.Log.Add("ip netns add %s", name)
 	}
-	// The rules do not depend on the links, and iptables-restore (an exec)
-	// is the slowest step: it runs while the links are made.
-	rules := c.later(func() error { return c.programNewNode(n, created) })
+	// The rules and subnet.env do not depend on the links, and
+	// iptables-restore (an exec) is the slowest step: they are made while
+	// the links are.
+	rules := c.later(func() error {
+		if err := c.programNewNode(n, created); err != nil {
+			return err
+		}
+		network := ipam.IPNet(l.ClusterCIDR.Addr(), l.ClusterCIDR.Bits())
+		subnet := ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())
+		return vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), network, subnet, l.MTU(), true)
+	})
 	defer func() {
 		if rerr := rules(err == nil); err == nil {
 			err = rerr
@@ -307,11 +315,6 @@ func (c *Cluster) buildNode(n *Node) (err error) {
 		if err := dev.EnsureAddress(ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())); err != nil {
 			return err
 		}
-	}
-	network := ipam.IPNet(l.ClusterCIDR.Addr(), l.ClusterCIDR.Bits())
-	subnet := ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())
-	if err := vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), network, subnet, l.MTU(), true); err != nil {
-		return err
 	}
 	return nil
 }
