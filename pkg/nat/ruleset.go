@@ -210,7 +210,14 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey, drop map[Tabl
 				continue
 			}
 			if prev != nil {
-				if j, ok := prev.index[c.chainKey]; ok && bytes.Equal(prev.chainText(j), r.chainText(i)) {
+				// Renderings of similar service sets list their chains in
+				// the same order: try the same position before the map
+				// (30,000 map lookups cost ~7 ms at 10,000 services).
+				j, ok := i, i < len(prev.chains) && prev.chains[i].chainKey == c.chainKey
+				if !ok {
+					j, ok = prev.index[c.chainKey]
+				}
+				if ok && bytes.Equal(prev.chainText(j), r.chainText(i)) {
 					continue
 				}
 			}
@@ -218,8 +225,11 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey, drop map[Tabl
 		}
 		var stale []string
 		if prev != nil {
-			for _, c := range prev.chains {
-				if _, ok := r.index[c.chainKey]; !ok && c.table == t {
+			for k, c := range prev.chains {
+				if c.table != t || (k < len(r.chains) && r.chains[k].chainKey == c.chainKey) {
+					continue
+				}
+				if _, ok := r.index[c.chainKey]; !ok {
 					stale = append(stale, c.name)
 				}
 			}
