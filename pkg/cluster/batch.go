@@ -178,7 +178,7 @@ func checkIptablesRestore() error {
 }
 
 // peerMany programs node n to reach the pods of every node in others,
-// looking its flannel.1 up once.
+// looking its flannel.1 up once and batching the netlink requests.
 func (c *Cluster) peerMany(n *Node, others []*Node) error {
 	if len(others) == 0 {
 		return nil
@@ -199,12 +199,16 @@ func (c *Cluster) peerMany(n *Node, others []*Node) error {
 	if err != nil {
 		return err
 	}
-	for _, o := range others {
-		if err := dev.AddPeer(c.peerOf(o)); err != nil {
-			return err
-		}
+	ns, err := netns.Open(c.NS(n.Name))
+	if err != nil {
+		return err
 	}
-	return nil
+	defer ns.Close()
+	peers := make([]vxlan.Peer, len(others))
+	for i, o := range others {
+		peers[i] = c.peerOf(o)
+	}
+	return dev.AddPeers(ns, peers)
 }
 
 // unbuild removes what a failed Build created: the new pods (namespace,
