@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -99,6 +100,10 @@ type Cluster struct {
 	Lab      *Lab
 	// Log receives the equivalent ip/bridge commands of every change.
 	Log *explain.Log
+	// Ctx, when not nil, interrupts a build (Ctrl-C): AddNode and AddPod
+	// check it between kernel operations, roll back what they created and
+	// return an error wrapping ErrInterrupted (see interrupt.go).
+	Ctx context.Context
 
 	lock    *os.File
 	mu      sync.Mutex
@@ -111,32 +116,77 @@ func (c *Cluster) Dir() string { return filepath.Join(c.StateDir, c.Lab.Name) }
 // NS returns the namespace name of an object of this lab.
 func (c *Cluster) NS(obj string) string { return netns.Name(c.Lab.Name, obj) }
 
-// Lock takes the per-lab lock, telling wait (if not nil) when it has to
-// wait for another klab command.
+// Lock takes the per-lab lock (flock on <stateDir>/<lab>.lock), telling
+// wait (if not nil) when it has to wait for another klab command. The lock
+// is released when the file is closed or the process dies, however it dies.
+//
+// A lock file is only ever removed by a process that holds it (destroy,
+// CleanupHostDirs); a process that was waiting on the removed file notices
+// that the path now names another file (or none) and locks again, so two
+// commands never hold "the" lock of one lab at the same time.
 func Lock(stateDir, lab string, wait io.Writer) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create %s: %w", stateDir, err)
-	}
-	f, err := os.OpenFile(filepath.Join(stateDir, lab+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock lab %q: %w", lab, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		return f, nil
-	}
-	if wait != nil {
-		fmt.Fprintf(wait, "klab: waiting for another klab command on lab %q to finish...\n", lab)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err == nil {
-			return f, nil
-		}
-		if err != unix.EINTR {
-			f.Close()
+	told := false
+	for attempt := 0; ; attempt++ {
+		f, err := openLock(stateDir, lab)
+		if err != nil {
+			// The state directory can vanish between MkdirAll and Open
+			// when another command removes it as empty: try again.
+			if errors.Is(err, os.ErrNotExist) && attempt < 100 {
+				continue
+			}
 			return nil, fmt.Errorf("lock lab %q: %w", lab, err)
 		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			if wait != nil && !told {
+				fmt.Fprintf(wait, "klab: waiting for another klab command on lab %q to finish...\n", lab)
+				told = true
+			}
+			for {
+				err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+				if err != unix.EINTR {
+					break
+				}
+			}
+			if err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lock lab %q: %w", lab, err)
+			}
+		}
+		if sameFile(f, filepath.Join(stateDir, lab+".lock")) {
+			return f, nil
+		}
+		f.Close() // removed or replaced while we waited: lock the new one
 	}
+}
+
+func openLock(stateDir, lab string) (*os.File, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(stateDir, lab+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+}
+
+// sameFile reports whether the open file f is still the file at path.
+func sameFile(f *os.File, path string) bool {
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(path, &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
+}
+
+// tryLockPath takes the lock file at path without waiting; ok is false if
+// someone else holds it (or it is gone).
+func tryLockPath(path string) (f *os.File, ok bool) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, false
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil || !sameFile(f, path) {
+		f.Close()
+		return nil, false
+	}
+	return f, true
 }
 
 // Open locks and loads a lab. If the lab does not exist and create is not

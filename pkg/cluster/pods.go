@@ -85,6 +85,7 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 		}
 	}
 	store := c.ipamStore(n)
+	c.releaseStale(store)
 	ip, err := store.Allocate(s.Name, PodIface, s.IP)
 	if err != nil {
 		return nil, err
@@ -100,7 +101,13 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 			store.Release(p.Name)
 		}
 	}()
+	if err := c.interrupted(); err != nil {
+		return nil, err
+	}
 	if err := c.buildPod(p); err != nil {
+		return nil, err
+	}
+	if err := c.interrupted(); err != nil {
 		return nil, err
 	}
 	c.Lab.Pods = append(c.Lab.Pods, p)

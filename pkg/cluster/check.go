@@ -1,0 +1,72 @@
+package cluster
+
+import (
+	"fmt"
+
+	"github.com/klab-dev/klab/pkg/bridge"
+	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/vxlan"
+)
+
+// kernelProblems compares the links a lab's state implies with the links in
+// its namespaces (have: the objects whose namespace exists) and describes
+// what is missing: a partly built node or pod, as a crash leaves it.
+func kernelProblems(l *Lab, have map[string]bool) []string {
+	var out []string
+	links := func(obj string) map[string]bool {
+		h, err := netns.Handle(netns.Name(l.Name, obj))
+		if err != nil {
+			return nil
+		}
+		defer h.Close()
+		ls, err := h.LinkList()
+		if err != nil {
+			return nil
+		}
+		m := map[string]bool{}
+		for _, k := range ls {
+			m[k.Attrs().Name] = true
+		}
+		return m
+	}
+	var under map[string]bool
+	if have[UnderlayName] {
+		under = links(UnderlayName)
+		if under != nil && !under[UnderlayBridge] {
+			out = append(out, fmt.Sprintf("the underlay namespace has no %s bridge (partly built): destroy the lab ('klab destroy %s') and build it again", UnderlayBridge, l.Name))
+		}
+	}
+	for _, n := range l.Nodes {
+		if !have[n.Name] {
+			continue
+		}
+		want := []string{NodeUplink, bridge.DefaultName}
+		if l.Backend == BackendVXLAN {
+			want = append(want, vxlan.DeviceName(l.VNI))
+		}
+		for _, p := range l.PodsOn(n.Name) {
+			want = append(want, p.HostVeth)
+		}
+		got := links(n.Name)
+		if got == nil {
+			continue
+		}
+		for _, w := range want {
+			if !got[w] {
+				out = append(out, fmt.Sprintf("node %s has no %s (partly built): 'klab node del %s --lab %s' and add it again, or 'klab destroy %s'", n.Name, w, n.Name, l.Name, l.Name))
+			}
+		}
+		if under != nil && !under[n.Name] {
+			out = append(out, fmt.Sprintf("node %s has no port on the underlay bridge: 'klab node del %s --lab %s' and add it again", n.Name, n.Name, l.Name))
+		}
+	}
+	for _, p := range l.Pods {
+		if !have[p.Name] {
+			continue
+		}
+		if got := links(p.Name); got != nil && !got[PodIface] {
+			out = append(out, fmt.Sprintf("pod %s has no %s (partly built): 'klab pod del %s --lab %s' and add it again", p.Name, PodIface, p.Name, l.Name))
+		}
+	}
+	return out
+}
