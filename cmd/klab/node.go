@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -69,16 +70,17 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			if err := c.CheckOptions(opts, cmd.Flags().Changed); err != nil {
 				return err
 			}
 			n, err := c.AddNode(spec)
 			if err != nil {
-				return err
+				return interrupted(c, "node "+spec.Name, false, err)
 			}
 			printExplain(c.Log)
 			fmt.Printf("node %s: underlay %s, pod subnet %s, backend %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Name)
-			return nil
+			return interrupted(c, "node "+n.Name, true, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -111,7 +113,11 @@ func newNodeDelCmd() *cobra.Command {
 					return fmt.Errorf("node %q does not exist in lab %s: see 'klab node list'", a, c.Lab.Name)
 				}
 			}
-			for _, a := range args {
+			defer guardBuild(c)()
+			for i, a := range args {
+				if wasInterrupted(c) {
+					return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting node(s) %s. %s", strings.Join(args[i:], " "), labSummary(c))}
+				}
 				if err := c.DelNode(a); err != nil {
 					return err
 				}

@@ -56,16 +56,17 @@ network.`,
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			p, err := c.AddPod(spec)
 			if err != nil {
-				return err
+				return interrupted(c, "pod "+spec.Name, false, err)
 			}
 			if err := afterPodsChanged(c); err != nil {
 				return err
 			}
 			printExplain(c.Log)
 			fmt.Printf("pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
-			return nil
+			return interrupted(c, "pod "+p.Name, true, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -95,7 +96,12 @@ func newPodDelCmd() *cobra.Command {
 					return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", a, c.Lab.Name)
 				}
 			}
-			for _, a := range args {
+			defer guardBuild(c)()
+			for i, a := range args {
+				if wasInterrupted(c) {
+					afterPodsChanged(c)
+					return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting pod(s) %s. %s", strings.Join(args[i:], " "), labSummary(c))}
+				}
 				if err := c.DelPod(a); err != nil {
 					return err
 				}
