@@ -492,7 +492,7 @@ func CleanupHostDirs(stateDir string) error {
 			}
 		}
 		os.Remove(filepath.Join(stateDir, ".created-run-flannel")) // marker of older versions
-		os.Remove(stateDir)                                         // only succeeds when empty
+		os.Remove(stateDir)                                        // only succeeds when empty
 	}
 	if nss, err := netns.List(""); err == nil && len(nss) == 0 {
 		ents, err := os.ReadDir(RunFlannel)
