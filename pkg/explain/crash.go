@@ -3,23 +3,34 @@ package explain
 import (
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 )
 
-// CrashEnv names the test hook that proves klab's crash safety: with
-// KLAB_CRASH_AFTER=N in its environment, a klab process sends itself
-// SIGKILL right after its Nth kernel operation (counted by CrashPoint), as
-// if the machine had killed it there. The crash tests build a lab once per
-// N and check that 'klab destroy' still removes everything. Unset (the
-// normal case) it costs one atomic add per operation.
-const CrashEnv = "KLAB_CRASH_AFTER"
+// The crash-test hook. It proves klab's crash safety:
+//
+//	KLAB_CRASH_AFTER=N     a klab process sends itself SIGKILL right after its
+//	                       Nth kernel (or state file) operation, as if the
+//	                       machine killed it there; N1,N2,... for several points
+//	KLAB_CRASH_SIGNAL=INT  send SIGINT (a Ctrl-C) instead, or TERM, HUP; the
+//	                       process goes on and handles it as it would a real one
+//
+// The crash tests build a lab once per N and check that 'klab destroy'
+// still removes everything; the interrupt tests check the rollback. Every
+// klab process counts its own operations. Unset (the normal case) the hook
+// costs one atomic add per operation.
+const (
+	CrashEnv       = "KLAB_CRASH_AFTER"
+	CrashSignalEnv = "KLAB_CRASH_SIGNAL"
+)
 
 var (
-	crashOnce  sync.Once
-	crashAfter int64
-	crashOps   atomic.Int64
+	crashOnce   sync.Once
+	crashAt     map[int64]bool
+	crashSignal = syscall.SIGKILL
+	crashOps    atomic.Int64
 )
 
 // CrashPoint marks the end of one kernel (or state file) operation. Every
@@ -27,12 +38,33 @@ var (
 // even when nobody records the commands; code that changes something
 // without logging it calls it directly.
 func CrashPoint() {
-	crashOnce.Do(func() {
-		crashAfter, _ = strconv.ParseInt(os.Getenv(CrashEnv), 10, 64)
-	})
-	if n := crashOps.Add(1); crashAfter > 0 && n == crashAfter {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // SIGKILL is not deliverable late, but never run on
+	crashOnce.Do(loadCrashEnv)
+	n := crashOps.Add(1)
+	if crashAt == nil || !crashAt[n] {
+		return
+	}
+	syscall.Kill(os.Getpid(), crashSignal)
+	if crashSignal == syscall.SIGKILL {
+		select {} // never runs on: the kernel kills the process first
+	}
+}
+
+func loadCrashEnv() {
+	for _, f := range strings.Split(os.Getenv(CrashEnv), ",") {
+		if n, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64); err == nil && n > 0 {
+			if crashAt == nil {
+				crashAt = map[int64]bool{}
+			}
+			crashAt[n] = true
+		}
+	}
+	switch os.Getenv(CrashSignalEnv) {
+	case "INT":
+		crashSignal = syscall.SIGINT
+	case "TERM":
+		crashSignal = syscall.SIGTERM
+	case "HUP":
+		crashSignal = syscall.SIGHUP
 	}
 }
 
