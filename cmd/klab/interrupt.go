@@ -102,6 +102,6 @@ func labSummary(c *cluster.Cluster) string {
 	for _, p := range l.Pods {
 		pods = append(pods, p.Name)
 	}
-	return fmt.Sprintf("Lab %s is consistent, with nodes [%s] and pods [%s]: continue, check it with 'klab list', or remove it with 'klab destroy %s'",
+	return fmt.Sprintf("Lab %s now has nodes [%s] and pods [%s]: go on from here, check it with 'klab list', or remove it with 'klab destroy %s'",
 		l.Name, strings.Join(nodes, " "), strings.Join(pods, " "), l.Name)
 }

@@ -70,3 +70,15 @@ func kernelProblems(l *Lab, have map[string]bool) []string {
 	}
 	return out
 }
+
+// isUnderlayPort reports whether the lab's underlay bridge has a port named
+// obj: obj was (being) built as a node.
+func isUnderlayPort(lab, obj string) bool {
+	h, err := netns.Handle(netns.Name(lab, UnderlayName))
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	_, err = h.LinkByName(obj)
+	return err == nil
+}

@@ -177,8 +177,14 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 			known[n] = true
 		}
 		for obj := range have {
-			if !known[obj] {
-				problem("namespace %s is not in the lab's state (an interrupted build): remove it with 'ip netns del %s'", netns.Name(name, obj), netns.Name(name, obj))
+			if known[obj] {
+				continue
+			}
+			ns := netns.Name(name, obj)
+			if isUnderlayPort(name, obj) {
+				problem("namespace %s is a node the state does not know (an interrupted 'klab node add'): 'klab node add %s --lab %s' completes it, or remove it with 'ip netns del %s'", ns, obj, name, ns)
+			} else {
+				problem("namespace %s is not in the lab's state (an interrupted build): remove it with 'ip netns del %s'", ns, ns)
 			}
 		}
 		info.Problems = append(info.Problems, kernelProblems(l, have)...)
