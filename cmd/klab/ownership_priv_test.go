@@ -13,10 +13,12 @@ import (
 	"github.com/klab-dev/klab/pkg/netns"
 )
 
-// Deleting the state directory of a running lab (with a server and a
-// 'klab exec' shell whose klab parent was SIGKILLed) loses nothing:
-// 'klab list' still finds the lab, in the kernel, and flags it damaged with
-// the fix; 'klab destroy --all' removes every namespace, process and file.
+// Deleting the state directory of a running lab (with a server whose pod
+// namespace was also deleted by hand, so only its command line names the
+// lab, and a 'klab exec' command whose klab parent was SIGKILLed) loses
+// nothing: 'klab list' still finds the lab, in the kernel, and flags it
+// damaged with the fix; 'klab destroy --all' removes every namespace,
+// process and file.
 func TestDestroyAllAfterStateDirDeleted(t *testing.T) {
 	t.Parallel()
 	k := newCLI(t)
@@ -35,6 +37,9 @@ func TestDestroyAllAfterStateDirDeleted(t *testing.T) {
 	shell.Process.Kill() // the klab exec parent dies; its command lives on
 	shell.Wait()
 
+	if err := netns.Delete(netns.Name(lab, "pod-c")); err != nil { // ip netns del, behind klab's back
+		t.Fatal(err)
+	}
 	if err := os.RemoveAll(k.state); err != nil {
 		t.Fatal(err)
 	}
@@ -42,8 +47,8 @@ func TestDestroyAllAfterStateDirDeleted(t *testing.T) {
 	if len(infos) != 1 || infos[0].Name != lab || !infos[0].Damaged() || infos[0].Fix != "klab destroy "+lab {
 		t.Fatalf("klab list after losing the state: %+v", infos)
 	}
-	if len(infos[0].Namespaces) != 5 || len(infos[0].Processes) < 2 {
-		t.Errorf("klab list: namespaces %v, processes %v (want 5 namespaces, the server and the sleeper)", infos[0].Namespaces, infos[0].Processes)
+	if len(infos[0].Namespaces) != 4 || len(infos[0].Processes) != 2 {
+		t.Errorf("klab list: namespaces %v, processes %v (want 4 namespaces, the server and the sleeper)", infos[0].Namespaces, infos[0].Processes)
 	}
 	out := k.must("destroy", "--all", "--prefix", prefix)
 	if !strings.Contains(out, "lab "+lab+" destroyed") {
