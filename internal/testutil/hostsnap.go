@@ -25,10 +25,11 @@ import (
 // namespaces (where a bug could make them land on the host).
 //
 // Things that change by themselves are left out: packet and byte counters,
-// dynamic neighbour entries (REACHABLE, STALE, DELAY, PROBE, FAILED,
-// INCOMPLETE: the host's own traffic refreshes and expires them; klab's
-// PERMANENT entries would show), multicast neighbour entries (they follow
-// group membership), IPv6 addresses that are not permanent
+// neighbour entries other than PERMANENT ones (REACHABLE, STALE, DELAY,
+// PROBE, FAILED, INCOMPLETE are refreshed and expired by the host's own
+// traffic, NOARP ones for local and multicast addresses come and go with
+// the kernel's garbage collection; the PERMANENT entries klab writes in its
+// nodes would show), IPv6 addresses that are not permanent
 // (SLAAC, privacy) and IPv6 routes learnt from router advertisements.
 type HostSnapshot struct {
 	Sections map[string][]string `json:"sections"`
@@ -124,8 +125,7 @@ func TakeHostSnapshot() (*HostSnapshot, error) {
 			return nil, fmt.Errorf("neighbours: %w", err)
 		}
 		for _, n := range neighs {
-			// Multicast entries come and go with group membership.
-			if n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) == 0 || n.IP.IsMulticast() {
+			if n.State&netlink.NUD_PERMANENT == 0 {
 				continue
 			}
 			add("neighbours", "%s lladdr %s dev %s state %#x", n.IP, n.HardwareAddr, names[n.LinkIndex], n.State)
