@@ -73,7 +73,7 @@ func completeTargets(cmd *cobra.Command, args []string, _ string) ([]string, cob
 	}
 	var out []string
 	if l := loadForCompletion(); l != nil {
-		out = append(l.Names(), cluster.UnderlayName)
+		out = append(l.Names(), cluster.UnderlayName, cluster.ExternalName)
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
 }

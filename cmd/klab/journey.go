@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/klab-dev/klab/pkg/journey"
@@ -107,7 +108,10 @@ answer.`,
 			switch {
 			case rep.Journey == nil:
 				return exitError{code: 1, msg: "the probe was not captured anywhere"}
-			case len(rep.Journey.Reply) == 0:
+			case len(rep.Journey.Reply) == 0 || !answered(rep.Probe):
+				// A reply seen on the way is not enough: it must reach
+				// the source (egress without masquerade: the external
+				// host answers, and the answer is lost in the underlay).
 				return exitError{code: 1, msg: fmt.Sprintf("the probe got no answer (%s)", rep.Probe)}
 			}
 			return nil
@@ -120,4 +124,10 @@ answer.`,
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the probe's answer")
 	f.BoolVar(&noEnrich, "no-enrich", false, "skip the conntrack and iptables counter look-ups")
 	return cmd
+}
+
+// answered tells from a journey's probe outcome whether the source got an
+// answer: an echo reply, a connection, or a TCP reset.
+func answered(probe string) bool {
+	return probe == "reply" || probe == "connected" || strings.HasPrefix(probe, "refused")
 }

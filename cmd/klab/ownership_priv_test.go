@@ -47,8 +47,8 @@ func TestDestroyAllAfterStateDirDeleted(t *testing.T) {
 	if len(infos) != 1 || infos[0].Name != lab || !infos[0].Damaged() || infos[0].Fix != "klab destroy "+lab {
 		t.Fatalf("klab list after losing the state: %+v", infos)
 	}
-	if len(infos[0].Namespaces) != 4 || len(infos[0].Processes) != 2 {
-		t.Errorf("klab list: namespaces %v, processes %v (want 4 namespaces, the server and the sleeper)", infos[0].Namespaces, infos[0].Processes)
+	if len(infos[0].Namespaces) != 5 || len(infos[0].Processes) != 2 {
+		t.Errorf("klab list: namespaces %v, processes %v (want 5 namespaces: underlay, external, 2 nodes, pod-a; the server and the sleeper)", infos[0].Namespaces, infos[0].Processes)
 	}
 	out := k.must("destroy", "--all", "--prefix", prefix)
 	if !strings.Contains(out, "lab "+lab+" destroyed") {

@@ -61,9 +61,6 @@ network.`,
 			if err != nil {
 				return interrupted(c, "pod "+spec.Name, false, err)
 			}
-			if err := afterPodsChanged(c); err != nil {
-				return err
-			}
 			printExplain(c.Log)
 			fmt.Printf("pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
 			return interrupted(c, "pod "+p.Name, true, nil)
@@ -99,16 +96,12 @@ func newPodDelCmd() *cobra.Command {
 			defer guardBuild(c)()
 			for i, a := range args {
 				if wasInterrupted(c) {
-					afterPodsChanged(c)
 					return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting pod(s) %s. %s", strings.Join(args[i:], " "), labSummary(c))}
 				}
 				if err := c.DelPod(a); err != nil {
 					return err
 				}
 				fmt.Printf("pod %s deleted\n", a)
-			}
-			if err := afterPodsChanged(c); err != nil {
-				return err
 			}
 			printExplain(c.Log)
 			return nil
@@ -155,17 +148,4 @@ func labelString(m map[string]string) string {
 	}
 	sort.Strings(kv)
 	return strings.Join(kv, ",")
-}
-
-// podHooks run after pods were added or deleted (services re-render their
-// endpoints here).
-var podHooks []func(*cluster.Cluster) error
-
-func afterPodsChanged(c *cluster.Cluster) error {
-	for _, h := range podHooks {
-		if err := h(c); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -42,6 +42,9 @@ func resolveHost(c *cluster.Cluster, name string) (netip.Addr, error) {
 	if n := c.Lab.Node(name); n != nil {
 		return n.IP, nil
 	}
+	if name == cluster.ExternalName {
+		return cluster.ExternalIP, nil
+	}
 	for _, r := range hostResolvers {
 		if a, ok := r(c, name); ok {
 			return a, nil

@@ -74,8 +74,9 @@ func (o Options) Validate() error {
 	if o.UnderlayCIDR.Bits() > 29 {
 		return fmt.Errorf("underlay CIDR %s is too small: use /29 or larger (192.168.1.0/24)", o.UnderlayCIDR)
 	}
-	pairs := [][2]string{{"cluster CIDR", "service CIDR"}, {"cluster CIDR", "underlay CIDR"}, {"service CIDR", "underlay CIDR"}}
-	ps := map[string]netip.Prefix{"cluster CIDR": o.ClusterCIDR, "service CIDR": o.ServiceCIDR, "underlay CIDR": o.UnderlayCIDR}
+	pairs := [][2]string{{"cluster CIDR", "service CIDR"}, {"cluster CIDR", "underlay CIDR"}, {"service CIDR", "underlay CIDR"},
+		{"cluster CIDR", "external host's network"}, {"service CIDR", "external host's network"}, {"underlay CIDR", "external host's network"}}
+	ps := map[string]netip.Prefix{"cluster CIDR": o.ClusterCIDR, "service CIDR": o.ServiceCIDR, "underlay CIDR": o.UnderlayCIDR, "external host's network": ExternalCIDR}
 	for _, pr := range pairs {
 		if ps[pr[0]].Overlaps(ps[pr[1]]) {
 			return fmt.Errorf("%s %s overlaps %s %s: choose ranges that do not overlap", pr[0], ps[pr[0]], pr[1], ps[pr[1]])

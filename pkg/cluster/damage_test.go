@@ -76,7 +76,7 @@ func wantProblem(t *testing.T, info LabInfo, parts ...string) {
 func TestListFlagsDamage(t *testing.T) {
 	c := rlLab(t, "rldmg", []string{"node1", "node2"}, [][2]string{{"pod-a", "node1"}, {"pod-c", "node2"}})
 	lab, state := c.Lab.Name, c.StateDir
-	if i := labInfo(t, state, lab); i.Damaged() || i.Fix != "" || len(i.Namespaces) != 5 {
+	if i := labInfo(t, state, lab); i.Damaged() || i.Fix != "" || len(i.Namespaces) != 6 {
 		t.Fatalf("healthy lab listed as %+v", i)
 	}
 	// A node killed half way through 'klab node add': namespace, uplink,

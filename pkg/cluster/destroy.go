@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -201,32 +200,11 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 	return info
 }
 
-// serviceNames reads the names of the services layered packages keep in
-// the state's Extra["services"] (a JSON list of objects with a name), if
-// any.
+// serviceNames lists the lab's services.
 func serviceNames(l *Lab) []string {
-	raw, ok := l.Extra["services"]
-	if !ok {
-		return nil
-	}
-	var list []struct {
-		Name string `json:"name"`
-	}
 	var out []string
-	if json.Unmarshal(raw, &list) == nil {
-		for _, s := range list {
-			if s.Name != "" {
-				out = append(out, s.Name)
-			}
-		}
-		return out
-	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(raw, &m) == nil {
-		for k := range m {
-			out = append(out, k)
-		}
-		sort.Strings(out)
+	for _, s := range l.Services {
+		out = append(out, s.Name)
 	}
 	return out
 }

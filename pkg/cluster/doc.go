@@ -13,6 +13,14 @@
 // klab command picks up where the previous one left off: adding node3 later
 // peers it with every existing node, exactly as a new flannel lease does.
 //
+// Services are part of the state too. Every node runs what kube-proxy and
+// flanneld would write into its iptables: kube-proxy's chains for every
+// Service, and flannel's masquerade for pod egress. A new node gets them
+// with one iptables-restore into its fresh namespace; a change of services
+// or of the pods behind them re-renders every node and rewrites only the
+// chains that changed. An "external" host (203.0.113.10, beyond the
+// underlay's gateway) stands for the world outside the cluster.
+//
 // Every change validates the whole request before touching the kernel, and
 // rolls back what it created if the kernel fails half-way. Commands on one
 // lab are serialised by a lock file; different labs never share a name,

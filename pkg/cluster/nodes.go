@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/klab-dev/klab/pkg/bridge"
@@ -137,6 +139,11 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every node runs kube-proxy's and flannel's rules: check for the tool
+	// before anything is built.
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		return nil, errors.New("iptables-restore is not installed, and every node needs it for kube-proxy's and flannel's rules: install iptables (apt-get install iptables), then run 'klab doctor'")
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -202,7 +209,43 @@ func (c *Cluster) ensureUnderlay() error {
 			return err
 		}
 	}
-	return nil
+	return c.ensureExternal()
+}
+
+// ensureExternal builds the lab's "external" host: a namespace outside the
+// cluster (203.0.113.10, a documentation range), routed by the underlay
+// namespace like a server on the internet behind the nodes' gateway. The
+// underlay knows the nodes' network but not the pod network, so pod
+// traffic only gets answers from it once a node masquerades it.
+func (c *Cluster) ensureExternal() error {
+	name := c.NS(ExternalName)
+	if netns.Exists(name) {
+		return nil
+	}
+	if _, err := netns.Ensure(name); err != nil {
+		return err
+	}
+	c.Log.Add("ip netns add %s", name)
+	uh, err := c.Handle(UnderlayName)
+	if err != nil {
+		return err
+	}
+	eh, err := c.Handle(ExternalName)
+	if err != nil {
+		return err
+	}
+	fd, err := netns.Open(name)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	bits := ExternalCIDR.Bits()
+	return veth.Ensure(uh, eh, fd, veth.Attachment{
+		OuterNS: c.NS(UnderlayName), OuterIface: ExternalName, OuterAddr: ipam.IPNet(ExternalGateway, bits),
+		InnerNS: name, InnerIface: NodeUplink, Addr: ipam.IPNet(ExternalIP, bits),
+		MTU: c.Lab.UnderlayMTU, MAC: MAC(c.Lab.Name, ExternalName, "eth0"),
+		Routes: []veth.Route{{Gw: ExternalGateway.AsSlice()}},
+	}, c.Log)
 }
 
 func (c *Cluster) enableForwarding(ns string) error {
@@ -265,6 +308,9 @@ func (c *Cluster) buildNode(n *Node) error {
 	}
 	network := ipam.IPNet(l.ClusterCIDR.Addr(), l.ClusterCIDR.Bits())
 	subnet := ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())
+	if err := c.programNewNode(n, created); err != nil {
+		return err
+	}
 	if err := vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), network, subnet, l.MTU(), true); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -110,9 +111,11 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 	if err := c.interrupted(); err != nil {
 		return nil, err
 	}
+	// A pod can be a service endpoint (by name or label) as soon as it
+	// exists: commit reprograms the services it joins.
+	before := *c.Lab
 	c.Lab.Pods = append(c.Lab.Pods, p)
-	if err := c.Save(); err != nil {
-		c.Lab.Pods = c.Lab.Pods[:len(c.Lab.Pods)-1]
+	if err := c.commit(&before); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -153,6 +156,14 @@ func (c *Cluster) DelPod(name string) error {
 	if p == nil {
 		return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", name, c.Lab.Name)
 	}
+	// The pod leaves the services it backs first, as the endpoints
+	// controller removes it before the kubelet tears it down, so no new
+	// connection is sent to an address that is going away.
+	without := *c.Lab
+	without.Pods = slices.DeleteFunc(slices.Clone(c.Lab.Pods), func(o *Pod) bool { return o.Name == name })
+	if err := c.syncRules(c.Lab, &without); err != nil {
+		return err
+	}
 	if err := c.StopServers(name); err != nil {
 		return err
 	}
@@ -173,13 +184,7 @@ func (c *Cluster) DelPod(name string) error {
 			return err
 		}
 	}
-	pods := c.Lab.Pods[:0]
-	for _, o := range c.Lab.Pods {
-		if o.Name != name {
-			pods = append(pods, o)
-		}
-	}
-	c.Lab.Pods = pods
+	c.Lab.Pods = without.Pods
 	return c.Save()
 }
 

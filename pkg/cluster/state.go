@@ -39,6 +39,11 @@ var (
 	DefaultClusterCIDR  = netip.MustParsePrefix("10.244.0.0/16")
 	DefaultServiceCIDR  = netip.MustParsePrefix("10.96.0.0/12")
 	DefaultUnderlayCIDR = netip.MustParsePrefix("192.168.1.0/24")
+	// ExternalCIDR is the network of the lab's external host (TEST-NET-3,
+	// RFC 5737: reserved for documentation, never routed on the internet).
+	ExternalCIDR    = netip.MustParsePrefix("203.0.113.0/24")
+	ExternalIP      = netip.MustParseAddr("203.0.113.10")
+	ExternalGateway = netip.MustParseAddr("203.0.113.1")
 )
 
 // Lab is the persisted desired state of one lab.
@@ -55,10 +60,8 @@ type Lab struct {
 	Created         time.Time    `json:"created"`
 	Nodes           []*Node      `json:"nodes"`
 	Pods            []*Pod       `json:"pods"`
+	Services        []*Service   `json:"services,omitempty"`
 	Servers         []*Server    `json:"servers,omitempty"`
-	// Extra holds state owned by packages layered on top (services, ...),
-	// keyed by package, so this package need not know their types.
-	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }
 
 // Node is a Kubernetes node: a namespace on the underlay with a pod subnet.

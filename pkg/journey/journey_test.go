@@ -134,9 +134,9 @@ func TestPlanPath(t *testing.T) {
 		{"node to node", hg, "node2", "192.168.1.101", ICMP, 0, KindUnderlay, true,
 			"node2/eth0 underlay/node2 underlay/node1 node1/eth0"},
 		{"clusterip", vx, "pod-a", "10.96.0.10", TCP, 80, KindAnyWhere, false,
-			"pod-a/eth0 node1/vetha node1/cni0(p) node1/vethb pod-b/eth0 node1/flannel.1 node1/eth0 underlay/node1 underlay/node2 node2/eth0 node2/flannel.1 node2/cni0(p) node2/vethc pod-c/eth0"},
+			"pod-a/eth0 node1/vetha node1/cni0(p) node1/vethb pod-b/eth0 node1/flannel.1 node1/eth0 underlay/node1 underlay/node2 node2/eth0 node2/flannel.1 node2/cni0(p) node2/vethc pod-c/eth0 underlay/external external/eth0"},
 		{"clusterip from a node, host-gw", hg, "node2", "10.96.0.10", TCP, 80, KindAnyWhere, false,
-			"node2/cni0(p) node2/vethc pod-c/eth0 node2/eth0 underlay/node2 underlay/node1 node1/eth0 node1/cni0(p) node1/vetha pod-a/eth0 node1/vethb pod-b/eth0"},
+			"node2/cni0(p) node2/vethc pod-c/eth0 node2/eth0 underlay/node2 underlay/node1 node1/eth0 node1/cni0(p) node1/vetha pod-a/eth0 node1/vethb pod-b/eth0 underlay/external external/eth0"},
 	} {
 		p, err := PlanPath(tc.lab, tc.from, tc.dst, a(tc.dst), tc.proto, tc.port)
 		if err != nil {

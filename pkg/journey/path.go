@@ -247,6 +247,9 @@ func everywhere(lab *cluster.Lab, src *cluster.Node, up []trace.Point, vx bool, 
 			ps = append(ps, p(m.Name, q.HostVeth), p(q.Name, cluster.PodIface))
 		}
 	}
+	// Last, the way to the lab's external host, beyond the underlay's
+	// gateway: where egress from a pod ends (masqueraded or not).
+	ps = append(ps, p(cluster.UnderlayName, cluster.ExternalName), p(cluster.ExternalName, cluster.NodeUplink))
 	return dedupe(ps)
 }
 

@@ -202,26 +202,13 @@ var builtin = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD": true
 // collects the klab chains and lab-owned jumps found there.
 func readKernel(ns, lab string) (kernelState, error) {
 	st := kernelState{foreign: map[chainKey]bool{}}
-	var out []byte
-	err := netns.Do(ns, func() error {
-		var stderr bytes.Buffer
-		for _, t := range tables {
-			cmd := exec.Command("iptables-save", "-t", string(t))
-			cmd.Stderr = &stderr
-			b, err := cmd.Output()
-			if err != nil {
-				return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
-			}
-			out = append(out, b...)
-		}
-		return nil
-	})
+	out, err := save(ns)
 	if err != nil {
-		return st, fmt.Errorf("iptables-save in namespace %s: %w", ns, err)
+		return st, err
 	}
 	var t Table
 	st.empty = true
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		if strings.HasPrefix(line, "-") || (strings.HasPrefix(line, ":") && strings.Contains(line, " - [")) {
 			st.empty = false
 		}
@@ -250,6 +237,28 @@ func readKernel(ns, lab string) (kernelState, error) {
 		}
 	}
 	return st, nil
+}
+
+// save runs iptables-save for the filter and nat tables inside ns.
+func save(ns string) (string, error) {
+	var out []byte
+	err := netns.Do(ns, func() error {
+		var stderr bytes.Buffer
+		for _, t := range tables {
+			cmd := exec.Command("iptables-save", "-t", string(t))
+			cmd.Stderr = &stderr
+			b, err := cmd.Output()
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+			}
+			out = append(out, b...)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("iptables-save in namespace %s: %w", ns, err)
+	}
+	return string(out), nil
 }
 
 func hasLabComment(tok []string, lab string) bool {
@@ -348,4 +357,18 @@ func parseBackend(version string) (string, error) {
 		return "legacy", nil
 	}
 	return "", fmt.Errorf("cannot tell the iptables backend from %q", strings.TrimSpace(version))
+}
+
+// ApplyNew programs desired into a namespace klab has just created, whose
+// filter and nat tables are known to be empty: ONE iptables-restore without
+// --noflush, carrying the chains and the built-in-chain jumps together
+// (TextWithJumps). It skips the iptables-save read and the per-jump checks
+// that Apply needs when the namespace's contents are unknown, which is what
+// keeps a node's bring-up at one exec. Never use it on a namespace that may
+// hold other rules: without --noflush the tables are replaced.
+func ApplyNew(ns string, desired *Ruleset, log *explain.Log) error {
+	if desired == nil {
+		return errors.New("nat.ApplyNew: no ruleset given: render one with nat.Render")
+	}
+	return restore(ns, []byte(desired.TextWithJumps()), false, log)
 }

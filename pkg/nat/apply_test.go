@@ -429,3 +429,76 @@ func TestBackend(t *testing.T) {
 }
 
 var _ = netip.Addr{}
+
+// TestApplyBothBackends programs the same rules with iptables-nft and with
+// iptables-legacy (chosen the way a distribution does: by which binary is
+// first on PATH) and reads each back with that backend's own iptables-save:
+// the rules must land in the backend in use, and only there.
+func TestApplyBothBackends(t *testing.T) {
+	needRoot(t)
+	for _, backend := range []string{"nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, tool := range []string{"iptables", "iptables-save", "iptables-restore"} {
+				real, err := exec.LookPath(strings.Replace(tool, "iptables", "iptables-"+backend, 1))
+				if err != nil {
+					t.Skipf("no %s backend installed: %v", backend, err)
+				}
+				if err := os.Symlink(real, dir+"/"+tool); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+			got, err := Backend()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[string]string{"nft": "nf_tables", "legacy": "legacy"}[backend]; got != want {
+				t.Errorf("Backend() = %q with iptables-%s first on PATH, want %q", got, backend, want)
+			}
+			lab := testLab(t)
+			ns := testNS(t, lab, "node1")
+			cfg := Config{Lab: lab, Flannel: &FlannelMasq{PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}}
+			rs, err := Render(cfg, labServices())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Apply(ns, rs, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			other := map[string]string{"nft": "legacy", "legacy": "nft"}[backend]
+			mine := inNS(t, ns, "iptables-"+backend+"-save")
+			theirs := inNS(t, ns, "iptables-"+other+"-save")
+			for _, want := range []string{"-A KUBE-SERVICES -d 10.96.0.10/32", "-A PREROUTING -m comment --comment \"klab:" + lab, "-A FLANNEL-POSTRTG"} {
+				if !strings.Contains(mine, want) {
+					t.Errorf("iptables-%s-save lacks %q", backend, want)
+				}
+				if strings.Contains(theirs, want) {
+					t.Errorf("iptables-%s-save shows %q, written through %s", other, want, backend)
+				}
+			}
+			// A change and the removal work through the same backend.
+			if _, err := Apply(ns, mustRender(t, cfg, labServices()[:1]), rs, nil); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(inNS(t, ns, "iptables-"+backend+"-save"), "10.96.0.11") {
+				t.Error("service sticky's rules survived its removal")
+			}
+			if err := Delete(ns, lab, nil); err != nil {
+				t.Fatal(err)
+			}
+			if left := inNS(t, ns, "iptables-"+backend+"-save"); strings.Contains(left, "klab:") {
+				t.Errorf("Delete left klab rules:\n%s", left)
+			}
+		})
+	}
+}
+
+func mustRender(t testing.TB, cfg Config, svcs []Service) *Ruleset {
+	t.Helper()
+	rs, err := Render(cfg, svcs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}

@@ -3,6 +3,7 @@ package nat
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"net/netip"
 )
 
 // Chain-name prefixes, as in kube-proxy's pkg/proxy/iptables/proxier.go.
@@ -45,4 +46,22 @@ func EXTChain(portName string, proto Protocol) string {
 // port: kube-proxy's servicePortEndpointChainName.
 func SEPChain(portName string, proto Protocol, endpoint string) string {
 	return sepChainPrefix + hash16(portName, string(proto), endpoint)
+}
+
+// ServiceChains lists the chains a service owns on a node, per port: its
+// KUBE-SVC chain, its KUBE-EXT chain when the port has a NodePort, and one
+// KUBE-SEP chain per endpoint.
+func ServiceChains(s Service) []string {
+	var out []string
+	for _, p := range s.Ports {
+		name, proto := s.PortName(p), p.protocol()
+		out = append(out, SVCChain(name, proto))
+		if p.NodePort != 0 {
+			out = append(out, EXTChain(name, proto))
+		}
+		for _, e := range s.Endpoints {
+			out = append(out, SEPChain(name, proto, netip.AddrPortFrom(e.IP, uint16(p.targetPort())).String()))
+		}
+	}
+	return out
 }

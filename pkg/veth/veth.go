@@ -45,6 +45,9 @@ type Attachment struct {
 	OuterIface string // outer end name, e.g. veth1a2b3c4d or node1
 	Bridge     string // bridge to enslave the outer end to ("" for none)
 	Hairpin    bool   // hairpin mode on the bridge port
+	// OuterAddr is an address on the outer end, for a routed link (no
+	// Bridge): the outer namespace is then the inner one's gateway.
+	OuterAddr  *net.IPNet
 	InnerNS    string // namespace name of the inner side
 	InnerIface string // inner end name, usually eth0
 	Addr       *net.IPNet
@@ -112,6 +115,12 @@ func Ensure(outer, inner *netlink.Handle, innerNS vnetns.NsHandle, a Attachment,
 		return fmt.Errorf("set %s up in %s: %w", a.OuterIface, a.OuterNS, err)
 	}
 	log.IP(a.OuterNS, "link set %s up", a.OuterIface)
+	if a.OuterAddr != nil {
+		if err := outer.AddrReplace(link, &netlink.Addr{IPNet: a.OuterAddr}); err != nil {
+			return fmt.Errorf("add address %s to %s in %s: %w", a.OuterAddr, a.OuterIface, a.OuterNS, err)
+		}
+		log.IP(a.OuterNS, "addr add %s dev %s", a.OuterAddr, a.OuterIface)
+	}
 	if a.Hairpin {
 		if err := outer.LinkSetHairpin(link, true); err != nil {
 			return fmt.Errorf("hairpin on %s in %s: %w", a.OuterIface, a.OuterNS, err)
