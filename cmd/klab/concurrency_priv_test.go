@@ -114,6 +114,8 @@ func check(k *cli, lab string) error {
 		{"ping", "pod-a", "pod-c", "-c", "2"},
 		{"ping", "pod-b", "pod-a", "-c", "2"},
 		{"curl", "pod-a", "http://pod-c:8080/"},
+		{"curl", "pod-a", "http://web/"},
+		{"curl", "external", "http://node1:30080/"},
 	} {
 		r := k.run(nil, append([]string{"--lab", lab}, c...)...)
 		if r.code != 0 {

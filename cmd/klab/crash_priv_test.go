@@ -12,13 +12,15 @@ import (
 )
 
 // crossnodeBuild is the flannel-crossnode network: two nodes, a pod on
-// each, and a server (a process) in one of them.
+// each, a server (a process) in one of them, and a NodePort Service in
+// front of it (kube-proxy's rules in every node).
 var crossnodeBuild = [][]string{
 	{"node", "add", "node1"},
 	{"node", "add", "node2"},
 	{"pod", "add", "pod-a", "--node", "node1"},
 	{"pod", "add", "pod-c", "--node", "node2"},
 	{"serve", "pod-c", "--port", "8080"},
+	{"service", "add", "web", "--port", "80", "--target-port", "8080", "--endpoints", "pod-c", "--node-port", "30080"},
 }
 
 // A build SIGKILLed right after any one of its kernel (or state file)
