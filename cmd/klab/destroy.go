@@ -138,7 +138,10 @@ repairs or removes it.`,
 				for _, p := range i.Problems {
 					fmt.Printf("  - %s\n", p)
 				}
-				fmt.Printf("  remove it completely with: klab destroy %s\n", i.Name)
+				if i.Repair != "" {
+					fmt.Printf("  rebuild it from its state with: %s\n", i.Repair)
+				}
+				fmt.Printf("  remove it completely with: %s\n", i.Fix)
 			}
 			return nil
 		},

@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/klab-dev/klab/pkg/bridge"
+	"github.com/klab-dev/klab/pkg/nat"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/vxlan"
 )
@@ -59,6 +62,9 @@ func kernelProblems(l *Lab, have map[string]bool) []string {
 		if under != nil && !under[n.Name] {
 			out = append(out, fmt.Sprintf("node %s has no port on the underlay bridge: 'klab node del %s --lab %s' and add it again", n.Name, n.Name, l.Name))
 		}
+		if d := rulesDrift(l, n); len(d) > 0 {
+			out = append(out, fmt.Sprintf("node %s's iptables rules differ from the lab's services (%s; an interrupted service change): 'klab repair %s' rewrites them", n.Name, strings.Join(d, ", "), l.Name))
+		}
 	}
 	for _, p := range l.Pods {
 		if !have[p.Name] {
@@ -81,4 +87,53 @@ func isUnderlayPort(lab, obj string) bool {
 	defer h.Close()
 	_, err = h.LinkByName(obj)
 	return err == nil
+}
+
+// rulesDrift compares the iptables rules the lab owns in a node (read back
+// with iptables-save) with what the lab's state renders for it, by chain
+// and rule count (iptables rewrites rules, so the text is not compared):
+// what a service change killed between programming the nodes and saving
+// the state leaves. It returns one description per difference.
+func rulesDrift(l *Lab, n *Node) []string {
+	want, err := l.Rules(n)
+	if err != nil {
+		return nil
+	}
+	have, err := nat.ReadOwned(netns.Name(l.Name, n.Name), l.Name)
+	if err != nil {
+		return nil
+	}
+	type key struct {
+		t    nat.Table
+		name string
+	}
+	wantN := map[key]int{}
+	for _, t := range []nat.Table{nat.NAT, nat.Filter} {
+		for _, ch := range want.Chains(t) {
+			rules, _ := want.ChainRules(t, ch)
+			wantN[key{t, ch}] = len(rules)
+		}
+	}
+	for _, j := range want.Jumps() {
+		wantN[key{j.Table, j.Chain}]++
+	}
+	haveN := map[key]int{}
+	for _, ch := range have {
+		haveN[key{ch.Table, ch.Name}] = len(ch.Rules)
+	}
+	var out []string
+	for k, w := range wantN {
+		if h, ok := haveN[k]; !ok && w > 0 {
+			out = append(out, fmt.Sprintf("%s/%s missing", k.t, k.name))
+		} else if h != w {
+			out = append(out, fmt.Sprintf("%s/%s has %d rules, not %d", k.t, k.name, h, w))
+		}
+	}
+	for k, h := range haveN {
+		if _, ok := wantN[k]; !ok && h > 0 {
+			out = append(out, fmt.Sprintf("%s/%s is not the lab's", k.t, k.name))
+		}
+	}
+	sort.Strings(out)
+	return out
 }

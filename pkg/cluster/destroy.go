@@ -43,8 +43,10 @@ type LabInfo struct {
 	// Problems lists disagreements between the state and the kernel, each
 	// with the command that repairs or removes it.
 	Problems []string `json:"problems,omitempty"`
-	// Fix is the command that removes a damaged lab completely.
-	Fix string `json:"fix,omitempty"`
+	// Repair is the command that rebuilds a damaged lab from its state
+	// (when the state is readable); Fix removes it completely.
+	Repair string `json:"repair,omitempty"`
+	Fix    string `json:"fix,omitempty"`
 }
 
 // Damaged reports whether the state and the kernel disagree.
@@ -196,6 +198,9 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 	}
 	if info.Damaged() {
 		info.Fix = "klab destroy " + name
+		if err == nil {
+			info.Repair = "klab repair " + name
+		}
 	}
 	return info
 }
