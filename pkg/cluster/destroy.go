@@ -442,20 +442,23 @@ const (
 	runFlannelMarker = ".klab-created"
 )
 
+// runFlannel is RunFlannel; tests point it elsewhere.
+var runFlannel = RunFlannel
+
 // EnsureRunFlannel creates /run/flannel, marked as klab's, if it does not
 // exist.
 func EnsureRunFlannel() error {
-	if _, err := os.Stat(RunFlannel); err == nil {
+	if _, err := os.Stat(runFlannel); err == nil {
 		return nil
 	}
-	if err := os.Mkdir(RunFlannel, 0o755); err != nil {
+	if err := os.Mkdir(runFlannel, 0o755); err != nil {
 		if os.IsExist(err) {
 			return nil
 		}
-		return fmt.Errorf("create %s: %w", RunFlannel, err)
+		return fmt.Errorf("create %s: %w", runFlannel, err)
 	}
 	explain.CrashPoint()
-	return os.WriteFile(filepath.Join(RunFlannel, runFlannelMarker), []byte("created by klab as the mount point of a node's subnet.env in 'klab exec'; removed by 'klab destroy' once no lab is left\n"), 0o644)
+	return os.WriteFile(filepath.Join(runFlannel, runFlannelMarker), []byte("created by klab as the mount point of a node's subnet.env in 'klab exec'; removed by 'klab destroy' once no lab is left\n"), 0o644)
 }
 
 // CleanupHostDirs removes what klab left in the host's filesystem once no
@@ -480,15 +483,26 @@ func CleanupHostDirs(stateDir string) error {
 				f.Close()
 			}
 		}
-		os.Remove(filepath.Join(stateDir, ".created-run-flannel")) // marker of older versions
-		os.Remove(stateDir)                                        // only succeeds when empty
 	}
+	// Older versions marked /run/flannel as theirs in the state directory.
+	legacy := filepath.Join(stateDir, ".created-run-flannel")
+	_, err = os.Stat(legacy)
+	legacyMarked := err == nil
 	if nss, err := netns.List(""); err == nil && len(nss) == 0 {
-		ents, err := os.ReadDir(RunFlannel)
-		if err == nil && len(ents) == 1 && ents[0].Name() == runFlannelMarker {
-			os.Remove(filepath.Join(RunFlannel, runFlannelMarker))
-			os.Remove(RunFlannel)
+		ents, err := os.ReadDir(runFlannel)
+		switch {
+		case err == nil && len(ents) == 1 && ents[0].Name() == runFlannelMarker:
+			os.Remove(filepath.Join(runFlannel, runFlannelMarker))
+			os.Remove(runFlannel)
+		case err == nil && len(ents) == 0 && legacyMarked:
+			os.Remove(runFlannel)
 		}
+	}
+	if _, err := os.Stat(runFlannel); legacyMarked && errors.Is(err, os.ErrNotExist) {
+		os.Remove(legacy)
+	}
+	if len(dirs) == 0 {
+		os.Remove(stateDir) // only succeeds when empty
 	}
 	return nil
 }
