@@ -68,8 +68,10 @@ func (o Options) Validate() error {
 			return fmt.Errorf("%s %s must be an IPv4 network address, like 10.244.0.0/16", c.what, c.p)
 		}
 	}
-	if o.ClusterCIDR.Bits() > 24 {
-		return fmt.Errorf("cluster CIDR %s is too small: it must hold at least one /24 per node, use /24 or larger (10.244.0.0/16)", o.ClusterCIDR)
+	// Nodes lease /24s and, as flannel does, the first one (holding the
+	// network address) is skipped: a /24 would leave no lease at all.
+	if o.ClusterCIDR.Bits() > 23 {
+		return fmt.Errorf("cluster CIDR %s is too small: each node leases a /24 of it and the first /24 is never leased (as in flannel), so use /23 or larger (10.244.0.0/16)", o.ClusterCIDR)
 	}
 	if o.UnderlayCIDR.Bits() > 29 {
 		return fmt.Errorf("underlay CIDR %s is too small: use /29 or larger (192.168.1.0/24)", o.UnderlayCIDR)
