@@ -22,14 +22,13 @@ lab: deps build
 # then every lab. The host's network namespace is snapshotted before and
 # compared after the whole run (each privileged package also checks itself):
 # klab must never change it.
-HOSTSNAP ?= $(shell mktemp -u /tmp/klab-hostsnap.XXXXXX)
 test: deps build
-	@if [ "$$(id -u)" = 0 ]; then $(GO) run ./internal/hostsnap save $(HOSTSNAP); fi
-	@st=0; \
+	@st=0; snap=$$(mktemp /tmp/klab-hostsnap.XXXXXX); \
+	if [ "$$(id -u)" = 0 ]; then $(GO) run ./internal/hostsnap save $$snap || st=1; fi; \
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 40m $(PKGS) || st=1; \
 	if [ -x scripts/ci-labs.sh ]; then ./scripts/ci-labs.sh || st=1; fi; \
-	if [ "$$(id -u)" = 0 ]; then $(GO) run ./internal/hostsnap compare $(HOSTSNAP) || st=1; rm -f $(HOSTSNAP); fi; \
-	exit $$st
+	if [ "$$(id -u)" = 0 ]; then $(GO) run ./internal/hostsnap compare $$snap || st=1; fi; \
+	rm -f $$snap; exit $$st
 
 # Build and destroy the flannel-crossnode network 200 times through the CLI
 # and compare namespace/link/fd/mount/process/memory counts (root; minutes).
