@@ -206,7 +206,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 	l, err := Load(stateDir, lab)
 	if errors.Is(err, ErrNoLab) && create != nil {
 		if err := create.Validate(); err != nil {
-			lock.Close()
+			unlock(stateDir, lab, lock)
 			return nil, err
 		}
 		o := create.withDefaults()
@@ -218,7 +218,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		err = nil
 	}
 	if err != nil {
-		lock.Close()
+		unlock(stateDir, lab, lock)
 		if errors.Is(err, ErrNoLab) {
 			return nil, fmt.Errorf("lab %q does not exist: add a node first (klab node add node1 --lab %s) or run a lab (klab labs)", lab, lab)
 		}
@@ -236,9 +236,24 @@ func (c *Cluster) Close() {
 	c.handles = map[string]*netlink.Handle{}
 	c.mu.Unlock()
 	if c.lock != nil {
-		c.lock.Close()
+		unlock(c.StateDir, c.Lab.Name, c.lock)
 		c.lock = nil
 	}
+}
+
+// unlock releases a lab's lock. When the lab has no state (a command on a
+// lab that does not exist, or a first node add that failed and rolled
+// back), the lock file and an empty state directory go too, so that bad
+// input leaves nothing behind; the holder may remove it (see Lock).
+func unlock(stateDir, lab string, lock *os.File) {
+	if _, err := os.Stat(StateFile(stateDir, lab)); errors.Is(err, os.ErrNotExist) {
+		os.Remove(filepath.Join(stateDir, lab))
+		os.Remove(filepath.Join(stateDir, lab+".lock"))
+		lock.Close()
+		CleanupHostDirs(stateDir)
+		return
+	}
+	lock.Close()
 }
 
 // Save persists the lab's state.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bufio"
 	"io"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,5 +190,29 @@ func TestLockCreatesPrivateStateDir(t *testing.T) {
 	defer f.Close()
 	if st, err := os.Stat(state); err != nil || st.Mode().Perm() != 0o700 {
 		t.Fatalf("state directory mode %v (%v), want 0700", st.Mode().Perm(), err)
+	}
+}
+
+// A command on a lab that does not exist, or bad input for a new lab, leaves
+// no lock file and no state directory behind.
+func TestFailedOpenLeavesNoLockFile(t *testing.T) {
+	state := t.TempDir() + "/state"
+	if _, err := Open(state, "rl-nolab", nil, nil); err == nil {
+		t.Fatal("opened a lab that does not exist")
+	}
+	c, err := Open(state, "rl-nolab", &Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PlanNode(NodeSpec{Name: "Bad Name"}); err == nil {
+		t.Fatal("bad node name accepted")
+	}
+	c.Close()
+	if _, err := Open(state, "rl-nolab", &Options{Backend: "ipip"}, nil); err == nil {
+		t.Fatal("unknown backend accepted")
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		ents, _ := os.ReadDir(state)
+		t.Errorf("state dir left behind with %v", ents)
 	}
 }
