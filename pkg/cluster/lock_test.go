@@ -2,8 +2,8 @@ package cluster
 
 import (
 	"bufio"
-	"io"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
