@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -103,28 +102,7 @@ func newNodeDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completeNodes,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for _, a := range args {
-				if c.Lab.Node(a) == nil {
-					return fmt.Errorf("node %q does not exist in lab %s: see 'klab node list'", a, c.Lab.Name)
-				}
-			}
-			defer guardBuild(c)()
-			for i, a := range args {
-				if wasInterrupted(c) {
-					return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting node(s) %s. %s", strings.Join(args[i:], " "), labSummary(c))}
-				}
-				if err := c.DelNode(a); err != nil {
-					return err
-				}
-				fmt.Printf("node %s deleted\n", a)
-			}
-			printExplain(c.Log)
-			return nil
+			return deleteEach("node", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Node(name) != nil }, (*cluster.Cluster).DelNode)
 		},
 	}
 }

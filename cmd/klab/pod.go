@@ -83,28 +83,7 @@ func newPodDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completePods,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for _, a := range args {
-				if c.Lab.Pod(a) == nil {
-					return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", a, c.Lab.Name)
-				}
-			}
-			defer guardBuild(c)()
-			for i, a := range args {
-				if wasInterrupted(c) {
-					return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting pod(s) %s. %s", strings.Join(args[i:], " "), labSummary(c))}
-				}
-				if err := c.DelPod(a); err != nil {
-					return err
-				}
-				fmt.Printf("pod %s deleted\n", a)
-			}
-			printExplain(c.Log)
-			return nil
+			return deleteEach("pod", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Pod(name) != nil }, (*cluster.Cluster).DelPod)
 		},
 	}
 }

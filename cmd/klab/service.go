@@ -299,28 +299,7 @@ func newServiceDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completeServices,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for _, a := range args {
-				if c.Lab.Service(a) == nil {
-					return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", a, c.Lab.Name)
-				}
-			}
-			defer guardBuild(c)()
-			for i, a := range args {
-				if wasInterrupted(c) {
-					return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting service(s) %s. %s", strings.Join(args[i:], " "), labSummary(c))}
-				}
-				if err := c.DelService(a); err != nil {
-					return err
-				}
-				fmt.Printf("service %s deleted\n", a)
-			}
-			printExplain(c.Log)
-			return nil
+			return deleteEach("service", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Service(name) != nil }, (*cluster.Cluster).DelService)
 		},
 	}
 }
