@@ -4,7 +4,7 @@ BIN     ?= bin/klab
 PKGS    ?= ./...
 export CGO_ENABLED ?= 0
 
-.PHONY: all build deps lab test test-unit bench lint fmt clean
+.PHONY: all build deps lab test test-unit bench lint fmt clean soak fuzz
 
 all: build
 
@@ -18,10 +18,33 @@ deps:
 lab: deps build
 	./$(BIN) run flannel-crossnode --yes
 
-# Every test, privileged ones included (run as root), with the race detector.
+# Every test, privileged ones included (run as root), with the race detector,
+# then every lab. The host's network namespace is snapshotted before and
+# compared after the whole run (each privileged package also checks itself):
+# klab must never change it.
 test: deps build
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 40m $(PKGS)
-	@test ! -x scripts/ci-labs.sh || ./scripts/ci-labs.sh
+	@st=0; snap=$$(mktemp /tmp/klab-hostsnap.XXXXXX); \
+	if [ "$$(id -u)" = 0 ]; then $(GO) run ./internal/hostsnap save $$snap || st=1; fi; \
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 40m $(PKGS) || st=1; \
+	if [ -x scripts/ci-labs.sh ]; then ./scripts/ci-labs.sh || st=1; fi; \
+	if [ "$$(id -u)" = 0 ]; then $(GO) run ./internal/hostsnap compare $$snap || st=1; fi; \
+	rm -f $$snap; exit $$st
+
+# Build and destroy the flannel-crossnode network 200 times through the CLI
+# and compare namespace/link/fd/mount/process/memory counts (root; minutes).
+SOAK ?= 200
+soak: build
+	KLAB_SOAK=$(SOAK) $(GO) test -count=1 -timeout 60m -run '^TestSoak$$' -v ./cmd/klab
+
+# Run every fuzzer for FUZZTIME each (the seed corpora run in 'make test').
+FUZZTIME ?= 30s
+fuzz:
+	@for t in labs:FuzzParse trace:FuzzParseFilter trace:FuzzDecode pkg/ipam:FuzzParseCIDR \
+		pkg/netns:FuzzNames pkg/nat:FuzzValidate pkg/cluster:FuzzParseLabels pkg/cluster:FuzzPlanNode \
+		cmd/klab:FuzzValidateKlabArgs; do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; \
+	done
 
 # Only the tests that need no root.
 test-unit:

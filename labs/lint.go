@@ -15,7 +15,8 @@ type Validator func(args []string) error
 // (when validate is not nil), commands must not choose the lab or state
 // directory themselves (the runner does), labs cannot run labs, and the
 // backend named in the front matter must agree with the lab's node add
-// commands. It returns an ErrorList, or nil.
+// commands, and iptables commands must wait for the xtables lock (-w). It
+// returns an ErrorList, or nil.
 func Lint(l *Lab, validate Validator) error {
 	var errs ErrorList
 	add := func(line int, format string, args ...any) {
@@ -61,6 +62,11 @@ func Lint(l *Lab, validate Validator) error {
 			if err := validate(c.Args); err != nil {
 				add(c.Line, "klab %s: %v", joinWords(c.Args), err)
 			}
+		}
+	}
+	for _, c := range l.Commands() { // actions and checks
+		if tool := xtablesNoWait(c.Args); tool != "" {
+			add(c.Line, "%s without -w: it fails at once when another command holds the xtables lock (a second lab being built, say); write '%s -w ...'", tool, tool)
 		}
 	}
 	if l.Backend == "host-gw" && !hostGWNode {

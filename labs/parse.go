@@ -363,6 +363,7 @@ func (p *parser) fenced(line int, info string, content []string) {
 		}
 		b := Block{Kind: Action, Line: line, Timeout: DefaultActionTimeout, Settle: DefaultSettle}
 		retry := DefaultRetry
+		passing := false
 		if lang == "check" {
 			b.Kind, b.Timeout = CheckBlock, DefaultCheckTimeout
 		}
@@ -376,10 +377,16 @@ func (p *parser) fenced(line int, info string, content []string) {
 				dst = &retry
 			case ok && k == "settle" && lang == "klab":
 				dst = &b.Settle
+			case ok && k == "final" && lang == "check":
+				if v != "true" && v != "false" {
+					p.errorf(line, "option final=%s is not valid: write final=false for checks of a state the lab only passes through", v)
+				}
+				passing = v == "false"
+				continue
 			default:
 				known := "timeout=DURATION and settle=DURATION"
 				if lang == "check" {
-					known = "timeout=DURATION and retry=DURATION"
+					known = "timeout=DURATION, retry=DURATION and final=false"
 				}
 				p.errorf(line, "unknown option %q for a ```%s block: the options are %s", opt, lang, known)
 				continue
@@ -402,7 +409,7 @@ func (p *parser) fenced(line int, info string, content []string) {
 		}
 		b.Checks = p.checks(line, content, retry)
 		for _, c := range b.Checks {
-			c.Timeout = b.Timeout
+			c.Timeout, c.Passing = b.Timeout, passing
 		}
 		if len(logicalLines(line, content)) == 0 {
 			p.errorf(line, "this ```check block has no command: add a klab command that must succeed, like \"klab ping pod-a pod-b\"")

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -31,21 +32,50 @@ type ExecExecutor struct {
 	Env  []string
 }
 
-// Run implements Executor.
+// KillGrace is how long ExecExecutor waits for a cancelled command to stop
+// after SIGINT (a build rolls back in well under a second) before SIGKILL.
+var KillGrace = 10 * time.Second
+
+// Run implements Executor. The command runs in its own process group, so a
+// Ctrl-C on the terminal reaches the runner only; when ctx is cancelled
+// (that Ctrl-C, or a timeout) the runner passes one SIGINT on, and the
+// command stops the klab way: it finishes its current kernel operation and
+// rolls back. Only a command still running KillGrace later is killed.
 func (e ExecExecutor) Run(ctx context.Context, lab string, args []string, out io.Writer) (int, error) {
-	cmd := exec.CommandContext(ctx, e.Path, args...)
+	cmd := exec.Command(e.Path, args...)
 	cmd.Env = append(append(os.Environ(), e.Env...), "KLAB_LAB="+lab)
 	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// A verb that leaves a daemon behind (klab serve) must not keep us
 	// waiting for its copy of the output pipe.
 	cmd.WaitDelay = time.Second
-	err := cmd.Run()
+	if err := ctx.Err(); err != nil {
+		return -1, fmt.Errorf("klab %s: %w", joinWords(args), err)
+	}
+	if err := cmd.Start(); err != nil {
+		return -1, fmt.Errorf("klab %s: %w", joinWords(args), err)
+	}
+	waitc := make(chan error, 1)
+	go func() { waitc <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waitc:
+	case <-ctx.Done():
+		cmd.Process.Signal(os.Interrupt)
+		t := time.NewTimer(KillGrace)
+		select {
+		case err = <-waitc:
+		case <-t.C:
+			cmd.Process.Kill()
+			err = <-waitc
+		}
+		t.Stop()
+		return -1, fmt.Errorf("klab %s: %w", joinWords(args), ctx.Err())
+	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 		return 0, nil
-	case ctx.Err() != nil:
-		return -1, fmt.Errorf("klab %s: %w", joinWords(args), ctx.Err())
 	case errors.As(err, &ee) && ee.ExitCode() >= 0:
 		return ee.ExitCode(), nil
 	case errors.Is(err, exec.ErrWaitDelay):
@@ -74,7 +104,7 @@ type Runner struct {
 	// Verbose prints the output of passed checks too (Run always does).
 	Verbose bool
 
-	in *bufio.Reader
+	lines chan promptLine
 }
 
 // CheckResult is the outcome of one check.
@@ -127,6 +157,19 @@ func (e *CommandFailedError) Error() string {
 	return fmt.Sprintf("lab %s: step %q: %s exited with status %d", e.Lab, e.Step, e.Command, e.Exit)
 }
 
+// InterruptedError is returned when the run was interrupted (Ctrl-C): the
+// command that was running stopped cleanly (rolled back), and the lab is
+// left up as far as it got.
+type InterruptedError struct {
+	Lab   string
+	Step  string // the step that was running
+	Steps int    // steps completed before it
+}
+
+func (e *InterruptedError) Error() string {
+	return fmt.Sprintf("interrupted in step %q (%d step(s) done before it): the command that was running stopped cleanly, and lab %s is up as far as it got: see it with 'klab list', remove it with 'klab destroy %s'", e.Step, e.Steps, e.Lab, e.Lab)
+}
+
 func (r *Runner) instance(l *Lab) string {
 	if r.Instance != "" {
 		return r.Instance
@@ -151,11 +194,18 @@ func (r *Runner) Run(ctx context.Context, l *Lab) (*Result, error) {
 	// start clean
 	r.R.Note("Starting from a clean slate: removing anything left of lab %s.", inst)
 	if err := r.action(ctx, inst, "", &Command{Text: "klab destroy " + inst, Args: []string{"destroy", inst}}, DefaultActionTimeout, false); err != nil {
+		if ctx.Err() != nil {
+			return res, r.interrupted(l, inst, "start clean", res)
+		}
 		return res, err
 	}
 	for i, s := range l.Steps {
 		if i > 0 && r.Mode == Stepwise {
-			if !r.prompt(fmt.Sprintf("Enter: step %d/%d, %q · q: stop here", i+1, len(l.Steps), s.Title)) {
+			ok := r.prompt(ctx, fmt.Sprintf("Enter: step %d/%d, %q · q: stop here", i+1, len(l.Steps), s.Title))
+			if ctx.Err() != nil {
+				return res, r.interrupted(l, inst, s.Title, res)
+			}
+			if !ok {
 				res.Stopped = true
 				r.explore(l, inst, false)
 				return res, nil
@@ -167,13 +217,22 @@ func (r *Runner) Run(ctx context.Context, l *Lab) (*Result, error) {
 			switch b.Kind {
 			case Action:
 				if err := r.actions(ctx, inst, s.Title, b); err != nil {
+					if ctx.Err() != nil {
+						return res, r.interrupted(l, inst, s.Title, res)
+					}
 					r.explore(l, inst, true)
 					return res, err
 				}
 				r.R.printf("\n")
 			case CheckBlock:
 				for _, c := range b.Checks {
+					if ctx.Err() != nil {
+						return res, r.interrupted(l, inst, s.Title, res)
+					}
 					cr := r.check(ctx, inst, c)
+					if ctx.Err() != nil {
+						return res, r.interrupted(l, inst, s.Title, res)
+					}
 					r.R.CheckResult(cr, true)
 					res.Checks = append(res.Checks, cr)
 					if !cr.Passed {
@@ -208,14 +267,27 @@ func stripTitle(b Block) Block {
 }
 
 // Check runs only the lab's checks against the instance as it stands (for
-// grading). Every check runs; failed ones are counted in the results.
+// grading). Every check of the lab's final state runs; checks of states the
+// lab only passes through (final=false) are skipped. Failed ones are
+// counted in the results.
 func (r *Runner) Check(ctx context.Context, l *Lab) []CheckResult {
 	inst := r.instance(l)
 	var out []CheckResult
 	for _, c := range l.Checks() {
-		out = append(out, r.check(ctx, inst, c))
+		if !c.Passing {
+			out = append(out, r.check(ctx, inst, c))
+		}
 	}
 	return out
+}
+
+// interrupted tells the student where the lab stopped and how to clean up,
+// and returns the error to exit with.
+func (r *Runner) interrupted(l *Lab, inst, step string, res *Result) error {
+	r.R.printf("\n")
+	r.R.Note("Interrupted during %q. The command that was running stopped cleanly; the lab stays as far as it got.", step)
+	r.explore(l, inst, true)
+	return &InterruptedError{Lab: inst, Step: step, Steps: res.Steps}
 }
 
 // explore tells the student how to look around and how to clean up.
@@ -237,23 +309,46 @@ func (r *Runner) explore(l *Lab, inst string, failed bool) {
 	r.R.printf("    sudo klab destroy %s\n", inst)
 }
 
-// prompt waits for Enter (true) or q (false). End of input means go on.
-func (r *Runner) prompt(msg string) bool {
+// prompt waits for Enter (true) or q (false). End of input means go on; an
+// interruption (ctx) returns false at once.
+func (r *Runner) prompt(ctx context.Context, msg string) bool {
 	if r.In == nil {
 		return true
 	}
-	if r.in == nil {
-		r.in = bufio.NewReader(r.In)
+	if r.lines == nil {
+		// One reader for the whole run: a read cut short by ctx is
+		// picked up by the next prompt.
+		r.lines = make(chan promptLine, 1)
+		in := bufio.NewReader(r.In)
+		go func() {
+			for {
+				s, err := in.ReadString('\n')
+				r.lines <- promptLine{s, err}
+				if err != nil {
+					return
+				}
+			}
+		}()
 	}
 	r.R.printf("\n%s ", r.R.style(ansiYellow, "── "+msg+" ──"))
-	line, err := r.in.ReadString('\n')
-	if err != nil && line == "" {
+	var pl promptLine
+	select {
+	case pl = <-r.lines:
+	case <-ctx.Done():
+		return false
+	}
+	if pl.err != nil && pl.s == "" {
 		r.R.printf("\n")
 		r.In = nil // no more input: run the rest straight through
 		return true
 	}
-	a := strings.ToLower(strings.TrimSpace(line))
+	a := strings.ToLower(strings.TrimSpace(pl.s))
 	return a != "q" && a != "quit" && a != "exit"
+}
+
+type promptLine struct {
+	s   string
+	err error
 }
 
 // actions runs an action block: foreground commands in order, background ones

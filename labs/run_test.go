@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -273,5 +274,27 @@ func TestBackgroundTimeout(t *testing.T) {
 	r := &Runner{Exec: f, R: &Renderer{W: io.Discard}}
 	if _, err := r.Run(context.Background(), l); err == nil || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want a deadline", err)
+	}
+}
+
+// A final=false block is checked by klab run and skipped by klab lab check,
+// which grades the lab as it is at the end.
+func TestCheckSkipsPassingStates(t *testing.T) {
+	l := mustParse(t, "## S\n```check retry=0 final=false\nklab ping pod-a pod-c\n  exit: nonzero\n```\n\n```check retry=0\nklab ping pod-a pod-b\n```\n")
+	if cs := l.Checks(); len(cs) != 2 || !cs[0].Passing || cs[1].Passing {
+		t.Fatalf("checks %+v", cs)
+	}
+	f := &fakeExec{replies: map[string][]reply{"ping pod-a pod-c": {{exit: 1}}}}
+	r := &Runner{Exec: f, R: &Renderer{W: io.Discard}}
+	if res := r.Check(context.Background(), l); len(res) != 1 || res[0].Command != "klab ping pod-a pod-b" {
+		t.Errorf("lab check ran %+v, want only the final-state check", res)
+	}
+	f = &fakeExec{replies: map[string][]reply{"ping pod-a pod-c": {{exit: 1}}}}
+	r = &Runner{Exec: f, R: &Renderer{W: io.Discard}}
+	if _, err := r.Run(context.Background(), l); err != nil || !slices.Contains(f.calls, "ping pod-a pod-c") || !slices.Contains(f.calls, "ping pod-a pod-b") {
+		t.Errorf("klab run: %v, calls %q: it must run both checks", err, f.calls)
+	}
+	if _, err := Parse("t.md", []byte(front+"## S\n```check final=maybe\nklab ping a b\n```\n")); err == nil || !strings.Contains(err.Error(), "final=maybe is not valid") {
+		t.Errorf("final=maybe: %v", err)
 	}
 }

@@ -19,7 +19,9 @@ fi
 failed=""
 for lab in $labs; do
 	echo "=== lab $lab"
-	if "$KLAB" run "$lab" --yes </dev/null; then
+	# The run's own checks, then the grading of the final state a teacher
+	# would run ('klab lab check'): both must pass.
+	if "$KLAB" run "$lab" --yes </dev/null && "$KLAB" lab check "$lab" </dev/null; then
 		echo "--- PASS lab $lab"
 	else
 		echo "--- FAIL lab $lab"

@@ -220,19 +220,29 @@ func diff(prev, cur *Packet, fwd []Packet) []Change {
 	if len(fwd) > 0 {
 		orig = fwd[0].Innermost()
 	}
-	if a.DstIP != b.DstIP || a.DstPort != b.DstPort {
+	// An ICMP echo's id plays the port's role for conntrack: it changes
+	// with the source on the way out (MASQUERADE) and with the destination
+	// on the way back (the reply's un-SNAT), so it is told with that change.
+	srcChanged := a.SrcIP != b.SrcIP || a.SrcPort != b.SrcPort
+	dstChanged := a.DstIP != b.DstIP || a.DstPort != b.DstPort
+	idChanged := a.ICMPID != b.ICMPID && a.IsIP() && (a.Proto == ProtoICMP || a.Proto == ProtoICMPv6)
+	icmpID := fmt.Sprintf(" (icmp id %d -> %d)", a.ICMPID, b.ICMPID)
+	if dstChanged {
 		d := "dst " + endpoint(a.DstIP, a.DstPort, a) + " -> " + endpoint(b.DstIP, b.DstPort, b)
+		if idChanged && !srcChanged {
+			d += icmpID
+		}
 		if orig != nil && b.DstIP == orig.SrcIP {
 			d += " (reply: conntrack reverses the forward SNAT)"
 		}
 		ch = append(ch, Change{ChangeDNAT, d})
 	}
-	if a.SrcIP != b.SrcIP || a.SrcPort != b.SrcPort || (a.ICMPID != b.ICMPID && a.IsIP() && (a.Proto == ProtoICMP || a.Proto == ProtoICMPv6)) {
+	if srcChanged || (idChanged && !dstChanged) {
 		d := "src " + endpoint(a.SrcIP, a.SrcPort, a) + " -> " + endpoint(b.SrcIP, b.SrcPort, b)
-		if a.ICMPID != b.ICMPID {
-			d += fmt.Sprintf(" (icmp id %d -> %d)", a.ICMPID, b.ICMPID)
+		if idChanged {
+			d += icmpID
 		}
-		if orig != nil && b.SrcIP == orig.DstIP {
+		if orig != nil && b.SrcIP == orig.DstIP && srcChanged {
 			d += " (reply: conntrack reverses the forward DNAT)"
 		}
 		ch = append(ch, Change{ChangeSNAT, d})

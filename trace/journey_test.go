@@ -140,3 +140,26 @@ func TestFollowNoPathMasquerade(t *testing.T) {
 		t.Errorf("arp probe: %v", err)
 	}
 }
+
+// MASQUERADE also rewrites an echo's id (conntrack's "port" for ICMP): the
+// id change is told with the source on the way out and with the
+// destination on the way back, never as a source change of the reply.
+func TestFollowMasqueradedICMPID(t *testing.T) {
+	specs := []hopSpec{
+		{"pod-a/eth0", DirOut, icmpFrame(t, macPodA, macCni1, l3spec{"10.244.1.2", "203.0.113.10", 64, 99}, true, 7, 3)},
+		{"node1/eth0", DirOut, icmpFrame(t, macEth1, macEth2, l3spec{"192.168.1.101", "203.0.113.10", 63, 99}, true, 4242, 3)},
+		{"node1/eth0", DirIn, icmpFrame(t, macEth2, macEth1, l3spec{"203.0.113.10", "192.168.1.101", 64, 1234}, false, 4242, 3)},
+		{"pod-a/eth0", DirIn, icmpFrame(t, macCni1, macPodA, l3spec{"203.0.113.10", "10.244.1.2", 63, 1234}, false, 7, 3)},
+	}
+	ps := packets(t, specs, true)
+	j, err := Follow(ps, FindProbe(ps, MustParseFilter("icmp and src host 10.244.1.2")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kinds(j.Hops[1]) != "snat,ttl,mac" || !strings.Contains(j.Hops[1].Changes[0].Detail, "icmp id 7 -> 4242") {
+		t.Errorf("forward:\n%s", j)
+	}
+	if len(j.Reply) != 2 || kinds(j.Reply[1]) != "dnat,ttl,mac" || !strings.Contains(j.Reply[1].Changes[0].Detail, "icmp id 4242 -> 7") {
+		t.Errorf("reply:\n%s", j)
+	}
+}

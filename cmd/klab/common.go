@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/explain"
@@ -92,5 +93,33 @@ func checkOutput() error {
 	if globals.output != "text" && globals.output != "json" {
 		return fmt.Errorf("output format %q is not known: use -o text or -o json", globals.output)
 	}
+	return nil
+}
+
+// deleteEach is the body of 'klab node|pod|service del NAME...': every name
+// is checked first (a typo deletes nothing), then each object is deleted in
+// turn; Ctrl-C stops between two objects, saying what is left.
+func deleteEach(kind string, names []string, exists func(*cluster.Cluster, string) bool, del func(*cluster.Cluster, string) error) error {
+	c, err := openLab(nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, n := range names {
+		if !exists(c, n) {
+			return fmt.Errorf("%s %q does not exist in lab %s: see 'klab %s list'", kind, n, c.Lab.Name, kind)
+		}
+	}
+	defer guardBuild(c)()
+	for i, n := range names {
+		if wasInterrupted(c) {
+			return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting %s(s) %s. %s", kind, strings.Join(names[i:], " "), labSummary(c))}
+		}
+		if err := del(c, n); err != nil {
+			return err
+		}
+		fmt.Printf("%s %s deleted\n", kind, n)
+	}
+	printExplain(c.Log)
 	return nil
 }

@@ -15,8 +15,19 @@ func init() {
 	register(newListCmd)
 }
 
+// labPrefix is the hidden --prefix flag of destroy --all and list: only labs
+// whose name starts with it. It exists for tests, which run while other labs
+// are up on the same machine and must never destroy those.
+func matchPrefix(prefix string) func(string) bool {
+	if prefix == "" {
+		return nil
+	}
+	return func(lab string) bool { return strings.HasPrefix(lab, prefix) }
+}
+
 func newDestroyCmd() *cobra.Command {
 	var all bool
+	var prefix string
 	cmd := &cobra.Command{
 		Use:   "destroy [LAB]",
 		Short: "Remove a lab completely: processes, namespaces (and everything in them), state",
@@ -35,20 +46,18 @@ error. --all removes every klab lab and nothing else.`,
 				return err
 			}
 			log := newExplainLog()
+			defer guardDestroy()()
 			if all {
 				if len(args) > 0 {
 					return fmt.Errorf("give either a LAB or --all, not both")
 				}
-				done, err := cluster.DestroyAll(globals.stateDir, log, os.Stderr)
+				done, err := cluster.DestroyMatching(globals.stateDir, matchPrefix(prefix), log, os.Stderr)
 				printExplain(log)
 				if len(done) == 0 && err == nil {
 					fmt.Println("no klab labs found")
 				}
 				for _, d := range done {
 					fmt.Printf("lab %s destroyed\n", d)
-				}
-				if err == nil {
-					err = cluster.CleanupHostDirs(globals.stateDir)
 				}
 				return err
 			}
@@ -71,28 +80,40 @@ error. --all removes every klab lab and nothing else.`,
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "destroy every klab lab")
+	cmd.Flags().StringVar(&prefix, "prefix", "", "with --all: only labs whose name starts with this (for tests)")
+	_ = cmd.Flags().MarkHidden("prefix")
 	return cmd
 }
 
 func newListCmd() *cobra.Command {
-	return &cobra.Command{
+	var prefix string
+	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   "List labs, their nodes and pods, and flag damaged ones",
+		Short:   "List labs, their nodes, pods and services, and flag damaged ones",
+		Long: `List every lab on this machine — found in the state directory, in the
+kernel's namespace names (klab.<lab>.*) and in the servers' command lines — with
+its nodes, pods, services and servers. A lab whose state and kernel disagree
+(a build that was killed, a state directory that was deleted, a namespace
+removed by hand) is marked DAMAGED, with each problem and the command that
+repairs or removes it.`,
 		Example: "  klab list\n  klab list -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(); err != nil {
 				return err
 			}
-			infos, err := cluster.List(globals.stateDir)
+			all, err := cluster.List(globals.stateDir)
 			if err != nil {
 				return err
 			}
-			if jsonOutput() {
-				if infos == nil {
-					infos = []cluster.LabInfo{}
+			infos := []cluster.LabInfo{}
+			for _, i := range all {
+				if m := matchPrefix(prefix); m == nil || m(i.Name) {
+					infos = append(infos, i)
 				}
+			}
+			if jsonOutput() {
 				return printJSON(infos)
 			}
 			if len(infos) == 0 {
@@ -100,23 +121,34 @@ func newListCmd() *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "LAB\tBACKEND\tNODES\tPODS\tSTATUS")
+			fmt.Fprintln(w, "LAB\tBACKEND\tNODES\tPODS\tSERVICES\tSERVERS\tSTATUS")
 			for _, i := range infos {
 				status := "ok"
-				if len(i.Problems) > 0 {
+				if i.Damaged() {
 					status = "DAMAGED"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", i.Name, dash(i.Backend), dash(strings.Join(i.Nodes, ",")), dash(strings.Join(i.Pods, ",")), status)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, dash(i.Backend), dash(strings.Join(i.Nodes, ",")), dash(strings.Join(i.Pods, ",")), dash(strings.Join(i.Services, ",")), len(i.Servers), status)
 			}
 			w.Flush()
 			for _, i := range infos {
-				for _, p := range i.Problems {
-					fmt.Printf("%s: %s\n", i.Name, p)
+				if !i.Damaged() {
+					continue
 				}
+				fmt.Printf("\n%s is damaged:\n", i.Name)
+				for _, p := range i.Problems {
+					fmt.Printf("  - %s\n", p)
+				}
+				if i.Repair != "" {
+					fmt.Printf("  rebuild it from its state with: %s\n", i.Repair)
+				}
+				fmt.Printf("  remove it completely with: %s\n", i.Fix)
 			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&prefix, "prefix", "", "only labs whose name starts with this (for tests)")
+	_ = cmd.Flags().MarkHidden("prefix")
+	return cmd
 }
 
 func dash(s string) string {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -74,10 +75,10 @@ as on a real node. With no command, starts your shell there.`,
 			}
 			enter := []string{"__enter", "--"}
 			if l.Node(target) != nil {
-				if err := cluster.EnsureRunFlannel(globals.stateDir); err != nil {
+				if err := cluster.EnsureRunFlannel(); err != nil {
 					return err
 				}
-				enter = []string{"__enter", "--bind", filepath.Dir(c.SubnetEnvPath(target)) + ":/run/flannel", "--"}
+				enter = []string{"__enter", "--bind", filepath.Dir(c.SubnetEnvPath(target)) + ":" + cluster.RunFlannel, "--"}
 			}
 			code, err := runInNS(ns, append(enter, argv...), name, target)
 			if err != nil {
@@ -92,7 +93,8 @@ as on a real node. With no command, starts your shell there.`,
 }
 
 // runInNS starts `klab __enter ... -- argv` as a child forked from a thread
-// inside ns, in a new mount namespace, and returns its exit status.
+// inside ns, and returns its exit status. The child makes its own mount
+// namespace (see newEnterCmd).
 func runInNS(ns string, args []string, lab, target string) (int, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -101,7 +103,6 @@ func runInNS(ns string, args []string, lab, target string) (int, error) {
 	cmd := exec.Command(self, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "KLAB_LAB="+lab, "KLAB_TARGET="+target)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	signal.Ignore(os.Interrupt, syscall.SIGQUIT)
 	defer signal.Reset(os.Interrupt, syscall.SIGQUIT)
 	if err := netns.Do(ns, cmd.Start); err != nil {
@@ -119,9 +120,16 @@ func runInNS(ns string, args []string, lab, target string) (int, error) {
 }
 
 // newEnterCmd is the hidden second half of exec: it runs already inside
-// the target's network namespace and a private mount namespace, remounts
-// /sys so it shows this namespace's devices (as ip netns exec does), bind
-// mounts per-node files, then replaces itself with the command.
+// the target's network namespace, enters a new mount namespace whose mounts
+// are slaves of the host's, remounts /sys so it shows this namespace's
+// devices (as ip netns exec does), bind mounts per-node files, then replaces
+// itself with the command.
+//
+// Slave, not private (which Go's SysProcAttr.Unshareflags would make it):
+// when 'klab destroy' unmounts a namespace under /run/netns, the unmount
+// reaches this mount namespace too, so a long-running 'klab exec' never
+// keeps another lab's (or its own lab's) namespace alive; and nothing
+// mounted here reaches the host, so a crash leaks no mount.
 func newEnterCmd() *cobra.Command {
 	var binds []string
 	cmd := &cobra.Command{
@@ -129,6 +137,15 @@ func newEnterCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The new mount namespace belongs to this thread only; the
+			// same thread execs the command below.
+			runtime.LockOSThread()
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("new mount namespace: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+				return fmt.Errorf("make / a slave mount: %w", err)
+			}
 			if err := unix.Unmount("/sys", unix.MNT_DETACH); err == nil {
 				if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
 					return fmt.Errorf("mount /sys: %w", err)
@@ -139,9 +156,8 @@ func newEnterCmd() *cobra.Command {
 				if err := os.MkdirAll(src, 0o755); err != nil {
 					return err
 				}
-				if err := os.MkdirAll(dst, 0o755); err != nil {
-					return err
-				}
+				// dst is not created here: that would change the host's
+				// file system (see cluster.EnsureRunFlannel).
 				if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 					return fmt.Errorf("bind %s on %s: %w", src, dst, err)
 				}

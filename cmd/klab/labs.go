@@ -69,12 +69,18 @@ lab you are exploring.`,
 			if step || (!yes && labs.IsTerminal(os.Stdin)) {
 				r.Mode = labs.Stepwise
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			// The first Ctrl-C stops the lab at a consistent point (see
+			// labs.ExecExecutor); later ones are caught too, so the command
+			// that is rolling back is never cut short.
+			ctx, stop := signal.NotifyContext(cmd.Context(), interruptSignals...)
 			defer stop()
 			_, err = r.Run(ctx, l)
 			var cf *labs.CheckFailedError
 			var af *labs.CommandFailedError
+			var ie *labs.InterruptedError
 			switch {
+			case errors.As(err, &ie):
+				return exitError{code: 130, msg: err.Error()}
 			case errors.As(err, &cf), errors.As(err, &af):
 				return exitError{code: 1, msg: err.Error()}
 			}

@@ -69,16 +69,17 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			if err := c.CheckOptions(opts, cmd.Flags().Changed); err != nil {
 				return err
 			}
 			n, err := c.AddNode(spec)
 			if err != nil {
-				return err
+				return interrupted(c, "node "+spec.Name, false, err)
 			}
 			printExplain(c.Log)
 			fmt.Printf("node %s: underlay %s, pod subnet %s, backend %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Name)
-			return nil
+			return interrupted(c, "node "+n.Name, true, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -101,24 +102,7 @@ func newNodeDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completeNodes,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for _, a := range args {
-				if c.Lab.Node(a) == nil {
-					return fmt.Errorf("node %q does not exist in lab %s: see 'klab node list'", a, c.Lab.Name)
-				}
-			}
-			for _, a := range args {
-				if err := c.DelNode(a); err != nil {
-					return err
-				}
-				fmt.Printf("node %s deleted\n", a)
-			}
-			printExplain(c.Log)
-			return nil
+			return deleteEach("node", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Node(name) != nil }, (*cluster.Cluster).DelNode)
 		},
 	}
 }

@@ -56,13 +56,14 @@ network.`,
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			p, err := c.AddPod(spec)
 			if err != nil {
-				return err
+				return interrupted(c, "pod "+spec.Name, false, err)
 			}
 			printExplain(c.Log)
 			fmt.Printf("pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
-			return nil
+			return interrupted(c, "pod "+p.Name, true, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -82,24 +83,7 @@ func newPodDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completePods,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for _, a := range args {
-				if c.Lab.Pod(a) == nil {
-					return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", a, c.Lab.Name)
-				}
-			}
-			for _, a := range args {
-				if err := c.DelPod(a); err != nil {
-					return err
-				}
-				fmt.Printf("pod %s deleted\n", a)
-			}
-			printExplain(c.Log)
-			return nil
+			return deleteEach("pod", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Pod(name) != nil }, (*cluster.Cluster).DelPod)
 		},
 	}
 }

@@ -258,6 +258,7 @@ with a matching label (or a listed name) and it joins.`,
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			svc, err := c.AddService(spec)
 			if err != nil {
 				return err
@@ -267,7 +268,7 @@ with a matching label (or a listed name) and it joins.`,
 				return printJSON(serviceView(c.Lab, svc))
 			}
 			printService(c.Lab, svc)
-			return nil
+			return interrupted(c, "service "+svc.Name, true, nil)
 		},
 	}
 	fl := cmd.Flags()
@@ -298,24 +299,7 @@ func newServiceDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completeServices,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for _, a := range args {
-				if c.Lab.Service(a) == nil {
-					return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", a, c.Lab.Name)
-				}
-			}
-			for _, a := range args {
-				if err := c.DelService(a); err != nil {
-					return err
-				}
-				fmt.Printf("service %s deleted\n", a)
-			}
-			printExplain(c.Log)
-			return nil
+			return deleteEach("service", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Service(name) != nil }, (*cluster.Cluster).DelService)
 		},
 	}
 }
@@ -341,12 +325,13 @@ packet counters, stays as it is (see --explain).`,
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			if err := c.SetEndpoints(args[0], pods); err != nil {
 				return err
 			}
 			printExplain(c.Log)
 			printService(c.Lab, c.Lab.Service(args[0]))
-			return nil
+			return interrupted(c, "the endpoints of service "+args[0], true, nil)
 		},
 	}
 }

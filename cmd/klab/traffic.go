@@ -150,6 +150,7 @@ stopped by 'klab pod del', 'klab serve --stop' and 'klab destroy'.`,
 				return err
 			}
 			defer c.Close()
+			defer guardBuild(c)()
 			if _, err := c.TargetNS(args[0]); err != nil {
 				return err
 			}
@@ -170,7 +171,7 @@ stopped by 'klab pod del', 'klab serve --stop' and 'klab destroy'.`,
 				return err
 			}
 			fmt.Printf("%s echo server on %s port %d (pid %d, log %s)\n", strings.ToUpper(proto), args[0], port, s.PID, s.Log)
-			return nil
+			return interrupted(c, "the server on "+args[0], true, nil)
 		},
 	}
 	f := cmd.Flags()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -67,8 +68,10 @@ func (o Options) Validate() error {
 			return fmt.Errorf("%s %s must be an IPv4 network address, like 10.244.0.0/16", c.what, c.p)
 		}
 	}
-	if o.ClusterCIDR.Bits() > 24 {
-		return fmt.Errorf("cluster CIDR %s is too small: it must hold at least one /24 per node, use /24 or larger (10.244.0.0/16)", o.ClusterCIDR)
+	// Nodes lease /24s and, as flannel does, the first one (holding the
+	// network address) is skipped: a /24 would leave no lease at all.
+	if o.ClusterCIDR.Bits() > 23 {
+		return fmt.Errorf("cluster CIDR %s is too small: each node leases a /24 of it and the first /24 is never leased (as in flannel), so use /23 or larger (10.244.0.0/16)", o.ClusterCIDR)
 	}
 	if o.UnderlayCIDR.Bits() > 29 {
 		return fmt.Errorf("underlay CIDR %s is too small: use /29 or larger (192.168.1.0/24)", o.UnderlayCIDR)
@@ -100,6 +103,10 @@ type Cluster struct {
 	Lab      *Lab
 	// Log receives the equivalent ip/bridge commands of every change.
 	Log *explain.Log
+	// Ctx, when not nil, interrupts a build (Ctrl-C): AddNode and AddPod
+	// check it between kernel operations, roll back what they created and
+	// return an error wrapping ErrInterrupted (see interrupt.go).
+	Ctx context.Context
 
 	lock    *os.File
 	mu      sync.Mutex
@@ -112,32 +119,77 @@ func (c *Cluster) Dir() string { return filepath.Join(c.StateDir, c.Lab.Name) }
 // NS returns the namespace name of an object of this lab.
 func (c *Cluster) NS(obj string) string { return netns.Name(c.Lab.Name, obj) }
 
-// Lock takes the per-lab lock, telling wait (if not nil) when it has to
-// wait for another klab command.
+// Lock takes the per-lab lock (flock on <stateDir>/<lab>.lock), telling
+// wait (if not nil) when it has to wait for another klab command. The lock
+// is released when the file is closed or the process dies, however it dies.
+//
+// A lock file is only ever removed by a process that holds it (destroy,
+// CleanupHostDirs); a process that was waiting on the removed file notices
+// that the path now names another file (or none) and locks again, so two
+// commands never hold "the" lock of one lab at the same time.
 func Lock(stateDir, lab string, wait io.Writer) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create %s: %w", stateDir, err)
-	}
-	f, err := os.OpenFile(filepath.Join(stateDir, lab+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock lab %q: %w", lab, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		return f, nil
-	}
-	if wait != nil {
-		fmt.Fprintf(wait, "klab: waiting for another klab command on lab %q to finish...\n", lab)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err == nil {
-			return f, nil
-		}
-		if err != unix.EINTR {
-			f.Close()
+	told := false
+	for attempt := 0; ; attempt++ {
+		f, err := openLock(stateDir, lab)
+		if err != nil {
+			// The state directory can vanish between MkdirAll and Open
+			// when another command removes it as empty: try again.
+			if errors.Is(err, os.ErrNotExist) && attempt < 100 {
+				continue
+			}
 			return nil, fmt.Errorf("lock lab %q: %w", lab, err)
 		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			if wait != nil && !told {
+				fmt.Fprintf(wait, "klab: waiting for another klab command on lab %q to finish...\n", lab)
+				told = true
+			}
+			for {
+				err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+				if err != unix.EINTR {
+					break
+				}
+			}
+			if err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lock lab %q: %w", lab, err)
+			}
+		}
+		if sameFile(f, filepath.Join(stateDir, lab+".lock")) {
+			return f, nil
+		}
+		f.Close() // removed or replaced while we waited: lock the new one
 	}
+}
+
+func openLock(stateDir, lab string) (*os.File, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(stateDir, lab+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+}
+
+// sameFile reports whether the open file f is still the file at path.
+func sameFile(f *os.File, path string) bool {
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(path, &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
+}
+
+// tryLockPath takes the lock file at path without waiting; ok is false if
+// someone else holds it (or it is gone).
+func tryLockPath(path string) (f *os.File, ok bool) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, false
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil || !sameFile(f, path) {
+		f.Close()
+		return nil, false
+	}
+	return f, true
 }
 
 // Open locks and loads a lab. If the lab does not exist and create is not
@@ -154,7 +206,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 	l, err := Load(stateDir, lab)
 	if errors.Is(err, ErrNoLab) && create != nil {
 		if err := create.Validate(); err != nil {
-			lock.Close()
+			unlock(stateDir, lab, lock)
 			return nil, err
 		}
 		o := create.withDefaults()
@@ -166,7 +218,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		err = nil
 	}
 	if err != nil {
-		lock.Close()
+		unlock(stateDir, lab, lock)
 		if errors.Is(err, ErrNoLab) {
 			return nil, fmt.Errorf("lab %q does not exist: add a node first (klab node add node1 --lab %s) or run a lab (klab labs)", lab, lab)
 		}
@@ -184,9 +236,24 @@ func (c *Cluster) Close() {
 	c.handles = map[string]*netlink.Handle{}
 	c.mu.Unlock()
 	if c.lock != nil {
-		c.lock.Close()
+		unlock(c.StateDir, c.Lab.Name, c.lock)
 		c.lock = nil
 	}
+}
+
+// unlock releases a lab's lock. When the lab has no state (a command on a
+// lab that does not exist, or a first node add that failed and rolled
+// back), the lock file and an empty state directory go too, so that bad
+// input leaves nothing behind; the holder may remove it (see Lock).
+func unlock(stateDir, lab string, lock *os.File) {
+	if _, err := os.Stat(StateFile(stateDir, lab)); errors.Is(err, os.ErrNotExist) {
+		os.Remove(filepath.Join(stateDir, lab))
+		os.Remove(filepath.Join(stateDir, lab+".lock"))
+		lock.Close()
+		CleanupHostDirs(stateDir)
+		return
+	}
+	lock.Close()
 }
 
 // Save persists the lab's state.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/klab-dev/klab/pkg/bridge"
@@ -145,22 +146,34 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			c.teardownNode(n)
+			c.rollbackNode(n)
 		}
 	}()
+	if err := c.interrupted(); err != nil {
+		return nil, err
+	}
 	if err := c.ensureUnderlay(); err != nil {
+		return nil, err
+	}
+	if err := c.interrupted(); err != nil {
 		return nil, err
 	}
 	if err := c.buildNode(n); err != nil {
 		return nil, err
 	}
 	for _, o := range c.Lab.Nodes {
+		if err := c.interrupted(); err != nil {
+			return nil, err
+		}
 		if err := c.peer(n, o); err != nil {
 			return nil, err
 		}
 		if err := c.peer(o, n); err != nil {
 			return nil, err
 		}
+	}
+	if err := c.interrupted(); err != nil {
+		return nil, err
 	}
 	c.Lab.Nodes = append(c.Lab.Nodes, n)
 	if err := c.Save(); err != nil {

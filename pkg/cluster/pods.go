@@ -68,6 +68,7 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 		return nil, err
 	}
 	store := c.ipamStore(n)
+	c.releaseStale(store)
 	ip, err := store.Allocate(s.Name, PodIface, s.IP)
 	if err != nil {
 		return nil, err
@@ -83,7 +84,13 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 			store.Release(p.Name)
 		}
 	}()
+	if err := c.interrupted(); err != nil {
+		return nil, err
+	}
 	if err := c.buildPod(p); err != nil {
+		return nil, err
+	}
+	if err := c.interrupted(); err != nil {
 		return nil, err
 	}
 	// A pod can be a service endpoint (by name or label) as soon as it

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
 )
 
@@ -53,6 +54,7 @@ func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*S
 	}
 	s := &Server{Target: target, Proto: proto, Port: port, PID: cmd.Process.Pid, Log: logPath}
 	go cmd.Wait()
+	explain.CrashPoint()
 	// Wait until the server reports that it listens (or died).
 	deadline := time.Now().Add(3 * time.Second)
 	for {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/klab-dev/klab/pkg/explain"
 )
 
 // Backend names a way to carry pod traffic between nodes.
@@ -180,6 +182,11 @@ func Save(stateDir string, l *Lab) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
 	}
+	// The lab directory may have been created by a file written earlier in
+	// a build (subnet.env, ipam) with a wider mode: it is klab's own.
+	if err := os.Chmod(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
+	}
 	b, err := json.MarshalIndent(l, "", "  ")
 	if err != nil {
 		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
@@ -197,12 +204,18 @@ func Save(stateDir string, l *Lab) error {
 		f.Close()
 		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
 	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
+	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
 	}
+	explain.CrashPoint() // a crash here leaves the old state and a temp file
 	if err := os.Rename(f.Name(), p); err != nil {
 		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
 	}
+	explain.CrashPoint()
 	return nil
 }
 

@@ -7,6 +7,9 @@
 // cni0 type bridge"), so `--explain` and the labs can show students the
 // commands they would type by hand, the ones the seed blog posts use. A nil
 // *Log records nothing, so callers that do not care pass nil.
+//
+// Because every change passes through here, the package also counts them:
+// CrashPoint is the crash-test hook (KLAB_CRASH_AFTER, see crash.go).
 package explain
 
 import (
@@ -24,6 +27,11 @@ type Log struct {
 
 // Add appends one command, formatted like fmt.Sprintf.
 func (l *Log) Add(format string, args ...any) {
+	CrashPoint()
+	l.add(format, args...)
+}
+
+func (l *Log) add(format string, args ...any) {
 	if l == nil {
 		return
 	}
@@ -34,18 +42,20 @@ func (l *Log) Add(format string, args ...any) {
 
 // IP appends an iproute2 command run in namespace ns: "ip -n <ns> <args>".
 func (l *Log) IP(ns, format string, args ...any) {
+	CrashPoint()
 	if l == nil {
 		return
 	}
-	l.Add("ip -n %s %s", ns, fmt.Sprintf(format, args...))
+	l.add("ip -n %s %s", ns, fmt.Sprintf(format, args...))
 }
 
 // NSExec appends a command run inside namespace ns: "ip netns exec <ns> <cmd>".
 func (l *Log) NSExec(ns, format string, args ...any) {
+	CrashPoint()
 	if l == nil {
 		return
 	}
-	l.Add("ip netns exec %s %s", ns, fmt.Sprintf(format, args...))
+	l.add("ip netns exec %s %s", ns, fmt.Sprintf(format, args...))
 }
 
 // Commands returns a copy of the recorded commands.

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/klab-dev/klab/pkg/explain"
 )
 
 // ErrExhausted is returned when a range has no free address or subnet left.
@@ -159,6 +161,7 @@ func (s Store) Allocate(id, ifname string, want netip.Addr) (netip.Addr, error) 
 	if err := os.WriteFile(filepath.Join(s.Dir, a.String()), []byte(id+"\n"+ifname), 0o600); err != nil {
 		return netip.Addr{}, fmt.Errorf("ipam: record %s: %w", a, err)
 	}
+	explain.CrashPoint()
 	if err := os.WriteFile(filepath.Join(s.Dir, lastFile), []byte(a.String()), 0o600); err != nil {
 		return netip.Addr{}, fmt.Errorf("ipam: %w", err)
 	}

@@ -200,6 +200,7 @@ func restore(ns string, input []byte, noflush bool, log *explain.Log) error {
 	if err != nil {
 		return fmt.Errorf("iptables-restore in namespace %s: %w: %s", ns, err, strings.TrimSpace(stderr.String()))
 	}
+	explain.CrashPoint() // the log above counted the point before the change
 	return nil
 }
 

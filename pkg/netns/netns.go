@@ -163,6 +163,12 @@ func Ensure(name string) (created bool, err error) {
 		return false, err
 	}
 	p := Path(name)
+	// A file by that name that is not a namespace is left from a build
+	// killed between creating and mounting it, or from before a reboot when
+	// /run is not a tmpfs: klab's own, by its name, so reuse the name.
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("create namespace %s: remove stale %s: %w", name, p, err)
+	}
 	f, err := os.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if err != nil {
 		return false, fmt.Errorf("create namespace %s: %w", name, err)

@@ -83,6 +83,21 @@ func Ensure(outer, inner *netlink.Handle, innerNS vnetns.NsHandle, a Attachment,
 		masterIdx = br.Attrs().Index
 	}
 	link, err := outer.LinkByName(a.OuterIface)
+	if err == nil {
+		if _, ok := link.(*netlink.Veth); ok {
+			if _, ierr := inner.LinkByName(a.InnerIface); isNotFound(ierr) {
+				// A leftover outer end whose peer is not in the inner
+				// namespace: the inner namespace was deleted and the kernel
+				// has not freed the pair yet (it does so asynchronously),
+				// or the peer went elsewhere. Replace the pair.
+				if err := outer.LinkDel(link); err != nil && !isNotFound(err) {
+					return fmt.Errorf("delete stale veth %s in %s: %w", a.OuterIface, a.OuterNS, err)
+				}
+				log.IP(a.OuterNS, "link del %s", a.OuterIface)
+				link, err = nil, netlink.LinkNotFoundError{}
+			}
+		}
+	}
 	if err != nil {
 		if !isNotFound(err) {
 			return fmt.Errorf("look up %s in %s: %w", a.OuterIface, a.OuterNS, err)

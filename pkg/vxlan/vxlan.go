@@ -288,6 +288,7 @@ func WriteSubnetEnv(path string, network, subnet *net.IPNet, mtu int, ipMasq boo
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	explain.CrashPoint()
 	return nil
 }
 

@@ -1,0 +1,176 @@
+package cluster
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"syscall"
+
+	"github.com/klab-dev/klab/pkg/bridge"
+	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/veth"
+	"github.com/vishvananda/netlink"
+)
+
+// RepairReport says what Repair changed.
+type RepairReport struct {
+	Removed  []string `json:"removed,omitempty"`  // namespaces the state did not know
+	Rebuilt  []string `json:"rebuilt,omitempty"`  // nodes and pods whose namespace was missing
+	Stopped  []int    `json:"stopped,omitempty"`  // servers of the lab the state did not know, or outside their namespace
+	Forgot   []string `json:"forgot,omitempty"`   // servers the state listed that no longer run
+	Released []string `json:"released,omitempty"` // addresses held by pods the state does not know
+}
+
+// Repair reconciles the kernel with the lab's state, the way a controller
+// does: what the kernel has and the state does not know is removed
+// (namespaces of interrupted builds, with their processes and, for a half
+// added node, its entries in the other nodes; servers the state does not
+// know), and everything the state has is ensured again with the same
+// idempotent steps that build it, so missing or half-built nodes and pods
+// are completed, peers re-programmed and iptables rules that drifted
+// rewritten from what the kernel holds. Servers that died are forgotten.
+// The lab must have a readable state; without one, only destroy helps.
+func (c *Cluster) Repair() (*RepairReport, error) {
+	rep := &RepairReport{}
+	l := c.Lab
+	// Cached handles may point at namespaces deleted behind klab's back.
+	c.mu.Lock()
+	for _, h := range c.handles {
+		h.Close()
+	}
+	c.handles = map[string]*netlink.Handle{}
+	c.mu.Unlock()
+	known := map[string]bool{UnderlayName: true, ExternalName: true}
+	for _, n := range l.Names() {
+		known[n] = true
+	}
+	nss, err := netns.List(l.Name)
+	if err != nil {
+		return rep, err
+	}
+	for _, ns := range nss {
+		_, obj, _ := netns.Parse(ns)
+		if known[obj] {
+			continue
+		}
+		if isUnderlayPort(l.Name, obj) {
+			if n := c.orphanNode(obj); n != nil {
+				for _, o := range l.Nodes {
+					c.unpeer(o, n)
+				}
+			}
+			if uh, err := c.Handle(UnderlayName); err == nil {
+				veth.Delete(uh, c.NS(UnderlayName), obj, c.Log)
+			}
+		}
+		procs, _ := ProcessesIn([]string{ns})
+		killProcesses(procs, c.Log)
+		if err := c.deleteNS(obj); err != nil {
+			return rep, err
+		}
+		rep.Removed = append(rep.Removed, ns)
+	}
+	if len(l.Nodes) > 0 {
+		if err := c.ensureUnderlay(); err != nil {
+			return rep, err
+		}
+	}
+	for _, n := range l.Nodes {
+		if !netns.Exists(c.NS(n.Name)) {
+			rep.Rebuilt = append(rep.Rebuilt, "node "+n.Name)
+		}
+		if err := c.buildNode(n); err != nil {
+			return rep, err
+		}
+	}
+	for _, n := range l.Nodes {
+		for _, o := range l.Nodes {
+			if o.Name != n.Name {
+				if err := c.peer(n, o); err != nil {
+					return rep, err
+				}
+			}
+		}
+	}
+	for _, p := range l.Pods {
+		if !netns.Exists(c.NS(p.Name)) {
+			rep.Rebuilt = append(rep.Rebuilt, "pod "+p.Name)
+		}
+		if err := c.buildPod(p); err != nil {
+			return rep, err
+		}
+	}
+	for _, n := range l.Nodes {
+		store := c.ipamStore(n)
+		used, _ := store.Used()
+		for a, owner := range used {
+			if l.Pod(owner) == nil {
+				rep.Released = append(rep.Released, fmt.Sprintf("%s (%s)", a, owner))
+			}
+		}
+		c.releaseStale(store)
+	}
+	c.repairServers(rep)
+	sort.Strings(rep.Released)
+	return rep, c.Save()
+}
+
+// repairServers stops the lab's servers the state does not know or that run
+// outside their target's namespace, and forgets the ones that died.
+func (c *Cluster) repairServers(rep *RepairReport) {
+	l := c.Lab
+	recorded := map[int]bool{}
+	keep := l.Servers[:0]
+	for _, s := range l.Servers {
+		in, _ := ProcessesIn([]string{c.NS(s.Target)})
+		if _, ok := in[s.PID]; ok {
+			keep = append(keep, s)
+			recorded[s.PID] = true
+			continue
+		}
+		rep.Forgot = append(rep.Forgot, fmt.Sprintf("%s %s/%d (pid %d)", s.Target, s.Proto, s.Port, s.PID))
+	}
+	l.Servers = keep
+	for _, pid := range serverProcesses()[l.Name] {
+		if !recorded[pid] {
+			syscall.Kill(pid, syscall.SIGKILL)
+			c.Log.Add("kill -9 %d   # a server of lab %s the state does not know", pid, l.Name)
+			rep.Stopped = append(rep.Stopped, pid)
+		}
+	}
+}
+
+// orphanNode reconstructs a half-added node from its namespace (eth0's
+// address, cni0's subnet; the VTEP MAC is derived from the names), so that
+// its entries in the other nodes can be removed; nil if it is too
+// incomplete to have any.
+func (c *Cluster) orphanNode(name string) *Node {
+	h, err := c.Handle(name)
+	if err != nil {
+		return nil
+	}
+	defer c.dropHandle(name)
+	addrOf := func(link string) (netip.Prefix, bool) {
+		lk, err := h.LinkByName(link)
+		if err != nil {
+			return netip.Prefix{}, false
+		}
+		addrs, err := h.AddrList(lk, netlink.FAMILY_V4)
+		if err != nil || len(addrs) == 0 {
+			return netip.Prefix{}, false
+		}
+		a, _ := netip.AddrFromSlice(addrs[0].IP.To4())
+		ones, _ := addrs[0].Mask.Size()
+		return netip.PrefixFrom(a, ones), true
+	}
+	ip, ok1 := addrOf(NodeUplink)
+	sub, ok2 := addrOf(bridge.DefaultName)
+	if !ok1 || !ok2 {
+		return nil
+	}
+	n := &Node{Name: name, IP: ip.Addr(), PodCIDR: sub.Masked()}
+	if c.Lab.Backend == BackendVXLAN {
+		n.VtepMAC = MAC(c.Lab.Name, name, "vtep").String()
+	}
+	return n
+}
