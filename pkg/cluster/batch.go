@@ -113,6 +113,8 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 	// learns every other node (the entries need only the plan, not the
 	// other node's devices) and gets its pods; an old node learns the new
 	// nodes and gets its pods. The external host is a job of its own.
+	c.overlap = true
+	defer func() { c.overlap = false }()
 	var jobs []func() error
 	if len(nodes) > 0 {
 		if err := c.ensureUnderlayBridge(); err != nil {
@@ -230,12 +232,14 @@ func (c *Cluster) unbuild(nodes []*Node, pods []*Pod) {
 	}
 }
 
-// later runs f in the background and returns wait, which waits for f and
-// returns its error. With an explain log f runs inside wait instead, so the
-// log keeps the order of the code, and wait(false) skips it (the caller
-// failed before it).
+// later runs f in the background, during Build, and returns wait, which
+// waits for f and returns its error. Otherwise (AddNode), or with an
+// explain log, f runs inside wait instead, so that the operations happen
+// in the order of the code (the explain log, and the crash tests' numbered
+// crash points, depend on it), and wait(false) skips it (the caller failed
+// before it).
 func (c *Cluster) later(f func() error) (wait func(run bool) error) {
-	if c.Log != nil {
+	if c.Log != nil || !c.overlap {
 		return func(run bool) error {
 			if !run {
 				return nil

@@ -111,6 +111,9 @@ type Cluster struct {
 	lock    *os.File
 	mu      sync.Mutex
 	handles map[string]*netlink.Handle
+	// overlap lets independent steps of a node's build run at once (set
+	// by Build; see later).
+	overlap bool
 }
 
 // Dir is the lab's state directory.

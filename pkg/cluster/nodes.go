@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"path/filepath"
 
 	"github.com/klab-dev/klab/pkg/bridge"
