@@ -52,22 +52,38 @@ func BenchmarkRender(b *testing.B) {
 }
 
 // BenchmarkDiffOneService is the pure part of a one-service change at 10k
-// services: render + chain-by-chain diff.
+// services: render + chain-by-chain diff, with a fresh Render ("render")
+// and with a Renderer that kept the previous rendering's services
+// ("renderer").
 func BenchmarkDiffOneService(b *testing.B) {
-	svcs := genServices(10000, 2)
-	prev, _ := Render(Config{Lab: "bench"}, svcs)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		svcs[5000].Endpoints[1].IP = netip.AddrFrom4([4]byte{10, 245, byte(i >> 8), byte(i)})
-		i++
-		r, err := Render(Config{Lab: "bench"}, svcs)
-		if err != nil {
-			b.Fatal(err)
+	for _, cached := range []bool{false, true} {
+		name := "render"
+		if cached {
+			name = "renderer"
 		}
-		if r.Diff(prev) == "" {
-			b.Fatal("no diff")
-		}
+		b.Run(name, func(b *testing.B) {
+			svcs := genServices(10000, 2)
+			var rn Renderer
+			prev, _ := rn.Render(Config{Lab: "bench"}, svcs)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				svcs[5000].Endpoints[1].IP = netip.AddrFrom4([4]byte{10, 245, byte(i >> 8), byte(i)})
+				i++
+				render := Render
+				if cached {
+					render = rn.Render
+				}
+				r, err := render(Config{Lab: "bench"}, svcs)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if r.Diff(prev) == "" {
+					b.Fatal("no diff")
+				}
+				prev = r
+			}
+		})
 	}
 }
 
@@ -174,9 +190,10 @@ func benchPerRule(b *testing.B, lab string, cfg Config, svcs []Service) {
 }
 
 // benchOneChange programs every service, then changes one service's
-// endpoints per iteration. Metrics (medians, ms): klab-ms (Render + Apply
-// with the previous rendering: one iptables-restore --noflush of the
-// changed chains), restore-ms (that same iptables-restore input run by
+// endpoints per iteration. Metrics (medians, ms): klab-ms (Renderer.Render
+// + Apply with the previous rendering: one iptables-restore --noflush of
+// the changed chains; the Renderer kept the other services' rules, as
+// pkg/cluster's does), restore-ms (that same iptables-restore input run by
 // hand) and per-rule-ms (the same change as single iptables calls: -F or
 // -N for each changed chain, -A for each rule, -X for each stale chain).
 func benchOneChange(b *testing.B, lab string, cfg Config, svcs []Service) {
@@ -187,7 +204,8 @@ func benchOneChange(b *testing.B, lab string, cfg Config, svcs []Service) {
 		b.Fatal(err)
 	}
 	defer netns.Delete(ns)
-	prev, err := Render(cfg, svcs)
+	var rn Renderer
+	prev, err := rn.Render(cfg, svcs)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -207,7 +225,7 @@ func benchOneChange(b *testing.B, lab string, cfg Config, svcs []Service) {
 		change()
 		b.StartTimer()
 		t0 := time.Now()
-		next, err := Render(cfg, svcs)
+		next, err := rn.Render(cfg, svcs)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -259,7 +277,7 @@ func benchOneChange(b *testing.B, lab string, cfg Config, svcs []Service) {
 func addCalls(more, base *Ruleset) [][]string {
 	var calls [][]string
 	for _, c := range more.chains { // chains first: rules jump to them
-		if _, ok := base.index[c.chainKey]; !ok {
+		if _, ok := base.lookup(c.chainKey); !ok {
 			calls = append(calls, []string{"-t", string(c.table), "-N", c.name})
 		}
 	}
@@ -299,7 +317,7 @@ func perRuleCalls(input string, prev *Ruleset) [][]string {
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
 			op := "-N"
-			if _, ok := prev.index[chainKey{Table(t), name}]; ok || builtin[name] {
+			if _, ok := prev.lookup(chainKey{Table(t), name}); ok || builtin[name] {
 				op = "-F"
 			}
 			calls = append(calls, []string{"-t", t, op, name})

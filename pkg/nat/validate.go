@@ -3,6 +3,7 @@ package nat
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/klab-dev/klab/pkg/netns"
 )
@@ -62,103 +63,106 @@ func Validate(cfg Config, services []Service) error {
 		return err
 	}
 	c := cfg.withDefaults()
-	type nodePortKey struct {
-		port  int
-		proto Protocol
-	}
-	svcNames := make(map[string]bool, len(services))
-	clusterIPs := make(map[netip.Addr]string, len(services))
-	nodePorts := make(map[int]string)
+	// Set-ups that run once per service are kept small (no maps per
+	// service, no strings built unless there is an error): Validate runs on
+	// every rendering, of up to 10,000s of services.
+	type svcKey struct{ ns, name string }
+	svcNames := make(map[svcKey]bool, len(services))
+	clusterIPs := make(map[netip.Addr]int, len(services))
+	nodePorts := make(map[int]int)
 	goodNS := map[string]bool{}
 	for i := range services {
 		s := &services[i]
-		if !goodNS[s.namespace()] {
-			if err := netns.ValidateObject("service namespace", s.namespace()); err != nil {
+		ns := s.namespace()
+		if !goodNS[ns] {
+			if err := netns.ValidateObject("service namespace", ns); err != nil {
 				return err
 			}
-			goodNS[s.namespace()] = true
+			goodNS[ns] = true
 		}
 		if err := netns.ValidateObject("service", s.Name); err != nil {
 			return err
 		}
-		id := s.namespace() + "/" + s.Name
-		if svcNames[id] {
-			return fmt.Errorf("service %s is defined twice: give each service a unique name", id)
+		id := func() string { return ns + "/" + s.Name }
+		if svcNames[svcKey{ns, s.Name}] {
+			return fmt.Errorf("service %s is defined twice: give each service a unique name", id())
 		}
-		svcNames[id] = true
+		svcNames[svcKey{ns, s.Name}] = true
 		if err := validateClusterIP(c.ServiceCIDR, s.ClusterIP); err != nil {
-			return fmt.Errorf("service %s: %w", id, err)
+			return fmt.Errorf("service %s: %w", id(), err)
 		}
 		if other, dup := clusterIPs[s.ClusterIP]; dup {
-			return fmt.Errorf("service %s: cluster IP %s is already used by service %s: pick another address or let klab allocate one", id, s.ClusterIP, other)
+			return fmt.Errorf("service %s: cluster IP %s is already used by service %s: pick another address or let klab allocate one", id(), s.ClusterIP, services[other].namespace()+"/"+services[other].Name)
 		}
-		clusterIPs[s.ClusterIP] = id
+		clusterIPs[s.ClusterIP] = i
 		switch s.Affinity {
 		case "", AffinityNone, AffinityClientIP:
 		default:
-			return fmt.Errorf("service %s: session affinity %q is unknown: use None or ClientIP", id, s.Affinity)
+			return fmt.Errorf("service %s: session affinity %q is unknown: use None or ClientIP", id(), s.Affinity)
 		}
 		if s.AffinityTimeout < 0 || s.AffinityTimeout > 86400 {
-			return fmt.Errorf("service %s: affinity timeout %d s is out of range: use 1-86400 seconds (0 means the default 10800)", id, s.AffinityTimeout)
+			return fmt.Errorf("service %s: affinity timeout %d s is out of range: use 1-86400 seconds (0 means the default 10800)", id(), s.AffinityTimeout)
 		}
 		if len(s.Ports) == 0 {
-			return fmt.Errorf("service %s has no ports: give at least one port", id)
+			return fmt.Errorf("service %s has no ports: give at least one port", id())
 		}
-		portNames := map[string]bool{}
-		portProto := map[nodePortKey]bool{}
-		ownNodePorts := map[nodePortKey]bool{}
-		for _, p := range s.Ports {
+		for j, p := range s.Ports {
 			if p.Name != "" && !validPortName(p.Name) {
-				return fmt.Errorf("service %s: port name %q is not valid: use at most 15 lowercase letters, digits or '-'", id, p.Name)
+				return fmt.Errorf("service %s: port name %q is not valid: use at most 15 lowercase letters, digits or '-'", id(), p.Name)
 			}
 			if len(s.Ports) > 1 && p.Name == "" {
-				return fmt.Errorf("service %s has %d ports but port %d has no name: name every port of a multi-port service", id, len(s.Ports), p.Port)
+				return fmt.Errorf("service %s has %d ports but port %d has no name: name every port of a multi-port service", id(), len(s.Ports), p.Port)
 			}
-			if portNames[p.Name] {
-				return fmt.Errorf("service %s: port name %q is used twice: give each port a unique name", id, p.Name)
-			}
-			portNames[p.Name] = true
 			proto := p.protocol()
 			if proto != TCP && proto != UDP {
-				return fmt.Errorf("service %s: protocol %q of port %d is unknown: use tcp or udp", id, p.Protocol, p.Port)
+				return fmt.Errorf("service %s: protocol %q of port %d is unknown: use tcp or udp", id(), p.Protocol, p.Port)
 			}
 			if p.Port < 1 || p.Port > 65535 {
-				return fmt.Errorf("service %s: port %d is out of range: use 1-65535", id, p.Port)
+				return fmt.Errorf("service %s: port %d is out of range: use 1-65535", id(), p.Port)
 			}
 			if p.TargetPort < 0 || p.TargetPort > 65535 {
-				return fmt.Errorf("service %s: target port %d is out of range: use 1-65535 (or 0 for the same as the port)", id, p.TargetPort)
+				return fmt.Errorf("service %s: target port %d is out of range: use 1-65535 (or 0 for the same as the port)", id(), p.TargetPort)
 			}
-			k := nodePortKey{p.Port, proto}
-			if portProto[k] {
-				return fmt.Errorf("service %s: port %d/%s is defined twice: each port and protocol pair may appear once", id, p.Port, proto)
+			if p.NodePort != 0 && (p.NodePort < NodePortMin || p.NodePort > NodePortMax) {
+				return fmt.Errorf("service %s: node port %d is outside the node port range %d-%d: pick a port in the range or let klab allocate one", id(), p.NodePort, NodePortMin, NodePortMax)
 			}
-			portProto[k] = true
+			// A service has a handful of ports: compare with the earlier ones.
+			for _, q := range s.Ports[:j] {
+				switch {
+				case q.Name == p.Name:
+					return fmt.Errorf("service %s: port name %q is used twice: give each port a unique name", id(), p.Name)
+				case q.Port == p.Port && q.protocol() == proto:
+					return fmt.Errorf("service %s: port %d/%s is defined twice: each port and protocol pair may appear once", id(), p.Port, proto)
+				case p.NodePort != 0 && q.NodePort == p.NodePort && q.protocol() == proto:
+					return fmt.Errorf("service %s: node port %d/%s is used by two of its ports: give each port its own node port", id(), p.NodePort, proto)
+				}
+			}
 			if p.NodePort != 0 {
-				if p.NodePort < NodePortMin || p.NodePort > NodePortMax {
-					return fmt.Errorf("service %s: node port %d is outside the node port range %d-%d: pick a port in the range or let klab allocate one", id, p.NodePort, NodePortMin, NodePortMax)
-				}
-				nk := nodePortKey{p.NodePort, proto}
-				if ownNodePorts[nk] {
-					return fmt.Errorf("service %s: node port %d/%s is used by two of its ports: give each port its own node port", id, p.NodePort, proto)
-				}
-				ownNodePorts[nk] = true
 				// As in Kubernetes, a node port belongs to one service; that
 				// service may use it for both tcp and udp.
-				if other, dup := nodePorts[p.NodePort]; dup && other != id {
-					return fmt.Errorf("service %s: node port %d is already used by service %s: pick another port or let klab allocate one", id, p.NodePort, other)
+				if other, dup := nodePorts[p.NodePort]; dup && other != i {
+					return fmt.Errorf("service %s: node port %d is already used by service %s: pick another port or let klab allocate one", id(), p.NodePort, services[other].namespace()+"/"+services[other].Name)
 				}
-				nodePorts[p.NodePort] = id
+				nodePorts[p.NodePort] = i
 			}
 		}
-		seen := make(map[netip.Addr]bool, len(s.Endpoints))
-		for _, e := range s.Endpoints {
+		var seen map[netip.Addr]bool // only for long endpoint lists
+		if len(s.Endpoints) > 16 {
+			seen = make(map[netip.Addr]bool, len(s.Endpoints))
+		}
+		for j, e := range s.Endpoints {
 			if !e.IP.IsValid() || !e.IP.Is4() || e.IP.IsUnspecified() || e.IP.IsMulticast() || e.IP.IsLoopback() {
-				return fmt.Errorf("service %s: endpoint address %q is not a usable IPv4 unicast address: give the pod's IP", id, e.IP)
+				return fmt.Errorf("service %s: endpoint address %q is not a usable IPv4 unicast address: give the pod's IP", id(), e.IP)
 			}
-			if seen[e.IP] {
-				return fmt.Errorf("service %s: endpoint %s is listed twice: list each endpoint once", id, e.IP)
+			dup := false
+			if seen != nil {
+				dup, seen[e.IP] = seen[e.IP], true
+			} else {
+				dup = slices.ContainsFunc(s.Endpoints[:j], func(o Endpoint) bool { return o.IP == e.IP })
 			}
-			seen[e.IP] = true
+			if dup {
+				return fmt.Errorf("service %s: endpoint %s is listed twice: list each endpoint once", id(), e.IP)
+			}
 		}
 	}
 	return nil
