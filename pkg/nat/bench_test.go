@@ -132,7 +132,8 @@ func BenchmarkServices(b *testing.B) {
 // benchPerRule estimates what programming the services with one iptables
 // call per chain (-N) and per rule (-A) costs, as a script without
 // iptables-restore would do it. Running it in full takes minutes to hours
-// (each call reads the ruleset back, so a call gets slower as the table
+// (each call is an nf_tables commit, which re-validates every chain
+// reachable from the base chains, so a call gets slower as the table
 // grows), so it is extrapolated: with the table already holding 0, n/2 and
 // n-k of the services (loaded with iptables-restore, untimed), the calls
 // for k more services are timed, giving the cost per service c(0),
