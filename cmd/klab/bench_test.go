@@ -30,7 +30,7 @@ func BenchmarkFlannel(b *testing.B) {
 	b.Run("2x2/klab-cli", func(b *testing.B) {
 		state := benchStateDir(b)
 		spec := bench.FlannelSpec(2, 2)
-		var ups, downs, kernels []float64
+		var runs bench.Runs
 		if _, err := q.Wait(time.Now()); err != nil {
 			b.Fatal(err)
 		}
@@ -60,17 +60,11 @@ func BenchmarkFlannel(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ups = append(ups, ms(t1.Sub(t0)))
-			downs = append(downs, ms(t2.Sub(t1)))
-			kernels = append(kernels, ms(max(k, t2.Sub(t1))))
+			runs.Add(t1.Sub(t0), t2.Sub(t1), k)
 			b.StartTimer()
 		}
 		b.StopTimer()
-		up := bench.Median(ups)
-		b.ReportMetric(up, "up-ms")
-		b.ReportMetric(bench.Median(downs), "down-ms")
-		b.ReportMetric(bench.Median(kernels), "kernel-ms")
-		b.ReportMetric(float64(len(spec.Pods))/up*1e3, "pods/s")
+		runs.Report(b, len(spec.Pods))
 	})
 }
 
@@ -80,6 +74,9 @@ func klabBinary(b *testing.B) string {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			b.Fatal(err)
+		}
+		if _, err := os.Stat(abs); err != nil {
+			b.Fatalf("KLAB_BIN=%s: %v: give an absolute path (go test runs in the package's directory) or leave it unset to build klab", p, err)
 		}
 		return abs
 	}

@@ -151,6 +151,31 @@ func Median(xs []float64) float64 {
 	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 }
 
+// Runs collects the per-iteration figures of a bring-up/teardown
+// benchmark, in milliseconds.
+type Runs struct{ Up, Down, Kernel []float64 }
+
+// Add records one iteration: the bring-up, the teardown until the command
+// returned, and until the kernel had freed everything (never less than the
+// teardown itself).
+func (r *Runs) Add(up, down, kernel time.Duration) {
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+	r.Up = append(r.Up, ms(up))
+	r.Down = append(r.Down, ms(down))
+	r.Kernel = append(r.Kernel, ms(max(kernel, down)))
+}
+
+// Report reports the medians as up-ms, down-ms and kernel-ms, and pods/s
+// for a lab of pods pods, to a *testing.B; it returns the median bring-up.
+func (r *Runs) Report(b interface{ ReportMetric(float64, string) }, pods int) float64 {
+	up := Median(r.Up)
+	b.ReportMetric(up, "up-ms")
+	b.ReportMetric(Median(r.Down), "down-ms")
+	b.ReportMetric(Median(r.Kernel), "kernel-ms")
+	b.ReportMetric(float64(pods)/up*1e3, "pods/s")
+	return up
+}
+
 // ResetPeakRSS resets this process's resident-set high-water mark (VmHWM),
 // so that PeakRSS reports the peak of what follows.
 func ResetPeakRSS() error {

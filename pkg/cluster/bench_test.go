@@ -105,7 +105,8 @@ func newQuiet(b *testing.B) *bench.Quiet {
 // inProcess says that up runs in this process, so its peak RSS is klab's.
 func benchLab(b *testing.B, q *bench.Quiet, pods int, inProcess bool, up, down func(state, lab string) error) {
 	state := benchStateDir(b)
-	var ups, downs, kernels, cpus []float64 // ms, one per iteration
+	var runs bench.Runs
+	var cpus []float64 // ms, one per iteration
 	var peak int64
 	if _, err := q.Wait(time.Now()); err != nil {
 		b.Fatal(err)
@@ -143,17 +144,11 @@ func benchLab(b *testing.B, q *bench.Quiet, pods int, inProcess bool, up, down f
 		if err != nil {
 			b.Fatal(err)
 		}
-		ups = append(ups, ms(t1.Sub(t0)))
-		downs = append(downs, ms(t3.Sub(t2)))
-		kernels = append(kernels, ms(max(k, t3.Sub(t2))))
+		runs.Add(t1.Sub(t0), t3.Sub(t2), k)
 		b.StartTimer()
 	}
 	b.StopTimer()
-	upMs := bench.Median(ups)
-	b.ReportMetric(upMs, "up-ms")
-	b.ReportMetric(bench.Median(downs), "down-ms")
-	b.ReportMetric(bench.Median(kernels), "kernel-ms")
-	b.ReportMetric(float64(pods)/upMs*1e3, "pods/s")
+	runs.Report(b, pods)
 	b.ReportMetric(bench.Median(cpus), "cpu-ms")
 	if inProcess {
 		b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
