@@ -108,13 +108,6 @@ func (l *Lab) Rules(n *Node) (*nat.Ruleset, error) {
 	return nat.Render(l.natConfig(n), l.natServices())
 }
 
-// rulesWith is Rules rendered with rn, which keeps the services' rules
-// between calls: every node has the same services, so rendering N nodes
-// (twice: before and after a change) costs one full rendering plus copies.
-func (l *Lab) rulesWith(rn *nat.Renderer, svcs []nat.Service, n *Node) (*nat.Ruleset, error) {
-	return rn.Render(l.natConfig(n), svcs)
-}
-
 // PlanService validates a service request against the lab and fills in the
 // allocated fields (ClusterIP, node ports), without touching the kernel.
 func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
@@ -272,14 +265,16 @@ func (c *Cluster) syncRules(before, after *Lab) error {
 		err       error
 	}
 	res := make([]result, len(after.Nodes))
+	// One Renderer for every node, before and after: the services' rules
+	// are the same on every node, so this renders them once, then copies.
 	var rn nat.Renderer
 	afterSvcs, beforeSvcs := after.natServices(), before.natServices()
 	for i, n := range after.Nodes {
-		cur, err := after.rulesWith(&rn, afterSvcs, n)
+		cur, err := rn.Render(after.natConfig(n), afterSvcs)
 		if err != nil {
 			return err
 		}
-		prev, err := before.rulesWith(&rn, beforeSvcs, n)
+		prev, err := rn.Render(before.natConfig(n), beforeSvcs)
 		if err != nil || before.Node(n.Name) == nil {
 			prev = nil // unknown: Apply reads the kernel instead
 		}

@@ -221,19 +221,14 @@ func Save(stateDir string, l *Lab) error {
 
 // Labs lists the labs that have state in stateDir.
 func Labs(stateDir string) ([]string, error) {
-	ents, err := os.ReadDir(stateDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	dirs, err := labDirs(stateDir)
 	if err != nil {
-		return nil, fmt.Errorf("list labs in %s: %w", stateDir, err)
+		return nil, err
 	}
 	var out []string
-	for _, e := range ents {
-		if e.IsDir() {
-			if _, err := os.Stat(StateFile(stateDir, e.Name())); err == nil {
-				out = append(out, e.Name())
-			}
+	for _, d := range dirs {
+		if _, err := os.Stat(StateFile(stateDir, d)); err == nil {
+			out = append(out, d)
 		}
 	}
 	return out, nil

@@ -229,36 +229,29 @@ func readKernel(ns, lab string) (kernelState, error) {
 	if err != nil {
 		return st, err
 	}
-	var t Table
 	st.empty = true
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "-") || (strings.HasPrefix(line, ":") && strings.Contains(line, " - [")) {
+	scanSave(out, func(t Table, name string, user bool) {
+		if user {
 			st.empty = false
 		}
-		switch {
-		case strings.HasPrefix(line, "*"):
-			t = Table(line[1:])
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if ownedChain(name) {
-				st.chains = append(st.chains, chainKey{t, name})
-			}
-		case strings.HasPrefix(line, "-A "):
-			tok, err := tokenize(line)
-			if err != nil || len(tok) < 2 {
-				continue
-			}
-			mine := hasLabComment(tok, lab)
-			chain := tok[1]
-			if builtin[chain] {
-				if mine {
-					st.jumps = append(st.jumps, kernelJump{table: t, line: line, target: jumpTarget(tok)})
-				}
-			} else if ownedChain(chain) && !mine {
-				st.foreign[chainKey{t, chain}] = true
-			}
+		if ownedChain(name) {
+			st.chains = append(st.chains, chainKey{t, name})
 		}
-	}
+	}, func(t Table, line string, tok []string) {
+		st.empty = false
+		if len(tok) < 2 {
+			return
+		}
+		mine := hasLabComment(tok, lab)
+		chain := tok[1]
+		if builtin[chain] {
+			if mine {
+				st.jumps = append(st.jumps, kernelJump{table: t, line: line, target: jumpTarget(tok)})
+			}
+		} else if ownedChain(chain) && !mine {
+			st.foreign[chainKey{t, chain}] = true
+		}
+	})
 	return st, nil
 }
 

@@ -39,31 +39,23 @@ func ReadOwned(ns, lab string) ([]Chain, error) {
 func ownedInPacketOrder(text, lab string) []Chain {
 	rules := map[chainKey][]string{}
 	var declared []chainKey
-	var t Table
-	for _, line := range strings.Split(text, "\n") {
-		switch {
-		case strings.HasPrefix(line, "*"):
-			t = Table(line[1:])
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if ownedChain(name) {
-				declared = append(declared, chainKey{t, name})
-			}
-		case strings.HasPrefix(line, "-A "):
-			tok, err := tokenize(line)
-			if err != nil || len(tok) < 2 {
-				continue
-			}
-			k := chainKey{t, tok[1]}
-			if builtin[k.name] && !hasLabComment(tok, lab) {
-				continue
-			}
-			if !builtin[k.name] && !ownedChain(k.name) {
-				continue
-			}
-			rules[k] = append(rules[k], line)
+	scanSave(text, func(t Table, name string, _ bool) {
+		if ownedChain(name) {
+			declared = append(declared, chainKey{t, name})
 		}
-	}
+	}, func(t Table, line string, tok []string) {
+		if len(tok) < 2 {
+			return
+		}
+		k := chainKey{t, tok[1]}
+		if builtin[k.name] && !hasLabComment(tok, lab) {
+			return
+		}
+		if !builtin[k.name] && !ownedChain(k.name) {
+			return
+		}
+		rules[k] = append(rules[k], line)
+	})
 	var out []Chain
 	seen := map[chainKey]bool{}
 	var visit func(k chainKey)
@@ -96,4 +88,26 @@ func ownedInPacketOrder(text, lab string) []Chain {
 		visit(k)
 	}
 	return out
+}
+
+// scanSave walks iptables-save output: chain is called for every chain
+// declaration (user: a user-defined chain, "- [" instead of a policy), rule
+// for every "-A" line with its tokens (nil if it does not tokenize).
+func scanSave(text string, chain func(t Table, name string, user bool), rule func(t Table, line string, tok []string)) {
+	var t Table
+	for _, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			t = Table(line[1:])
+		case strings.HasPrefix(line, ":"):
+			name, rest, _ := strings.Cut(line[1:], " ")
+			chain(t, name, strings.HasPrefix(rest, "- ["))
+		case strings.HasPrefix(line, "-A "):
+			tok, err := tokenize(line)
+			if err != nil {
+				tok = nil
+			}
+			rule(t, line, tok)
+		}
+	}
 }
