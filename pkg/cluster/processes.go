@@ -1,0 +1,142 @@
+package cluster
+
+// Process control: the processes running in a lab's namespaces or serving
+// it (found by namespace inode and by command line), and stopping them.
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/klab-dev/klab/pkg/explain"
+	"github.com/klab-dev/klab/pkg/netns"
+)
+
+// ProcessesIn returns the PIDs of processes whose network namespace is one
+// of the named namespaces.
+func ProcessesIn(nss []string) (map[int]string, error) {
+	inodes := map[uint64]string{}
+	for _, ns := range nss {
+		var st syscall.Stat_t
+		if err := syscall.Stat(netns.Path(ns), &st); err == nil {
+			inodes[st.Ino] = ns
+		}
+	}
+	out := map[int]string{}
+	if len(inodes) == 0 {
+		return out, nil
+	}
+	pids, err := allPIDs()
+	if err != nil {
+		return nil, err
+	}
+	for _, pid := range pids {
+		link, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", "net"))
+		if err != nil {
+			continue
+		}
+		ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]"), 10, 64)
+		if err != nil {
+			continue
+		}
+		if ns, ok := inodes[ino]; ok {
+			out[pid] = ns
+		}
+	}
+	return out, nil
+}
+
+// allPIDs lists every process but this one.
+func allPIDs() ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	self := os.Getpid()
+	var out []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != self {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+// serverProcesses finds klab's background servers by their command line
+// ("<klab> __serve ... --lab <lab>", see StartServer's callers), by lab:
+// they are found even if their namespace was deleted behind klab's back.
+func serverProcesses() map[string][]int {
+	out := map[string][]int{}
+	pids, _ := allPIDs()
+	for _, pid := range pids {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		if err != nil || !bytes.Contains(b, []byte("\x00__serve\x00")) {
+			continue
+		}
+		if lab := ServerLab(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")); lab != "" {
+			out[lab] = append(out[lab], pid)
+		}
+	}
+	return out
+}
+
+// ServerLab returns the lab of a klab server's command line ("klab __serve
+// ... --lab LAB"), or "" if argv is not one.
+func ServerLab(argv []string) string {
+	if len(argv) < 2 || argv[1] != "__serve" {
+		return ""
+	}
+	for i, a := range argv[2:] {
+		lab, ok := strings.CutPrefix(a, "--lab=")
+		if !ok && a == "--lab" && i+3 < len(argv) {
+			lab, ok = argv[i+3], true
+		}
+		if ok && netns.ValidateLab(lab) == nil {
+			return lab
+		}
+	}
+	return ""
+}
+
+// killProcesses stops processes: SIGTERM, then SIGKILL after a grace
+// period for those still running.
+func killProcesses(procs map[int]string, log *explain.Log) {
+	if len(procs) == 0 {
+		return
+	}
+	for pid, where := range procs {
+		syscall.Kill(pid, syscall.SIGTERM)
+		log.Add("kill %d   # %s", pid, where)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		alive := 0
+		for pid := range procs {
+			if syscall.Kill(pid, 0) == nil && !isZombie(pid) {
+				alive++
+			}
+		}
+		if alive == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for pid := range procs {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
