@@ -11,8 +11,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { register(newBenchCmd) }
-
 func newBenchCmd() *cobra.Command {
 	var pods, maxNodes int
 	var budget time.Duration

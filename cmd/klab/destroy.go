@@ -10,11 +10,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(newDestroyCmd)
-	register(newListCmd)
-}
-
 // labPrefix is the hidden --prefix flag of destroy --all and list: only labs
 // whose name starts with it. It exists for tests, which run while other labs
 // are up on the same machine and must never destroy those.

@@ -17,11 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func init() {
-	register(newExecCmd)
-	register(newEnterCmd)
-}
-
 func newExecCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "exec TARGET -- CMD [ARG...]",

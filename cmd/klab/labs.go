@@ -15,12 +15,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(newRunCmd)
-	register(newLabsCmd)
-	register(newLabCmd)
-}
-
 func newRunCmd() *cobra.Command {
 	var step, yes bool
 	cmd := &cobra.Command{

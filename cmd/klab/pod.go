@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { register(newPodCmd) }
-
 func newPodCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pod",

@@ -10,8 +10,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { register(newRepairCmd) }
-
 func newRepairCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "repair [LAB]",

@@ -14,11 +14,6 @@ var globals struct {
 	stateDir string
 }
 
-// verbs registers each top-level verb; every verb file adds itself in init.
-var verbs []func() *cobra.Command
-
-func register(f func() *cobra.Command) { verbs = append(verbs, f) }
-
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "klab",
@@ -43,8 +38,24 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 	pf.StringVarP(&globals.output, "output", "o", "text", "output format: text or json")
 	pf.StringVar(&globals.stateDir, "state-dir", envOr("KLAB_STATE_DIR", "/run/klab"), "where labs keep their state")
 	_ = pf.MarkHidden("state-dir")
-	for _, f := range verbs {
-		root.AddCommand(f())
+	// The top-level verbs, in the order a student meets them: the guided
+	// labs, building by hand, poking at the result, the lab's life cycle and
+	// the tools around them. (cobra sorts the help listing by name.)
+	for _, newVerb := range []func() *cobra.Command{
+		// guided labs
+		newRunCmd, newLabsCmd, newLabCmd,
+		// building by hand
+		newNodeCmd, newPodCmd, newServiceCmd,
+		// poking at the result
+		newExecCmd, newEnterCmd, newPingCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd,
+		// the lab's life cycle
+		newListCmd, newRepairCmd, newDestroyCmd,
+		// tools around them
+		newDoctorCmd, newBenchCmd,
+		// hidden: the background server 'klab serve' starts
+		newServeWorkerCmd,
+	} {
+		root.AddCommand(newVerb())
 	}
 	return root
 }

@@ -15,26 +15,26 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(newServiceCmd)
-	// A service's name resolves to its ClusterIP in ping/curl/trace.
-	hostResolvers = append(hostResolvers, func(c *cluster.Cluster, name string) (netip.Addr, bool) {
-		if s := c.Lab.Service(name); s != nil {
-			return s.ClusterIP, true
-		}
-		return netip.Addr{}, false
-	})
-	// 'klab show NODE' lists the rules klab owns there, in packet order.
-	showSections = append(showSections, func(c *cluster.Cluster, target, ns string) (string, []string, error) {
-		if c.Lab.Node(target) == nil {
-			return "", nil, nil
-		}
-		chains, err := nat.ReadOwned(ns, c.Lab.Name)
-		if err != nil {
-			return "", nil, err
-		}
-		return "iptables rules klab owns (packet order)", chainLines(chains), nil
-	})
+// serviceClusterIP resolves a service's name to its ClusterIP in
+// ping/curl/trace (one of hostResolvers).
+func serviceClusterIP(c *cluster.Cluster, name string) (netip.Addr, bool) {
+	if s := c.Lab.Service(name); s != nil {
+		return s.ClusterIP, true
+	}
+	return netip.Addr{}, false
+}
+
+// ownedRulesSection makes 'klab show NODE' list the rules klab owns there,
+// in packet order (one of showSections).
+func ownedRulesSection(c *cluster.Cluster, target, ns string) (string, []string, error) {
+	if c.Lab.Node(target) == nil {
+		return "", nil, nil
+	}
+	chains, err := nat.ReadOwned(ns, c.Lab.Name)
+	if err != nil {
+		return "", nil, err
+	}
+	return "iptables rules klab owns (packet order)", chainLines(chains), nil
 }
 
 // chainLines prints chains as "table CHAIN:" headers and their rules.

@@ -10,11 +10,12 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { register(newShowCmd) }
-
-// showSections lets other verbs' files add sections (iptables rules, ...)
-// to 'klab show'. Each returns a title and lines, or nothing.
-var showSections []func(c *cluster.Cluster, target, ns string) (title string, lines []string, err error)
+// showSections are the sections 'klab show' prints after the links,
+// addresses, routes, neighbours and FDB, in order. Each returns a title and
+// lines, or nothing.
+var showSections = []func(c *cluster.Cluster, target, ns string) (title string, lines []string, err error){
+	ownedRulesSection, // service.go
+}
 
 func newShowCmd() *cobra.Command {
 	return &cobra.Command{

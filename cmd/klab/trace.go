@@ -17,8 +17,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { register(newTraceCmd) }
-
 // resolvePoints turns capture point specs ("node1:eth0", "pod-a",
 // "pod-a:host", "node1:*", "underlay:*") of a lab into trace points, using
 // the lab's state (see journey.Resolve). It is a variable so tests and

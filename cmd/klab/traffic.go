@@ -20,15 +20,11 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(newPingCmd)
-	register(newServeCmd)
-	register(newCurlCmd)
-	register(newServeWorkerCmd)
+// hostResolvers turn a name that is not a pod, node or "external" into an
+// address, in order.
+var hostResolvers = []func(c *cluster.Cluster, name string) (netip.Addr, bool){
+	serviceClusterIP, // service.go
 }
-
-// hostResolvers turn a name into an address (services add theirs).
-var hostResolvers []func(c *cluster.Cluster, name string) (netip.Addr, bool)
 
 // resolveHost turns a pod, node or external name, or an IPv4 literal, into
 // an address.
