@@ -148,7 +148,7 @@ func validateKlabArgs(args []string) error {
 	if c == root {
 		return fmt.Errorf("%q is not a klab verb: see 'klab --help'", args[0])
 	}
-	if !c.Runnable() {
+	if isGroup(c) {
 		var subs []string
 		for _, s := range c.Commands() {
 			if s.IsAvailableCommand() {

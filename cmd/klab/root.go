@@ -57,6 +57,10 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 	} {
 		root.AddCommand(newVerb())
 	}
+	// cobra adds 'completion' when it executes; adding it now makes it part
+	// of the tree that lab lint validates against and the groups below.
+	root.InitDefaultCompletionCmd()
+	rejectUnknownSubcommands(root)
 	return root
 }
 
