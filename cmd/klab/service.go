@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -402,17 +401,14 @@ chain for NodePort traffic and one KUBE-SEP chain (DNAT) per endpoint.`,
 				return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", args[0], c.Lab.Name)
 			}
 			v := serviceView(c.Lab, s)
-			owned := map[string]bool{}
-			for _, ch := range v.Chains {
-				owned[ch] = true
-			}
+			svc, _ := c.Lab.NATService(s.Name)
 			perNode := map[string][]nat.Chain{}
 			for _, n := range c.Lab.Nodes {
 				chains, err := nat.ReadOwned(c.NS(n.Name), c.Lab.Name)
 				if err != nil {
 					return err
 				}
-				perNode[n.Name] = serviceRules(chains, owned)
+				perNode[n.Name] = nat.ServiceRules(chains, svc)
 			}
 			if jsonOutput() {
 				return printJSON(struct {
@@ -430,29 +426,6 @@ chain for NodePort traffic and one KUBE-SEP chain (DNAT) per endpoint.`,
 			return nil
 		},
 	}
-}
-
-// serviceRules keeps a service's own chains and, from the shared dispatch
-// chains (KUBE-SERVICES, KUBE-NODEPORTS), the rules that jump to them.
-func serviceRules(chains []nat.Chain, owned map[string]bool) []nat.Chain {
-	var out []nat.Chain
-	for _, ch := range chains {
-		if owned[ch.Name] {
-			out = append(out, ch)
-			continue
-		}
-		var keep []string
-		for _, r := range ch.Rules {
-			f := strings.Fields(r)
-			if i := slices.Index(f, "-j"); i >= 0 && i+1 < len(f) && owned[f[i+1]] {
-				keep = append(keep, r)
-			}
-		}
-		if len(keep) > 0 {
-			out = append(out, nat.Chain{Table: ch.Table, Name: ch.Name, Rules: keep})
-		}
-	}
-	return out
 }
 
 // serviceJSON is a service as 'klab service' prints it.
@@ -480,10 +453,8 @@ func serviceView(l *cluster.Lab, s *cluster.Service) serviceJSON {
 	if v.Affinity == "" {
 		v.Affinity = nat.AffinityNone
 	}
-	ns := nat.Service{Name: s.Name, ClusterIP: s.ClusterIP, Ports: s.Ports}
 	for _, p := range l.EndpointPods(s) {
 		v.Endpoints = append(v.Endpoints, endpointJSON{p.Name, p.Node, p.IP})
-		ns.Endpoints = append(ns.Endpoints, nat.Endpoint{IP: p.IP})
 	}
 	for _, name := range s.Endpoints {
 		if l.Pod(name) == nil {
@@ -509,6 +480,7 @@ func serviceView(l *cluster.Lab, s *cluster.Service) serviceJSON {
 		}
 		v.Ports = append(v.Ports, ps)
 	}
+	ns, _ := l.NATService(s.Name)
 	v.Chains = nat.ServiceChains(ns)
 	return v
 }

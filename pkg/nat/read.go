@@ -111,3 +111,31 @@ func scanSave(text string, chain func(t Table, name string, user bool), rule fun
 		}
 	}
 }
+
+// ServiceRules picks from chains (as ReadOwned returns them) the rules that
+// implement service s: its own chains whole (see ServiceChains), and from the
+// shared dispatch chains (KUBE-SERVICES, KUBE-NODEPORTS, ...) the rules that
+// jump to one of them, in the order of chains.
+func ServiceRules(chains []Chain, s Service) []Chain {
+	own := map[string]bool{}
+	for _, name := range ServiceChains(s) {
+		own[name] = true
+	}
+	var out []Chain
+	for _, ch := range chains {
+		if own[ch.Name] {
+			out = append(out, ch)
+			continue
+		}
+		var keep []string
+		for _, r := range ch.Rules {
+			if tok, err := tokenize(r); err == nil && own[jumpTarget(tok)] {
+				keep = append(keep, r)
+			}
+		}
+		if len(keep) > 0 {
+			out = append(out, Chain{Table: ch.Table, Name: ch.Name, Rules: keep})
+		}
+	}
+	return out
+}
