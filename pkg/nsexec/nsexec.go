@@ -1,0 +1,157 @@
+package nsexec
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/netns"
+	"golang.org/x/sys/unix"
+)
+
+// EnterCommand is the hidden verb of the klab binary that runs Enter; Run
+// starts it as "klab __enter [--bind SRC:DST]... -- CMD...".
+const EnterCommand = "__enter"
+
+// Bind is a bind mount of the host's directory Src on Dst inside the
+// command's mount namespace.
+type Bind struct{ Src, Dst string }
+
+// String is the bind as the --bind flag of EnterCommand takes it.
+func (b Bind) String() string { return b.Src + ":" + b.Dst }
+
+// ParseBind parses "SRC:DST".
+func ParseBind(s string) (Bind, error) {
+	src, dst, ok := strings.Cut(s, ":")
+	if !ok || src == "" || dst == "" {
+		return Bind{}, fmt.Errorf("bind %q: write it as SRC:DST", s)
+	}
+	return Bind{src, dst}, nil
+}
+
+// Spec says where a command runs: a network namespace, the binds of its
+// mount namespace, and the variables added to its environment.
+type Spec struct {
+	NS    string
+	Binds []Bind
+	Env   []string
+}
+
+// ForTarget returns where a command runs in target (a node, pod,
+// "underlay" or "external") of the lab: the target's namespace, which must
+// exist, and on a node the node's flannel directory bound on RunFlannel
+// (created, marked as klab's, if the host has none). The environment names
+// the lab and target (KLAB_LAB, KLAB_TARGET).
+func ForTarget(c *cluster.Cluster, target string) (Spec, error) {
+	ns, err := c.TargetNS(target)
+	if err != nil {
+		return Spec{}, err
+	}
+	if !netns.Exists(ns) {
+		return Spec{}, fmt.Errorf("namespace %s of %s is missing (a damaged lab?): see 'klab list', or rebuild with 'klab destroy %s'", ns, target, c.Lab.Name)
+	}
+	s := Spec{NS: ns, Env: []string{"KLAB_LAB=" + c.Lab.Name, "KLAB_TARGET=" + target}}
+	if c.Lab.Node(target) != nil {
+		if err := cluster.EnsureRunFlannel(); err != nil {
+			return Spec{}, err
+		}
+		s.Binds = []Bind{{filepath.Dir(c.SubnetEnvPath(target)), cluster.RunFlannel}}
+	}
+	return s, nil
+}
+
+// EnterArgs is the command line of EnterCommand that runs argv with binds.
+func EnterArgs(binds []Bind, argv []string) []string {
+	out := []string{EnterCommand}
+	for _, b := range binds {
+		out = append(out, "--bind", b.String())
+	}
+	return append(append(out, "--"), argv...)
+}
+
+// Run runs argv as s says, with the given standard input and outputs, and
+// returns its exit status (128+N if signal N killed it). It starts this
+// binary's EnterCommand from a thread inside s.NS, so the binary must have
+// that verb calling Enter. While the command runs, this process ignores
+// SIGINT and SIGQUIT: they are the command's, as with any shell command.
+func (s Spec) Run(argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, fmt.Errorf("find the klab binary: %w", err)
+	}
+	cmd := exec.Command(self, EnterArgs(s.Binds, argv)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	cmd.Env = append(os.Environ(), s.Env...)
+	signal.Ignore(os.Interrupt, syscall.SIGQUIT)
+	defer signal.Reset(os.Interrupt, syscall.SIGQUIT)
+	if err := netns.Do(s.NS, cmd.Start); err != nil {
+		return 0, fmt.Errorf("start command in %s: %w", s.NS, err)
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	return 0, err
+}
+
+// ErrNotFound is returned (wrapped) by Enter when argv[0] is not in PATH:
+// the caller exits 127, as a shell does.
+var ErrNotFound = errors.New("command not found")
+
+// Enter is EnterCommand, the second half of Run: it runs already inside the
+// target's network namespace, enters a new mount namespace whose mounts are
+// slaves of the host's, remounts /sys so it shows this namespace's devices
+// (as ip netns exec does), makes the binds, then replaces itself with argv.
+// It returns only on failure.
+//
+// Slave, not private (which Go's SysProcAttr.Unshareflags would make it):
+// when 'klab destroy' unmounts a namespace under /run/netns, the unmount
+// reaches this mount namespace too, so a long-running 'klab exec' never
+// keeps another lab's (or its own lab's) namespace alive; and nothing
+// mounted here reaches the host, so a crash leaks no mount.
+func Enter(binds []Bind, argv []string) error {
+	if len(argv) == 0 {
+		return errors.New("no command to run")
+	}
+	// The new mount namespace belongs to this thread only; the same
+	// thread execs the command below.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("new mount namespace: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make / a slave mount: %w", err)
+	}
+	if err := unix.Unmount("/sys", unix.MNT_DETACH); err == nil {
+		if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
+			return fmt.Errorf("mount /sys: %w", err)
+		}
+	}
+	for _, b := range binds {
+		if err := os.MkdirAll(b.Src, 0o755); err != nil {
+			return err
+		}
+		// Dst is not created here: that would change the host's file
+		// system (see cluster.EnsureRunFlannel).
+		if err := unix.Mount(b.Src, b.Dst, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s on %s: %w", b.Src, b.Dst, err)
+		}
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("%s: %w in PATH (the command runs with the host's filesystem; install it on the host)", argv[0], ErrNotFound)
+	}
+	return syscall.Exec(path, argv, os.Environ())
+}
