@@ -8,8 +8,6 @@
 // Capture is pure Go: an AF_PACKET socket is opened inside the point's
 // namespace (so it stays there), optionally with a classic BPF pre-filter
 // compiled from the filter expression, and every packet carries its direction
-// (in/out) and kernel timestamp. On top of the captured packets, Follow builds
-// a journey: one probe packet followed across the capture points, in path
-// order, with what changed at each hop (+VXLAN/-VXLAN, DNAT, SNAT, TTL, MACs)
-// and the same for its reply.
+// (in/out) and kernel timestamp. Following one packet across the capture
+// points (a journey) is package journey's, on top of these packets.
 package trace

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -91,41 +92,30 @@ and shows its journey (see 'klab trace journey --help').`,
 			if err != nil {
 				return exitError{code: 2, msg: err.Error()}
 			}
-			var pw *trace.PcapngWriter
-			var pf *os.File
+			var pcap io.Writer
 			if pcapPath != "" {
-				if pf, err = os.Create(pcapPath); err != nil {
+				pf, err := os.Create(pcapPath)
+				if err != nil {
 					return exitError{code: 1, msg: fmt.Sprintf("cannot write the pcap file %s: %v", pcapPath, err)}
 				}
 				defer pf.Close()
-				if pw, err = trace.NewPcapngWriter(pf, points, trace.DefaultSnapLen, true); err != nil {
-					return err
-				}
+				pcap = pf
 			}
-			c, err := trace.Open(points, trace.Options{Filter: flt, Promisc: promisc, Count: count, Duration: duration})
+			rec, err := journey.Record(points, trace.Options{Filter: flt, Promisc: promisc, Count: count, Duration: duration}, pcap, follow)
 			if err != nil {
 				return exitError{code: 1, msg: err.Error()}
 			}
-			defer c.Close()
+			defer rec.Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			json := globals.output == "json"
-			var kept []trace.Packet
 			var line []byte
 			n := 0
 			fmt.Fprintf(cmd.ErrOrStderr(), "capturing on %s%s (Ctrl-C to stop)\n", pointList(points), filterNote(flt))
-			err = c.Run(ctx, func(p *trace.Packet) error {
+			err = rec.Run(ctx, func(p *trace.Packet) error {
 				n++
-				if follow {
-					kept = append(kept, p.Clone())
-				}
-				if pw != nil {
-					if err := pw.Write(p); err != nil {
-						return err
-					}
-				}
 				if json && !follow {
 					b, err := p.MarshalJSON()
 					if err != nil {
@@ -140,16 +130,11 @@ and shows its journey (see 'klab trace journey --help').`,
 				}
 				return out.Flush()
 			})
-			if pw != nil {
-				if ferr := pw.Flush(); ferr != nil && err == nil {
-					err = ferr
-				}
-			}
 			if err != nil {
 				return err
 			}
 			var drops uint64
-			for _, st := range c.Stats() {
+			for _, st := range rec.Stats() {
 				drops += st.Drops
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "%d packets captured, %d dropped by the kernel\n", n, drops)
@@ -157,7 +142,7 @@ and shows its journey (see 'klab trace journey --help').`,
 				return exitError{code: 1, msg: fmt.Sprintf("captured %d of the %d packets asked for%s within %s", n, count, filterNote(flt), duration)}
 			}
 			if follow {
-				return printJourney(cmd, out, kept, points, json)
+				return printJourney(out, rec, json)
 			}
 			return nil
 		},
@@ -188,16 +173,8 @@ func filterNote(f *trace.Filter) string {
 	return " matching " + f.String()
 }
 
-func printJourney(cmd *cobra.Command, out *bufio.Writer, pkts []trace.Packet, points []trace.Point, asJSON bool) error {
-	probe := trace.FindProbe(pkts, nil)
-	if probe < 0 {
-		return exitError{code: 1, msg: "no IP packet was captured, so there is no journey to show; send traffic while trace runs"}
-	}
-	var path []string
-	for _, p := range points {
-		path = append(path, p.String())
-	}
-	j, err := trace.Follow(pkts, probe, path)
+func printJourney(out *bufio.Writer, rec *journey.Recorder, asJSON bool) error {
+	j, err := rec.Follow()
 	if err != nil {
 		return exitError{code: 1, msg: err.Error()}
 	}

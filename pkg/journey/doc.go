@@ -9,10 +9,13 @@
 //
 // Run arms capture points along that path, sends ONE probe (an ICMP echo
 // request, or one TCP connection whose SYN is followed), stops, and follows
-// the probe and its reply hop by hop with trace.Follow. It enriches the
+// the probe and its reply hop by hop (Follow). It enriches the
 // result with what explains a rewrite: the conntrack entries of the probe's
 // connection in each node (original and reply tuples, read over netlink in
 // the node's namespace) and the iptables rules whose packet counters the
 // probe raised (iptables-save -c inside each node, before and after), which
-// name the KUBE-SVC / KUBE-SEP chains a Service's DNAT went through.
+// name the KUBE-SVC / KUBE-SEP chains a Service's DNAT went through. Follow
+// itself works on any captured packets (correlated by fields that survive NAT
+// and encapsulation); 'klab trace --journey' records with a Recorder, the
+// capture half Run uses too, and follows the first packet it kept.
 package journey

@@ -80,7 +80,7 @@ func run(t *testing.T, l *cluster.Lab, from, target, proto string, port int, o O
 	return rep
 }
 
-func hopKinds(hs []trace.Hop) string {
+func hopKinds(hs []Hop) string {
 	var s []string
 	for _, h := range hs {
 		var k []string

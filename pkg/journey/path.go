@@ -47,13 +47,9 @@ type Plan struct {
 	Expected bool `json:"expected"`
 }
 
-// Labels are the capture point labels in path order, for trace.Follow.
+// Labels are the capture point labels in path order, for Follow.
 func (p *Plan) Labels() []string {
-	out := make([]string, len(p.Points))
-	for i, pt := range p.Points {
-		out[i] = pt.String()
-	}
-	return out
+	return pointLabels(p.Points)
 }
 
 // Describe says in one sentence what path the plan expects.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -37,9 +36,9 @@ type Report struct {
 	Points []string `json:"points"`
 	// Probe says how the probe went: "reply", "connected",
 	// "refused", or the error.
-	Probe   string         `json:"probe"`
-	Src     string         `json:"src"` // the probe's source as the source saw it (addr or addr:port)
-	Journey *trace.Journey `json:"journey"`
+	Probe   string   `json:"probe"`
+	Src     string   `json:"src"` // the probe's source as the source saw it (addr or addr:port)
+	Journey *Journey `json:"journey"`
 	// Missing lists the expected points the probe was not seen at (only
 	// for plans whose path is known).
 	Missing []string `json:"missing"`
@@ -70,36 +69,15 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 	if err != nil {
 		return nil, err
 	}
-	var pw *trace.PcapngWriter
-	if o.Pcap != nil {
-		if pw, err = trace.NewPcapngWriter(o.Pcap, plan.Points, trace.DefaultSnapLen, true); err != nil {
-			return nil, err
-		}
-	}
-	c, err := trace.Open(plan.Points, trace.Options{Filter: flt})
+	rec, err := Record(plan.Points, trace.Options{Filter: flt}, o.Pcap, true)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer rec.Close()
 	cctx, stop := context.WithCancel(ctx)
 	defer stop()
-	var (
-		mu   sync.Mutex
-		pkts []trace.Packet
-		werr error
-	)
 	done := make(chan error, 1)
-	go func() {
-		done <- c.Run(cctx, func(p *trace.Packet) error {
-			mu.Lock()
-			defer mu.Unlock()
-			pkts = append(pkts, p.Clone())
-			if pw != nil && werr == nil {
-				werr = pw.Write(p)
-			}
-			return nil
-		})
-	}()
+	go func() { done <- rec.Run(cctx, nil) }()
 
 	rep.Probe, rep.Src = send(ctx, plan, o.Timeout)
 	select {
@@ -110,18 +88,11 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 	if err := <-done; err != nil {
 		return nil, err
 	}
-	if pw != nil {
-		if werr == nil {
-			werr = pw.Flush()
-		}
-		if werr != nil {
-			return nil, werr
-		}
-	}
+	pkts := rec.Packets()
 	rep.Captured = len(pkts)
 	idx := FindProbe(pkts, plan)
 	if idx >= 0 {
-		j, err := trace.Follow(pkts, idx, rep.Points)
+		j, err := Follow(pkts, idx, rep.Points)
 		if err != nil {
 			return nil, err
 		}

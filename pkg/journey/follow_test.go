@@ -1,4 +1,4 @@
-package trace
+package journey
 
 import (
 	"encoding/json"
@@ -6,17 +6,29 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klab-dev/klab/internal/frames"
+	"github.com/klab-dev/klab/trace"
 )
 
 type hopSpec struct {
 	point string
-	dir   Direction
+	dir   trace.Direction
 	data  []byte
 }
 
-func packets(t *testing.T, specs []hopSpec, tie bool) []Packet {
+func decode(t testing.TB, data []byte) trace.Packet {
+	t.Helper()
+	var p trace.Packet
+	if err := trace.NewDecoder().Decode(data, &p); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	return p
+}
+
+func packets(t *testing.T, specs []hopSpec, tie bool) []trace.Packet {
 	base := time.Unix(1700000000, 0)
-	var ps []Packet
+	var ps []trace.Packet
 	for i, s := range specs {
 		p := decode(t, s.data)
 		p.Point, p.Dir = s.point, s.dir
@@ -42,35 +54,35 @@ func kinds(h Hop) string {
 // VXLAN between the nodes, and the SYN-ACK coming back un-DNATed.
 func TestFollowClusterIPAcrossVXLAN(t *testing.T) {
 	syn := func(dst string, dport uint16, ttl uint8, smac, dmac []byte) []byte {
-		return tcpFrame(t, smac, dmac, l3spec{"10.244.1.2", dst, ttl, 5}, 40000, dport, 1000, 0, true, false)
+		return frames.TCP(t, smac, dmac, frames.V4("10.244.1.2", dst, ttl, 5), 40000, dport, 1000, 0, true, false)
 	}
 	synack := func(src string, sport uint16, ttl uint8, smac, dmac []byte) []byte {
-		return tcpFrame(t, smac, dmac, l3spec{src, "10.244.1.2", ttl, 0}, sport, 40000, 5000, 1001, true, true)
+		return frames.TCP(t, smac, dmac, frames.V4(src, "10.244.1.2", ttl, 0), sport, 40000, 5000, 1001, true, true)
 	}
-	outer12 := l3spec{"192.168.1.101", "192.168.1.102", 64, 10}
-	outer21 := l3spec{"192.168.1.102", "192.168.1.101", 64, 11}
+	outer12 := frames.V4("192.168.1.101", "192.168.1.102", 64, 10)
+	outer21 := frames.V4("192.168.1.102", "192.168.1.101", 64, 11)
 	specs := []hopSpec{
-		{"pod-a/eth0", DirOut, syn("10.96.0.10", 80, 64, macPodA, macCni1)},
-		{"node1/cni0", DirIn, syn("10.96.0.10", 80, 64, macPodA, macCni1)},
-		{"node1/flannel.1", DirOut, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2)},
-		{"node1/eth0", DirOut, vxlanWrap(t, outer12, 33333, 8472, 1, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2))},
-		{"node2/eth0", DirIn, vxlanWrap(t, outer12, 33333, 8472, 1, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2))},
-		{"node2/flannel.1", DirIn, syn("10.244.2.3", 8080, 63, macVtep1, macVtep2)},
-		{"pod-b/eth0", DirIn, syn("10.244.2.3", 8080, 62, macCni1, macPodA)},
+		{"pod-a/eth0", trace.DirOut, syn("10.96.0.10", 80, 64, frames.MacPodA, frames.MacCni1)},
+		{"node1/cni0", trace.DirIn, syn("10.96.0.10", 80, 64, frames.MacPodA, frames.MacCni1)},
+		{"node1/flannel.1", trace.DirOut, syn("10.244.2.3", 8080, 63, frames.MacVtep1, frames.MacVtep2)},
+		{"node1/eth0", trace.DirOut, frames.VXLAN(t, outer12, 33333, 8472, 1, syn("10.244.2.3", 8080, 63, frames.MacVtep1, frames.MacVtep2))},
+		{"node2/eth0", trace.DirIn, frames.VXLAN(t, outer12, 33333, 8472, 1, syn("10.244.2.3", 8080, 63, frames.MacVtep1, frames.MacVtep2))},
+		{"node2/flannel.1", trace.DirIn, syn("10.244.2.3", 8080, 63, frames.MacVtep1, frames.MacVtep2)},
+		{"pod-b/eth0", trace.DirIn, syn("10.244.2.3", 8080, 62, frames.MacCni1, frames.MacPodA)},
 		// reply
-		{"pod-b/eth0", DirOut, synack("10.244.2.3", 8080, 64, macPodA, macCni1)},
-		{"node2/eth0", DirOut, vxlanWrap(t, outer21, 44444, 8472, 1, synack("10.244.2.3", 8080, 63, macVtep2, macVtep1))},
-		{"node1/eth0", DirIn, vxlanWrap(t, outer21, 44444, 8472, 1, synack("10.244.2.3", 8080, 63, macVtep2, macVtep1))},
-		{"pod-a/eth0", DirIn, synack("10.96.0.10", 80, 62, macCni1, macPodA)},
+		{"pod-b/eth0", trace.DirOut, synack("10.244.2.3", 8080, 64, frames.MacPodA, frames.MacCni1)},
+		{"node2/eth0", trace.DirOut, frames.VXLAN(t, outer21, 44444, 8472, 1, synack("10.244.2.3", 8080, 63, frames.MacVtep2, frames.MacVtep1))},
+		{"node1/eth0", trace.DirIn, frames.VXLAN(t, outer21, 44444, 8472, 1, synack("10.244.2.3", 8080, 63, frames.MacVtep2, frames.MacVtep1))},
+		{"pod-a/eth0", trace.DirIn, synack("10.96.0.10", 80, 62, frames.MacCni1, frames.MacPodA)},
 		// noise: another connection, an ARP, a ping
-		{"pod-a/eth0", DirOut, tcpFrame(t, macPodA, macCni1, l3spec{"10.244.1.2", "10.96.0.10", 64, 6}, 40001, 80, 777, 0, true, false)},
-		{"node1/cni0", DirIn, arpFrame(t, 1, "10.244.1.2", "10.244.1.1")},
-		{"node1/eth0", DirOut, crossNodePing(t)},
+		{"pod-a/eth0", trace.DirOut, frames.TCP(t, frames.MacPodA, frames.MacCni1, frames.V4("10.244.1.2", "10.96.0.10", 64, 6), 40001, 80, 777, 0, true, false)},
+		{"node1/cni0", trace.DirIn, frames.ARP(t, 1, "10.244.1.2", "10.244.1.1")},
+		{"node1/eth0", trace.DirOut, frames.CrossNodePing(t)},
 	}
 	path := []string{"pod-a/eth0", "node1/cni0", "node1/flannel.1", "node1/eth0", "node2/eth0", "node2/flannel.1", "pod-b/eth0"}
 	for _, tie := range []bool{false, true} {
 		ps := packets(t, specs, tie)
-		probe := FindProbe(ps, MustParseFilter("tcp and dst port 80 and src port 40000"))
+		probe := FindProbeMatching(ps, trace.MustParseFilter("tcp and dst port 80 and src port 40000"))
 		if probe < 0 {
 			t.Fatal("no probe")
 		}
@@ -115,13 +127,13 @@ func TestFollowClusterIPAcrossVXLAN(t *testing.T) {
 // Without a path, hops fall back to TTL then time; MASQUERADE shows as SNAT.
 func TestFollowNoPathMasquerade(t *testing.T) {
 	specs := []hopSpec{
-		{"pod-a/eth0", DirOut, icmpFrame(t, macPodA, macCni1, l3spec{"10.244.1.2", "203.0.113.10", 64, 99}, true, 7, 3)},
-		{"node1/eth0", DirOut, icmpFrame(t, macEth1, macEth2, l3spec{"192.168.1.101", "203.0.113.10", 63, 99}, true, 7, 3)},
-		{"node1/eth0", DirIn, icmpFrame(t, macEth2, macEth1, l3spec{"203.0.113.10", "192.168.1.101", 64, 1234}, false, 7, 3)},
-		{"pod-a/eth0", DirIn, icmpFrame(t, macCni1, macPodA, l3spec{"203.0.113.10", "10.244.1.2", 63, 1234}, false, 7, 3)},
+		{"pod-a/eth0", trace.DirOut, frames.ICMP(t, frames.MacPodA, frames.MacCni1, frames.V4("10.244.1.2", "203.0.113.10", 64, 99), true, 7, 3)},
+		{"node1/eth0", trace.DirOut, frames.ICMP(t, frames.MacEth1, frames.MacEth2, frames.V4("192.168.1.101", "203.0.113.10", 63, 99), true, 7, 3)},
+		{"node1/eth0", trace.DirIn, frames.ICMP(t, frames.MacEth2, frames.MacEth1, frames.V4("203.0.113.10", "192.168.1.101", 64, 1234), false, 7, 3)},
+		{"pod-a/eth0", trace.DirIn, frames.ICMP(t, frames.MacCni1, frames.MacPodA, frames.V4("203.0.113.10", "10.244.1.2", 63, 1234), false, 7, 3)},
 	}
 	ps := packets(t, specs, true)
-	j, err := Follow(ps, FindProbe(ps, MustParseFilter("icmp and src host 10.244.1.2")), nil)
+	j, err := Follow(ps, FindProbeMatching(ps, trace.MustParseFilter("icmp and src host 10.244.1.2")), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +147,7 @@ func TestFollowNoPathMasquerade(t *testing.T) {
 	if _, err := Follow(ps, 99, nil); err == nil {
 		t.Error("out-of-range probe accepted")
 	}
-	arp := []Packet{decode(t, arpFrame(t, 1, "1.1.1.1", "1.1.1.2"))}
+	arp := []trace.Packet{decode(t, frames.ARP(t, 1, "1.1.1.1", "1.1.1.2"))}
 	if _, err := Follow(arp, 0, nil); err != ErrNoProbe {
 		t.Errorf("arp probe: %v", err)
 	}
@@ -146,13 +158,13 @@ func TestFollowNoPathMasquerade(t *testing.T) {
 // destination on the way back, never as a source change of the reply.
 func TestFollowMasqueradedICMPID(t *testing.T) {
 	specs := []hopSpec{
-		{"pod-a/eth0", DirOut, icmpFrame(t, macPodA, macCni1, l3spec{"10.244.1.2", "203.0.113.10", 64, 99}, true, 7, 3)},
-		{"node1/eth0", DirOut, icmpFrame(t, macEth1, macEth2, l3spec{"192.168.1.101", "203.0.113.10", 63, 99}, true, 4242, 3)},
-		{"node1/eth0", DirIn, icmpFrame(t, macEth2, macEth1, l3spec{"203.0.113.10", "192.168.1.101", 64, 1234}, false, 4242, 3)},
-		{"pod-a/eth0", DirIn, icmpFrame(t, macCni1, macPodA, l3spec{"203.0.113.10", "10.244.1.2", 63, 1234}, false, 7, 3)},
+		{"pod-a/eth0", trace.DirOut, frames.ICMP(t, frames.MacPodA, frames.MacCni1, frames.V4("10.244.1.2", "203.0.113.10", 64, 99), true, 7, 3)},
+		{"node1/eth0", trace.DirOut, frames.ICMP(t, frames.MacEth1, frames.MacEth2, frames.V4("192.168.1.101", "203.0.113.10", 63, 99), true, 4242, 3)},
+		{"node1/eth0", trace.DirIn, frames.ICMP(t, frames.MacEth2, frames.MacEth1, frames.V4("203.0.113.10", "192.168.1.101", 64, 1234), false, 4242, 3)},
+		{"pod-a/eth0", trace.DirIn, frames.ICMP(t, frames.MacCni1, frames.MacPodA, frames.V4("203.0.113.10", "10.244.1.2", 63, 1234), false, 7, 3)},
 	}
 	ps := packets(t, specs, true)
-	j, err := Follow(ps, FindProbe(ps, MustParseFilter("icmp and src host 10.244.1.2")), nil)
+	j, err := Follow(ps, FindProbeMatching(ps, trace.MustParseFilter("icmp and src host 10.244.1.2")), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

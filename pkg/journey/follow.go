@@ -1,12 +1,18 @@
-package trace
+package journey
+
+// Following: one probe packet correlated across capture points, hop by hop,
+// with what changed at each hop, and its reply.
 
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/klab-dev/klab/trace"
 )
 
 // Kinds of Change.
@@ -28,9 +34,9 @@ type Change struct {
 
 // Hop is the probe (or its reply) as seen at one capture point.
 type Hop struct {
-	Point   string   `json:"point"`
-	Packet  Packet   `json:"packet"`
-	Changes []Change `json:"changes"`
+	Point   string       `json:"point"`
+	Packet  trace.Packet `json:"packet"`
+	Changes []Change     `json:"changes"`
 }
 
 // Journey is one packet followed across capture points, and its reply.
@@ -52,15 +58,15 @@ var ErrNoProbe = errors.New("the probe is not an IP packet that can be followed 
 // order), then by falling TTL, then by time, because timestamps taken on
 // different interfaces can tie. Each hop lists what changed since the
 // previous one.
-func Follow(pkts []Packet, probe int, path []string) (*Journey, error) {
+func Follow(pkts []trace.Packet, probe int, path []string) (*Journey, error) {
 	if probe < 0 || probe >= len(pkts) {
 		return nil, fmt.Errorf("probe index %d out of range (%d packets)", probe, len(pkts))
 	}
 	ph := pkts[probe].Innermost()
-	if !ph.IsIP() || (ph.Proto != ProtoICMP && ph.Proto != ProtoICMPv6 && ph.Proto != ProtoTCP && ph.Proto != ProtoUDP) {
+	if !ph.IsIP() || (ph.Proto != trace.ProtoICMP && ph.Proto != trace.ProtoICMPv6 && ph.Proto != trace.ProtoTCP && ph.Proto != trace.ProtoUDP) {
 		return nil, ErrNoProbe
 	}
-	var fwd []Packet
+	var fwd []trace.Packet
 	for i := range pkts {
 		if samePacket(ph, pkts[i].Innermost()) {
 			fwd = append(fwd, pkts[i])
@@ -74,7 +80,7 @@ func Follow(pkts []Packet, probe int, path []string) (*Journey, error) {
 	j := &Journey{Hops: describe(fwd, nil)}
 
 	// The reply: the first candidate decides its IP ID.
-	var cands []Packet
+	var cands []trace.Packet
 	for i := range pkts {
 		if h := pkts[i].Innermost(); !samePacket(ph, h) && isReply(ph, h, fwd) {
 			cands = append(cands, pkts[i])
@@ -83,7 +89,7 @@ func Follow(pkts []Packet, probe int, path []string) (*Journey, error) {
 	if len(cands) > 0 {
 		sort.SliceStable(cands, func(a, b int) bool { return cands[a].Time.Before(cands[b].Time) })
 		first := cands[0].Innermost()
-		var rep []Packet
+		var rep []trace.Packet
 		for _, c := range cands {
 			if samePacket(first, c.Innermost()) {
 				rep = append(rep, c)
@@ -95,9 +101,10 @@ func Follow(pkts []Packet, probe int, path []string) (*Journey, error) {
 	return j, nil
 }
 
-// FindProbe returns the index of the first packet (in time order of the
-// slice) that matches f and can be followed, or -1.
-func FindProbe(pkts []Packet, f *Filter) int {
+// FindProbeMatching returns the index of the first packet (in time order of
+// the slice) that matches f (nil matches any) and can be followed, or -1.
+// FindProbe picks a plan's probe instead.
+func FindProbeMatching(pkts []trace.Packet, f *trace.Filter) int {
 	best := -1
 	for i := range pkts {
 		h := pkts[i].Innermost()
@@ -111,41 +118,41 @@ func FindProbe(pkts []Packet, f *Filter) int {
 	return best
 }
 
-func samePacket(a, b *Header) bool {
+func samePacket(a, b *trace.Header) bool {
 	if a.L3 != b.L3 || a.Proto != b.Proto || a.Fragment || b.Fragment {
 		return false
 	}
-	if a.L3 == L3IPv4 && a.IPID != b.IPID {
+	if a.L3 == trace.L3IPv4 && a.IPID != b.IPID {
 		return false
 	}
 	switch a.Proto {
-	case ProtoICMP, ProtoICMPv6:
+	case trace.ProtoICMP, trace.ProtoICMPv6:
 		// The echo id may be rewritten by NAT; the sequence number is not.
 		return a.ICMPType == b.ICMPType && a.ICMPCode == b.ICMPCode && a.ICMPSeq == b.ICMPSeq
-	case ProtoTCP:
+	case trace.ProtoTCP:
 		return a.Seq == b.Seq && a.Ack == b.Ack && a.TCPFlags == b.TCPFlags && a.L4Len == b.L4Len
-	case ProtoUDP:
+	case trace.ProtoUDP:
 		return a.L4Len == b.L4Len
 	}
 	return false
 }
 
-func isReply(probe, r *Header, fwd []Packet) bool {
+func isReply(probe, r *trace.Header, fwd []trace.Packet) bool {
 	if r.L3 != probe.L3 || r.Proto != probe.Proto {
 		return false
 	}
 	switch probe.Proto {
-	case ProtoICMP:
+	case trace.ProtoICMP:
 		return probe.ICMPType == 8 && r.ICMPType == 0 && r.ICMPSeq == probe.ICMPSeq
-	case ProtoICMPv6:
+	case trace.ProtoICMPv6:
 		return probe.ICMPType == 128 && r.ICMPType == 129 && r.ICMPSeq == probe.ICMPSeq
-	case ProtoTCP:
+	case trace.ProtoTCP:
 		want := probe.Seq + uint32(probe.L4Len)
-		if probe.TCPFlags&(TCPSyn|TCPFin) != 0 {
+		if probe.TCPFlags&(trace.TCPSyn|trace.TCPFin) != 0 {
 			want++
 		}
-		return r.TCPFlags&TCPAck != 0 && r.Ack == want
-	case ProtoUDP:
+		return r.TCPFlags&trace.TCPAck != 0 && r.Ack == want
+	case trace.ProtoUDP:
 		// Some hop's view of the probe, reversed (addresses and ports).
 		for i := range fwd {
 			h := fwd[i].Innermost()
@@ -157,8 +164,8 @@ func isReply(probe, r *Header, fwd []Packet) bool {
 	return false
 }
 
-func sortHops(ps []Packet, order map[string]int, reverse bool) {
-	rank := func(p *Packet) int {
+func sortHops(ps []trace.Packet, order map[string]int, reverse bool) {
+	rank := func(p *trace.Packet) int {
 		if r, ok := order[p.Point]; ok {
 			if reverse {
 				return len(order) - 1 - r
@@ -182,7 +189,7 @@ func sortHops(ps []Packet, order map[string]int, reverse bool) {
 
 // describe turns ordered packets into hops with their changes; fwd is the
 // forward path when describing a reply (to name reverse NAT).
-func describe(ps []Packet, fwd []Packet) []Hop {
+func describe(ps []trace.Packet, fwd []trace.Packet) []Hop {
 	hops := make([]Hop, len(ps))
 	for i := range ps {
 		hops[i] = Hop{Point: ps[i].Point, Packet: ps[i]}
@@ -193,19 +200,19 @@ func describe(ps []Packet, fwd []Packet) []Hop {
 	return hops
 }
 
-func endpoint(a netip.Addr, port uint16, h *Header) string {
-	if h.Proto == ProtoTCP || h.Proto == ProtoUDP {
+func endpoint(a netip.Addr, port uint16, h *trace.Header) string {
+	if h.Proto == trace.ProtoTCP || h.Proto == trace.ProtoUDP {
 		return a.String() + ":" + strconv.Itoa(int(port))
 	}
 	return a.String()
 }
 
-func outerDesc(p *Packet) string {
+func outerDesc(p *trace.Packet) string {
 	return fmt.Sprintf("outer %s > %s udp/%d vni=%d", endpoint(p.Outer.SrcIP, p.Outer.SrcPort, &p.Outer),
 		p.Outer.DstIP, p.Outer.DstPort, p.VNI)
 }
 
-func diff(prev, cur *Packet, fwd []Packet) []Change {
+func diff(prev, cur *trace.Packet, fwd []trace.Packet) []Change {
 	var ch []Change
 	switch {
 	case !prev.VXLAN && cur.VXLAN:
@@ -216,7 +223,7 @@ func diff(prev, cur *Packet, fwd []Packet) []Change {
 		ch = append(ch, Change{ChangeOuter, "outer header changed: " + outerDesc(prev) + " -> " + outerDesc(cur)})
 	}
 	a, b := prev.Innermost(), cur.Innermost()
-	var orig *Header
+	var orig *trace.Header
 	if len(fwd) > 0 {
 		orig = fwd[0].Innermost()
 	}
@@ -225,7 +232,7 @@ func diff(prev, cur *Packet, fwd []Packet) []Change {
 	// on the way back (the reply's un-SNAT), so it is told with that change.
 	srcChanged := a.SrcIP != b.SrcIP || a.SrcPort != b.SrcPort
 	dstChanged := a.DstIP != b.DstIP || a.DstPort != b.DstPort
-	idChanged := a.ICMPID != b.ICMPID && a.IsIP() && (a.Proto == ProtoICMP || a.Proto == ProtoICMPv6)
+	idChanged := a.ICMPID != b.ICMPID && a.IsIP() && (a.Proto == trace.ProtoICMP || a.Proto == trace.ProtoICMPv6)
 	icmpID := fmt.Sprintf(" (icmp id %d -> %d)", a.ICMPID, b.ICMPID)
 	if dstChanged {
 		d := "dst " + endpoint(a.DstIP, a.DstPort, a) + " -> " + endpoint(b.DstIP, b.DstPort, b)
@@ -257,7 +264,7 @@ func diff(prev, cur *Packet, fwd []Packet) []Change {
 	// MACs: the Ethernet header the innermost IP packet rides in.
 	if a.HasEth && b.HasEth && (a.SrcMAC != b.SrcMAC || a.DstMAC != b.DstMAC) {
 		ch = append(ch, Change{ChangeMAC, fmt.Sprintf("mac %s > %s -> %s > %s",
-			appendMAC(nil, a.SrcMAC), appendMAC(nil, a.DstMAC), appendMAC(nil, b.SrcMAC), appendMAC(nil, b.DstMAC))})
+			mac(a.SrcMAC), mac(a.DstMAC), mac(b.SrcMAC), mac(b.DstMAC))})
 	}
 	return ch
 }
@@ -290,12 +297,15 @@ func (j *Journey) String() string {
 }
 
 // lineBody is the packet line without time, point and direction.
-func lineBody(p *Packet) string {
+func lineBody(p *trace.Packet) string {
 	q := *p
-	q.Point, q.Dir = "", DirUnknown
+	q.Point, q.Dir = "", trace.DirUnknown
 	s := q.String()
 	if i := strings.IndexByte(s, ' '); i >= 0 {
 		return s[i+1:]
 	}
 	return s
 }
+
+// mac prints an Ethernet address as trace prints it (0a:58:0a:f4:01:02).
+func mac(m [6]byte) string { return net.HardwareAddr(m[:]).String() }
