@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
 	"github.com/klab-dev/klab/pkg/cluster"
-	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
+	"github.com/spf13/cobra"
 )
 
 // labName resolves which lab a command acts on: --lab, then $KLAB_LAB,
@@ -59,26 +61,67 @@ func openLab(create *cluster.Options) (*cluster.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if globals.explain {
-		c.Log = &explain.Log{}
-	}
+	c.A.DryRun = globals.dryRun
 	return c, nil
 }
 
-// printExplain prints the recorded equivalent commands, if --explain.
-func printExplain(log *explain.Log) {
-	if globals.explain && log.Len() > 0 {
-		fmt.Println("# equivalent commands:")
-		log.WriteTo(os.Stdout, "  ")
-	}
+// planFlags gives a mutating verb --dry-run and --script.
+func planFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.BoolVar(&globals.dryRun, "dry-run", false, "change nothing: print what would change as a runnable sh script")
+	f.StringVar(&globals.script, "script", os.Getenv("KLAB_SCRIPT"), "append the commands that ran to `FILE`, as a runnable sh script (default $KLAB_SCRIPT)")
 }
 
-// newExplainLog returns a log when --explain is set, else nil.
-func newExplainLog() *explain.Log {
-	if globals.explain {
-		return &explain.Log{}
+// newApplier is the applier of a verb that opens no lab (destroy).
+func newApplier() *plan.Applier { return &plan.Applier{DryRun: globals.dryRun} }
+
+// out is where a mutating verb's messages go: stdout, or stderr under
+// --dry-run (stdout is the script then).
+func out() io.Writer {
+	if globals.dryRun {
+		return os.Stderr
+	}
+	return os.Stdout
+}
+
+// finish shows what the applier ran: under --dry-run the plan as a script
+// on stdout; with --explain the commands that ran, exactly and in order
+// (nothing for a no-op); with --script FILE they are appended to FILE.
+func finish(a *plan.Applier) error {
+	ran := a.Ran()
+	title := "klab " + strings.Join(scriptArgs(os.Args[1:]), " ")
+	switch {
+	case globals.dryRun:
+		fmt.Print(plan.ScriptHeader)
+		if err := plan.WriteScript(os.Stdout, title, ran); err != nil {
+			return err
+		}
+	case globals.explain && len(ran) > 0:
+		fmt.Println("# equivalent commands:")
+		if err := plan.WriteScript(os.Stdout, "", ran); err != nil {
+			return err
+		}
+	}
+	if globals.script != "" && !globals.dryRun {
+		return plan.AppendScript(globals.script, title, ran)
 	}
 	return nil
+}
+
+// scriptArgs drops the output flags from a command line for a script's
+// title comment.
+func scriptArgs(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--script":
+			i++
+		case strings.HasPrefix(a, "--script=") || a == "--explain" || a == "--dry-run":
+		default:
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func jsonOutput() bool { return globals.output == "json" }
@@ -116,10 +159,10 @@ func deleteEach(kind string, names []string, exists func(*cluster.Cluster, strin
 			return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting %s(s) %s. %s", kind, strings.Join(names[i:], " "), labSummary(c))}
 		}
 		if err := del(c, n); err != nil {
+			finish(c.A)
 			return err
 		}
-		fmt.Printf("%s %s deleted\n", kind, n)
+		fmt.Fprintf(out(), "%s %s deleted\n", kind, n)
 	}
-	printExplain(c.Log)
-	return nil
+	return finish(c.A)
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
-	"github.com/klab-dev/klab/pkg/explain"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // crossnodeBuild is the flannel-crossnode network: two nodes, a pod on
@@ -47,7 +47,7 @@ func TestCrashAtEveryOperationThenDestroy(t *testing.T) {
 			for _, prev := range crossnodeBuild[:i] {
 				k.must(append([]string{"--lab", lab}, prev...)...)
 			}
-			r := k.run([]string{fmt.Sprintf("%s=%d", explain.CrashEnv, n)}, append([]string{"--lab", lab}, step...)...)
+			r := k.run([]string{fmt.Sprintf("%s=%d", plan.CrashEnv, n)}, append([]string{"--lab", lab}, step...)...)
 			completed := r.code == 0
 			what := fmt.Sprintf("klab %s killed at operation %d", strings.Join(step, " "), n)
 			if !completed && r.signal != syscall.SIGKILL {
@@ -108,7 +108,7 @@ func TestCrashDuringDestroy(t *testing.T) {
 		for _, step := range crossnodeBuild {
 			k.must(append([]string{"--lab", lab}, step...)...)
 		}
-		r := k.run([]string{fmt.Sprintf("%s=%d", explain.CrashEnv, n)}, "destroy", lab)
+		r := k.run([]string{fmt.Sprintf("%s=%d", plan.CrashEnv, n)}, "destroy", lab)
 		if r.code == 0 {
 			k.assertClean(lab, "destroy")
 			t.Logf("destroy: %d operations, each a crash point", n-1)

@@ -40,19 +40,21 @@ error. --all removes every klab lab and nothing else.`,
 			if err := needRoot(); err != nil {
 				return err
 			}
-			log := newExplainLog()
+			a := newApplier()
 			defer guardDestroy()()
 			if all {
 				if len(args) > 0 {
 					return fmt.Errorf("give either a LAB or --all, not both")
 				}
-				done, err := cluster.DestroyMatching(globals.stateDir, matchPrefix(prefix), log, os.Stderr)
-				printExplain(log)
+				done, err := cluster.DestroyMatching(globals.stateDir, matchPrefix(prefix), a, os.Stderr)
+				if ferr := finish(a); err == nil {
+					err = ferr
+				}
 				if len(done) == 0 && err == nil {
-					fmt.Println("no klab labs found")
+					fmt.Fprintln(out(), "no klab labs found")
 				}
 				for _, d := range done {
-					fmt.Printf("lab %s destroyed\n", d)
+					fmt.Fprintf(out(), "lab %s destroyed\n", d)
 				}
 				return err
 			}
@@ -66,11 +68,14 @@ error. --all removes every klab lab and nothing else.`,
 					return err
 				}
 			}
-			if err := cluster.Destroy(globals.stateDir, name, log, os.Stderr); err != nil {
+			if err := cluster.Destroy(globals.stateDir, name, a, os.Stderr); err != nil {
+				finish(a)
 				return err
 			}
-			printExplain(log)
-			fmt.Printf("lab %s destroyed\n", name)
+			if err := finish(a); err != nil {
+				return err
+			}
+			fmt.Fprintf(out(), "lab %s destroyed\n", name)
 			return nil
 		},
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
-	"github.com/klab-dev/klab/pkg/explain"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/vishvananda/netlink"
 )
@@ -42,7 +42,7 @@ func TestInterruptAtEveryOperation(t *testing.T) {
 				if double {
 					points = fmt.Sprintf("%d,%d", n, n+1)
 				}
-				r := k.run([]string{explain.CrashEnv + "=" + points, explain.CrashSignalEnv + "=INT"}, append([]string{"--lab", lab}, tc.step...)...)
+				r := k.run([]string{plan.CrashEnv + "=" + points, plan.CrashSignalEnv + "=INT"}, append([]string{"--lab", lab}, tc.step...)...)
 				what := fmt.Sprintf("klab %s, SIGINT after operation(s) %s", strings.Join(tc.step, " "), points)
 				l, err := cluster.Load(k.state, lab)
 				if err != nil {

@@ -73,10 +73,13 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 			}
 			n, err := c.AddNode(spec)
 			if err != nil {
+				finish(c.A)
 				return interrupted(c, "node "+spec.Name, false, err)
 			}
-			printExplain(c.Log)
-			fmt.Printf("node %s: underlay %s, pod subnet %s, backend %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Name)
+			if err := finish(c.A); err != nil {
+				return err
+			}
+			fmt.Fprintf(out(), "node %s: underlay %s, pod subnet %s, backend %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Name)
 			return interrupted(c, "node "+n.Name, true, nil)
 		},
 	}

@@ -57,10 +57,13 @@ network.`,
 			defer guardBuild(c)()
 			p, err := c.AddPod(spec)
 			if err != nil {
+				finish(c.A)
 				return interrupted(c, "pod "+spec.Name, false, err)
 			}
-			printExplain(c.Log)
-			fmt.Printf("pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
+			if err := finish(c.A); err != nil {
+				return err
+			}
+			fmt.Fprintf(out(), "pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
 			return interrupted(c, "pod "+p.Name, true, nil)
 		},
 	}

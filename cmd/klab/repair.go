@@ -49,21 +49,24 @@ readable state cannot be repaired: remove it with 'klab destroy LAB'.`,
 			defer c.Close()
 			defer guardDestroy()()
 			rep, err := c.Repair()
-			printExplain(c.Log)
+			if ferr := finish(c.A); err == nil {
+				err = ferr
+			}
+			w := out()
 			for _, r := range rep.Removed {
-				fmt.Printf("removed %s (not in the lab's state)\n", r)
+				fmt.Fprintf(w, "removed %s (not in the lab's state)\n", r)
 			}
 			for _, r := range rep.Rebuilt {
-				fmt.Printf("rebuilt %s\n", r)
+				fmt.Fprintf(w, "rebuilt %s\n", r)
 			}
 			for _, r := range rep.Forgot {
-				fmt.Printf("forgot server %s (not running)\n", r)
+				fmt.Fprintf(w, "forgot server %s (not running)\n", r)
 			}
 			for _, pid := range rep.Stopped {
-				fmt.Printf("stopped server pid %d (not in the lab's state)\n", pid)
+				fmt.Fprintf(w, "stopped server pid %d (not in the lab's state)\n", pid)
 			}
 			for _, r := range rep.Released {
-				fmt.Printf("released address %s\n", r)
+				fmt.Fprintf(w, "released address %s\n", r)
 			}
 			if err != nil {
 				return fmt.Errorf("repair of lab %s stopped: %w (remove the lab with 'klab destroy %s')", name, err, name)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -10,6 +11,8 @@ import (
 var globals struct {
 	lab      string
 	explain  bool
+	dryRun   bool   // --dry-run of a mutating verb
+	script   string // --script FILE of a mutating verb
 	output   string
 	stateDir string
 }
@@ -34,7 +37,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&globals.lab, "lab", os.Getenv("KLAB_LAB"), "lab to act on (default: $KLAB_LAB, else the only lab that is up, else \"default\")")
-	pf.BoolVar(&globals.explain, "explain", false, "print the equivalent ip/bridge/iptables commands of every change")
+	pf.BoolVar(&globals.explain, "explain", false, "print the equivalent ip/bridge/iptables commands of every change that ran")
 	pf.StringVarP(&globals.output, "output", "o", "text", "output format: text or json")
 	pf.StringVar(&globals.stateDir, "state-dir", envOr("KLAB_STATE_DIR", "/run/klab"), "where labs keep their state")
 	_ = pf.MarkHidden("state-dir")
@@ -61,7 +64,23 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 	// of the tree that lab lint validates against and the groups below.
 	root.InitDefaultCompletionCmd()
 	rejectUnknownSubcommands(root)
+	for _, path := range mutating {
+		c, _, err := root.Find(strings.Fields(path))
+		if err != nil || c.CommandPath() != "klab "+path {
+			panic("mutating verb " + path + " is not in the command tree")
+		}
+		planFlags(c)
+	}
 	return root
+}
+
+// mutating lists the verbs that change a lab: each takes --dry-run (print
+// the plan as a script, change nothing) and --script FILE (append what ran
+// to FILE); 'klab run' has both too, for a whole lab.
+var mutating = []string{
+	"node add", "node del", "pod add", "pod del",
+	"service add", "service del", "service set-endpoints",
+	"serve", "repair", "destroy",
 }
 
 func envOr(k, def string) string {

@@ -260,9 +260,12 @@ with a matching label (or a listed name) and it joins.`,
 			defer guardBuild(c)()
 			svc, err := c.AddService(spec)
 			if err != nil {
+				finish(c.A)
 				return err
 			}
-			printExplain(c.Log)
+			if err := finish(c.A); err != nil || globals.dryRun {
+				return err
+			}
 			if jsonOutput() {
 				return printJSON(serviceView(c.Lab, svc))
 			}
@@ -326,9 +329,12 @@ packet counters, stays as it is (see --explain).`,
 			defer c.Close()
 			defer guardBuild(c)()
 			if err := c.SetEndpoints(args[0], pods); err != nil {
+				finish(c.A)
 				return err
 			}
-			printExplain(c.Log)
+			if err := finish(c.A); err != nil || globals.dryRun {
+				return err
+			}
 			printService(c.Lab, c.Lab.Service(args[0]))
 			return interrupted(c, "the endpoints of service "+args[0], true, nil)
 		},

@@ -1,12 +1,11 @@
 package bridge
 
 import (
-	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 
-	"github.com/klab-dev/klab/pkg/explain"
-	"github.com/vishvananda/netlink"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // DefaultName is the bridge name the CNI bridge plugin uses in flannel's
@@ -15,97 +14,51 @@ const DefaultName = "cni0"
 
 // Config describes one bridge in one namespace.
 type Config struct {
-	NS      string           // namespace name, for messages and --explain
+	NS      string           // namespace name
 	Name    string           // bridge name, e.g. cni0
-	Gateway *net.IPNet       // address of the bridge, e.g. 10.244.1.1/24; nil for none
+	Gateway netip.Prefix     // address of the bridge, e.g. 10.244.1.1/24; invalid for none
 	MTU     int              // 0 leaves the kernel default
 	MAC     net.HardwareAddr // pinned MAC; nil lets the kernel choose
 }
 
-// Ensure creates or updates the bridge described by cfg through h (a handle
-// in the namespace) and brings it up. It is idempotent. A link that holds
-// the name but is not a bridge is an error: klab never deletes what it does
-// not recognise.
-func Ensure(h *netlink.Handle, cfg Config, log *explain.Log) (*netlink.Bridge, error) {
-	link, err := h.LinkByName(cfg.Name)
-	var br *netlink.Bridge
+// Plan returns the operations that make the bridge described by cfg exist
+// in st's namespace, up, with its MTU, MAC and address; nothing when it
+// already does. A link that holds the name but is not a bridge is an
+// error: klab never deletes what it does not recognise.
+func Plan(cfg Config, st *plan.State) (plan.Plan, error) {
+	var p plan.Plan
+	l := st.Link(cfg.Name)
 	switch {
-	case err == nil:
-		b, ok := link.(*netlink.Bridge)
-		if !ok {
-			return nil, fmt.Errorf("%s in namespace %s is a %s, not a bridge: delete it (ip -n %s link del %s) and try again", cfg.Name, cfg.NS, link.Type(), cfg.NS, cfg.Name)
-		}
-		br = b
-	case isNotFound(err):
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = cfg.Name
-		attrs.MTU = cfg.MTU
-		attrs.HardwareAddr = cfg.MAC
-		// STP stays off (the kernel default), as the CNI bridge plugin
-		// leaves it: a pod bridge has no loops, and STP would hold new ports
-		// in the listening state for 30 seconds.
-		br = &netlink.Bridge{LinkAttrs: attrs}
-		if err := h.LinkAdd(br); err != nil {
-			return nil, fmt.Errorf("create bridge %s in %s: %w", cfg.Name, cfg.NS, err)
-		}
-		log.IP(cfg.NS, "link add %s%s type bridge", cfg.Name, mtuArg(cfg.MTU))
-		if cfg.MAC != nil {
-			log.IP(cfg.NS, "link set %s address %s", cfg.Name, cfg.MAC)
-		}
+	case l == nil:
+		p.Add(plan.Op{Verb: plan.LinkAdd, NS: cfg.NS, New: true, Link: &plan.Link{Name: cfg.Name, Type: "bridge", MTU: cfg.MTU, MAC: cfg.MAC, Up: true}})
+	case l.Type != "bridge":
+		return nil, fmt.Errorf("%s in namespace %s is a %s, not a bridge: delete it (ip -n %s link del %s) and try again", cfg.Name, cfg.NS, l.Type, cfg.NS, cfg.Name)
 	default:
-		return nil, fmt.Errorf("look up %s in %s: %w", cfg.Name, cfg.NS, err)
-	}
-	if cfg.MTU != 0 && br.MTU != cfg.MTU {
-		if err := h.LinkSetMTU(br, cfg.MTU); err != nil {
-			return nil, fmt.Errorf("set MTU of %s in %s: %w", cfg.Name, cfg.NS, err)
+		if cfg.MTU != 0 && l.MTU != cfg.MTU {
+			p.Add(plan.Op{Verb: plan.LinkSetMTU, NS: cfg.NS, Link: &plan.Link{Name: cfg.Name, MTU: cfg.MTU}})
 		}
-		log.IP(cfg.NS, "link set %s mtu %d", cfg.Name, cfg.MTU)
-	}
-	if cfg.MAC != nil && br.HardwareAddr.String() != cfg.MAC.String() && br.Attrs().Index != 0 {
-		if err := h.LinkSetHardwareAddr(br, cfg.MAC); err != nil {
-			return nil, fmt.Errorf("pin MAC of %s in %s: %w", cfg.Name, cfg.NS, err)
+		if cfg.MAC != nil && l.MAC.String() != cfg.MAC.String() {
+			p.Add(plan.Op{Verb: plan.LinkSetMAC, NS: cfg.NS, Link: &plan.Link{Name: cfg.Name, MAC: cfg.MAC}})
+		}
+		if !l.Up {
+			p.Add(plan.Op{Verb: plan.LinkSetUp, NS: cfg.NS, Link: &plan.Link{Name: cfg.Name}})
 		}
 	}
-	if cfg.Gateway != nil {
-		if err := h.AddrReplace(br, &netlink.Addr{IPNet: cfg.Gateway}); err != nil {
-			return nil, fmt.Errorf("add address %s to %s in %s: %w", cfg.Gateway, cfg.Name, cfg.NS, err)
-		}
-		log.IP(cfg.NS, "addr add %s dev %s", cfg.Gateway, cfg.Name)
+	if cfg.Gateway.IsValid() && !st.HasAddr(cfg.Name, cfg.Gateway) {
+		p.Add(plan.Op{Verb: plan.AddrAdd, NS: cfg.NS, New: l != nil, Addr: &plan.Addr{Dev: cfg.Name, Prefix: cfg.Gateway}})
 	}
-	if err := h.LinkSetUp(br); err != nil {
-		return nil, fmt.Errorf("set %s up in %s: %w", cfg.Name, cfg.NS, err)
-	}
-	log.IP(cfg.NS, "link set %s up", cfg.Name)
-	return br, nil
+	return p, nil
 }
 
-// Delete removes the bridge if it exists (ports are released, not deleted).
-func Delete(h *netlink.Handle, ns, name string, log *explain.Log) error {
-	link, err := h.LinkByName(name)
-	if isNotFound(err) {
-		return nil
+// PlanDelete returns the operation that removes the bridge, if st has it
+// (its ports are released, not deleted).
+func PlanDelete(ns, name string, st *plan.State) (plan.Plan, error) {
+	l := st.Link(name)
+	if l == nil {
+		return nil, nil
 	}
-	if err != nil {
-		return fmt.Errorf("look up %s in %s: %w", name, ns, err)
+	if l.Type != "bridge" {
+		return nil, fmt.Errorf("%s in namespace %s is a %s, not a bridge: not deleting it", name, ns, l.Type)
 	}
-	if _, ok := link.(*netlink.Bridge); !ok {
-		return fmt.Errorf("%s in namespace %s is a %s, not a bridge: not deleting it", name, ns, link.Type())
-	}
-	if err := h.LinkDel(link); err != nil {
-		return fmt.Errorf("delete bridge %s in %s: %w", name, ns, err)
-	}
-	log.IP(ns, "link del %s", name)
-	return nil
-}
-
-func mtuArg(mtu int) string {
-	if mtu == 0 {
-		return ""
-	}
-	return fmt.Sprintf(" mtu %d", mtu)
-}
-
-func isNotFound(err error) bool {
-	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf)
+	return plan.Plan{{Verb: plan.LinkDel, NS: ns, Link: &plan.Link{Name: name}}}, nil
 }

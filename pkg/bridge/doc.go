@@ -4,7 +4,7 @@
 // Pods on the same node talk to each other through cni0 as through a switch
 // (pure L2, the bridge learns MACs); everything else leaves through cni0's
 // own address, the pods' default gateway (10.244.N.1), and is routed by the
-// node. Ensure makes the bridge exist with the right address, MTU and a
+// node. Plan computes what makes the bridge exist with the right address, MTU and a
 // pinned MAC (without one, a bridge takes the lowest MAC of its ports and
 // changes it as pods come and go, which breaks the neighbour caches of every
 // pod), and refuses to touch a link of another type that holds the name.

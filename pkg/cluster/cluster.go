@@ -8,11 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -101,19 +100,17 @@ func (o Options) Validate() error {
 type Cluster struct {
 	StateDir string
 	Lab      *Lab
-	// Log receives the equivalent ip/bridge commands of every change.
-	Log *explain.Log
-	// Ctx, when not nil, interrupts a build (Ctrl-C): AddNode and AddPod
-	// check it between kernel operations, roll back what they created and
-	// return an error wrapping ErrInterrupted (see interrupt.go).
+	// A is the applier every change of this lab goes through: its Ran
+	// lists the operations that ran (--explain, --script); with DryRun
+	// set, nothing runs and Ran is the plan (--dry-run).
+	A *plan.Applier
+	// Ctx, when not nil, interrupts a build (Ctrl-C): the applier stops
+	// between two operations, the call rolls back what it created and
+	// returns an error wrapping ErrInterrupted (see interrupt.go).
 	Ctx context.Context
 
-	lock    *os.File
-	mu      sync.Mutex
-	handles map[string]*netlink.Handle
-	// overlap lets independent steps of a node's build run at once (set
-	// by Build; see later).
-	overlap bool
+	lock   *os.File
+	states map[string]*plan.State // read since the last apply (see read)
 }
 
 // Dir is the lab's state directory.
@@ -227,17 +224,12 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		}
 		return nil, err
 	}
-	return &Cluster{StateDir: stateDir, Lab: l, lock: lock, handles: map[string]*netlink.Handle{}}, nil
+	return &Cluster{StateDir: stateDir, Lab: l, lock: lock, A: &plan.Applier{}}, nil
 }
 
 // Close releases the netlink handles and the lab lock.
 func (c *Cluster) Close() {
-	c.mu.Lock()
-	for _, h := range c.handles {
-		h.Close()
-	}
-	c.handles = map[string]*netlink.Handle{}
-	c.mu.Unlock()
+	c.A.Close()
 	if c.lock != nil {
 		unlock(c.StateDir, c.Lab.Name, c.lock)
 		c.lock = nil
@@ -259,33 +251,52 @@ func unlock(stateDir, lab string, lock *os.File) {
 	lock.Close()
 }
 
-// Save persists the lab's state.
-func (c *Cluster) Save() error { return Save(c.StateDir, c.Lab) }
+// Save persists the lab's state, through the applier (an operation like
+// any other: skipped in a dry run, a crash point).
+func (c *Cluster) Save() error { return c.apply(c.savePlan()) }
 
-// Handle returns a (cached) netlink handle inside an object's namespace.
-func (c *Cluster) Handle(obj string) (*netlink.Handle, error) {
-	name := c.NS(obj)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if h, ok := c.handles[name]; ok {
-		return h, nil
+// Handle returns a (cached) netlink handle inside an object's namespace,
+// for reading.
+func (c *Cluster) Handle(obj string) (*netlink.Handle, error) { return c.A.Handle(c.NS(obj)) }
+
+// read returns the kernel state of an object's namespace (see
+// plan.State), read once per namespace until the next apply: the planners
+// of one change share it, so what one plans (a device replaced) the next
+// one sees.
+func (c *Cluster) read(obj string, sysctls ...string) (*plan.State, error) {
+	ns := c.NS(obj)
+	if st, ok := c.states[ns]; ok && hasKeys(st, sysctls) {
+		return st, nil
 	}
-	h, err := netns.Handle(name)
+	st, err := c.A.Read(ns, sysctls...)
 	if err != nil {
 		return nil, err
 	}
-	c.handles[name] = h
-	return h, nil
+	if c.states == nil {
+		c.states = map[string]*plan.State{}
+	}
+	c.states[ns] = st
+	return st, nil
 }
 
-func (c *Cluster) dropHandle(obj string) {
-	name := c.NS(obj)
-	c.mu.Lock()
-	if h, ok := c.handles[name]; ok {
-		h.Close()
-		delete(c.handles, name)
+func hasKeys(st *plan.State, keys []string) bool {
+	for _, k := range keys {
+		if _, ok := st.Sysctls[k]; !ok && st.Exists {
+			return false
+		}
 	}
-	c.mu.Unlock()
+	return true
+}
+
+// apply runs a plan through the lab's applier, interruptible by c.Ctx.
+func (c *Cluster) apply(p plan.Plan) error {
+	c.states = nil
+	c.A.Ctx = c.Ctx
+	err := c.A.Apply(p)
+	if errors.Is(err, plan.ErrInterrupted) {
+		return fmt.Errorf("lab %s: %w", c.Lab.Name, err)
+	}
+	return err
 }
 
 // CheckOptions rejects lab-wide settings given for a lab that already

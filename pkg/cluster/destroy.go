@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // Destroy removes everything a lab created: the processes running in its
@@ -19,7 +19,7 @@ import (
 // a lost or corrupt state directory does not matter), its state directory
 // and lock, and host directories klab created once no lab is left. It is
 // idempotent.
-func Destroy(stateDir, lab string, log *explain.Log, wait io.Writer) error {
+func Destroy(stateDir, lab string, a *plan.Applier, wait io.Writer) error {
 	if err := netns.ValidateLab(lab); err != nil {
 		return err
 	}
@@ -28,46 +28,61 @@ func Destroy(stateDir, lab string, log *explain.Log, wait io.Writer) error {
 		return err
 	}
 	defer lock.Close()
-	return destroyLocked(stateDir, lab, log)
+	return destroyLocked(stateDir, lab, a)
 }
 
 // Destroy removes the open lab completely (see the function Destroy); the
 // cluster must not be used afterwards.
 func (c *Cluster) Destroy() error {
 	c.Close()
-	return Destroy(c.StateDir, c.Lab.Name, c.Log, nil)
+	return Destroy(c.StateDir, c.Lab.Name, c.A, nil)
 }
 
-func destroyLocked(stateDir, lab string, log *explain.Log) error {
+// PlanDestroy returns the operations that remove a lab: stop the
+// processes in its namespaces and its servers, delete every namespace of
+// the lab found in the kernel, remove its state directory.
+func PlanDestroy(stateDir, lab string) (plan.Plan, error) {
 	nss, err := netns.List(lab)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	procs, err := ProcessesIn(nss)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, pid := range serverProcesses()[lab] {
 		if _, ok := procs[pid]; !ok {
 			procs[pid] = "server of lab " + lab
 		}
 	}
-	killProcesses(procs, log)
-	var errs []error
+	var p plan.Plan
+	if len(procs) > 0 {
+		p.Add(killOp(procs))
+	}
+	sort.Strings(nss)
 	for _, ns := range nss {
-		if err := netns.Delete(ns); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		log.Add("ip netns del %s", ns)
+		p.Add(plan.Op{Verb: plan.NetnsDel, NS: ns})
 	}
-	if err := errors.Join(errs...); err != nil {
+	if _, err := os.Stat(filepath.Join(stateDir, lab)); err == nil {
+		p.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: filepath.Join(stateDir, lab), Recurse: true}})
+	}
+	return p, nil
+}
+
+func destroyLocked(stateDir, lab string, a *plan.Applier) error {
+	if a == nil {
+		a = &plan.Applier{}
+	}
+	p, err := PlanDestroy(stateDir, lab)
+	if err != nil {
 		return err
 	}
-	if err := removeAll(filepath.Join(stateDir, lab)); err != nil {
+	if err := a.Apply(p); err != nil {
 		return err
 	}
-	explain.CrashPoint()
+	if a.DryRun {
+		return nil
+	}
 	// We hold this lock: removing it is safe (see Lock).
 	os.Remove(filepath.Join(stateDir, lab+".lock"))
 	return CleanupHostDirs(stateDir)
@@ -75,14 +90,14 @@ func destroyLocked(stateDir, lab string, log *explain.Log) error {
 
 // DestroyAll destroys every lab found in the state directory, the kernel
 // or the servers' command lines, and nothing else.
-func DestroyAll(stateDir string, log *explain.Log, wait io.Writer) ([]string, error) {
-	return DestroyMatching(stateDir, nil, log, wait)
+func DestroyAll(stateDir string, a *plan.Applier, wait io.Writer) ([]string, error) {
+	return DestroyMatching(stateDir, nil, a, wait)
 }
 
 // DestroyMatching is DestroyAll restricted to the labs for which match
 // returns true (nil matches every lab). It goes on after a failure and
 // returns every error.
-func DestroyMatching(stateDir string, match func(lab string) bool, log *explain.Log, wait io.Writer) ([]string, error) {
+func DestroyMatching(stateDir string, match func(lab string) bool, a *plan.Applier, wait io.Writer) ([]string, error) {
 	f, err := discover(stateDir)
 	if err != nil {
 		return nil, err
@@ -97,14 +112,16 @@ func DestroyMatching(stateDir string, match func(lab string) bool, log *explain.
 	var done []string
 	var errs []error
 	for _, n := range names {
-		if err := Destroy(stateDir, n, log, wait); err != nil {
+		if err := Destroy(stateDir, n, a, wait); err != nil {
 			errs = append(errs, fmt.Errorf("destroy lab %s: %w", n, err))
 			continue
 		}
 		done = append(done, n)
 	}
-	if err := CleanupHostDirs(stateDir); err != nil {
-		errs = append(errs, err)
+	if a == nil || !a.DryRun {
+		if err := CleanupHostDirs(stateDir); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return done, errors.Join(errs...)
 }

@@ -1,13 +1,16 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 
 	"github.com/klab-dev/klab/pkg/bridge"
 	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/veth"
 	"github.com/klab-dev/klab/pkg/vxlan"
 )
@@ -130,8 +133,12 @@ func nextNodeIP(p netip.Prefix, used map[netip.Addr]bool) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// ipForward is the sysctl every router namespace (underlay, nodes) needs.
+const ipForward = "net/ipv4/ip_forward"
+
 // AddNode validates, builds and records a node, and peers it with every
-// existing node. On failure, what this call created is removed again.
+// existing node: one plan, computed from the kernel's current state and
+// applied. On failure, what this call created is removed again.
 func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	n, err := c.PlanNode(s)
 	if err != nil {
@@ -142,276 +149,226 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	if err := checkIptablesRestore(); err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			c.rollbackNode(n)
-		}
-	}()
 	if err := c.interrupted(); err != nil {
 		return nil, err
 	}
-	if err := c.ensureUnderlay(); err != nil {
+	p, err := c.planUnderlay()
+	if err != nil {
 		return nil, err
 	}
-	if err := c.interrupted(); err != nil {
+	st, err := c.read(n.Name, ipForward)
+	if err != nil {
 		return nil, err
 	}
-	if err := c.buildNode(n); err != nil {
+	u, err := c.read(UnderlayName)
+	if err != nil {
 		return nil, err
 	}
+	np, err := c.planNode(n, u, st)
+	if err != nil {
+		return nil, err
+	}
+	p.Add(np...)
 	for _, o := range c.Lab.Nodes {
-		if err := c.interrupted(); err != nil {
+		ost, err := c.read(o.Name)
+		if err != nil {
 			return nil, err
 		}
-		if err := c.peer(n, o); err != nil {
-			return nil, err
-		}
-		if err := c.peer(o, n); err != nil {
-			return nil, err
-		}
-	}
-	if err := c.interrupted(); err != nil {
-		return nil, err
+		p.Add(c.planPeers(n, []*Node{o}, st)...)
+		p.Add(c.planPeers(o, []*Node{n}, ost)...)
 	}
 	c.Lab.Nodes = append(c.Lab.Nodes, n)
-	if err := c.Save(); err != nil {
+	p.Add(c.savePlan()...)
+	mark := c.A.Mark()
+	if err := c.apply(p); err != nil {
+		c.A.RollbackTo(mark)
 		c.Lab.Nodes = c.Lab.Nodes[:len(c.Lab.Nodes)-1]
+		c.rollbackNode(n)
 		return nil, err
 	}
-	ok = true
 	return n, nil
 }
 
-// ensureUnderlay builds the underlay namespace: the underlay0 bridge that
-// joins all nodes, holding the nodes' default gateway address.
-func (c *Cluster) ensureUnderlay() error {
-	if err := c.ensureUnderlayBridge(); err != nil {
-		return err
+// planUnderlay plans the underlay namespace — the underlay0 bridge that
+// joins all nodes, holding the nodes' default gateway address, with
+// forwarding on — and the external host.
+func (c *Cluster) planUnderlay() (plan.Plan, error) {
+	p, err := c.planUnderlayBridge()
+	if err != nil {
+		return nil, err
 	}
-	return c.ensureExternal()
+	e, err := c.planExternal()
+	if err != nil {
+		return nil, err
+	}
+	return append(p, e...), nil
 }
 
-// ensureUnderlayBridge is ensureUnderlay without the external host.
-func (c *Cluster) ensureUnderlayBridge() error {
+// planUnderlayBridge is planUnderlay without the external host.
+func (c *Cluster) planUnderlayBridge() (plan.Plan, error) {
+	u, err := c.read(UnderlayName, ipForward)
+	if err != nil {
+		return nil, err
+	}
 	name := c.NS(UnderlayName)
-	created, err := netns.Ensure(name)
+	var p plan.Plan
+	if !u.Exists {
+		p.Add(plan.Op{Verb: plan.NetnsAdd, NS: name, New: true})
+	}
+	gw := netip.PrefixFrom(c.Lab.UnderlayGateway, c.Lab.UnderlayCIDR.Bits())
+	bp, err := bridge.Plan(bridge.Config{NS: name, Name: UnderlayBridge, Gateway: gw, MTU: c.Lab.UnderlayMTU, MAC: MAC(c.Lab.Name, UnderlayName, "bridge")}, u)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if created {
-		c.Log.Add("ip netns add %s", name)
-	}
-	h, err := c.Handle(UnderlayName)
-	if err != nil {
-		return err
-	}
-	gw := ipam.IPNet(c.Lab.UnderlayGateway, c.Lab.UnderlayCIDR.Bits())
-	if _, err := bridge.Ensure(h, bridge.Config{NS: name, Name: UnderlayBridge, Gateway: gw, MTU: c.Lab.UnderlayMTU, MAC: MAC(c.Lab.Name, UnderlayName, "bridge")}, c.Log); err != nil {
-		return err
-	}
-	if created {
-		if err := c.enableForwarding(name); err != nil {
-			return err
-		}
-	}
-	return nil
+	p.Add(bp...)
+	p.Add(forwarding(name, u)...)
+	return p, nil
 }
 
-// ensureExternal builds the lab's "external" host: a namespace outside the
+// forwarding turns on IPv4 forwarding in a router namespace, unless st
+// shows it on already.
+func forwarding(ns string, st *plan.State) plan.Plan {
+	if st.Sysctls[ipForward] == "1" {
+		return nil
+	}
+	return plan.Plan{{Verb: plan.Sysctl, NS: ns, Key: ipForward, Value: "1"}}
+}
+
+// planExternal plans the lab's "external" host: a namespace outside the
 // cluster (203.0.113.10, a documentation range), routed by the underlay
 // namespace like a server on the internet behind the nodes' gateway. The
 // underlay knows the nodes' network but not the pod network, so pod
 // traffic only gets answers from it once a node masquerades it.
-func (c *Cluster) ensureExternal() error {
+func (c *Cluster) planExternal() (plan.Plan, error) {
+	e, err := c.read(ExternalName)
+	if err != nil {
+		return nil, err
+	}
+	u, err := c.read(UnderlayName)
+	if err != nil {
+		return nil, err
+	}
 	name := c.NS(ExternalName)
-	if netns.Exists(name) {
-		return nil
+	var p plan.Plan
+	if !e.Exists {
+		p.Add(plan.Op{Verb: plan.NetnsAdd, NS: name, New: true})
 	}
-	if _, err := netns.Ensure(name); err != nil {
-		return err
-	}
-	c.Log.Add("ip netns add %s", name)
-	uh, err := c.Handle(UnderlayName)
-	if err != nil {
-		return err
-	}
-	eh, err := c.Handle(ExternalName)
-	if err != nil {
-		return err
-	}
-	fd, err := netns.Open(name)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
 	bits := ExternalCIDR.Bits()
-	return veth.Ensure(uh, eh, fd, veth.Attachment{
-		OuterNS: c.NS(UnderlayName), OuterIface: ExternalName, OuterAddr: ipam.IPNet(ExternalGateway, bits),
-		InnerNS: name, InnerIface: NodeUplink, Addr: ipam.IPNet(ExternalIP, bits),
+	vp, err := veth.Plan(veth.Attachment{
+		OuterNS: c.NS(UnderlayName), OuterIface: ExternalName, OuterAddr: netip.PrefixFrom(ExternalGateway, bits),
+		InnerNS: name, InnerIface: NodeUplink, Addr: netip.PrefixFrom(ExternalIP, bits),
 		MTU: c.Lab.UnderlayMTU, MAC: MAC(c.Lab.Name, ExternalName, "eth0"),
-		Routes: []veth.Route{{Gw: ExternalGateway.AsSlice()}},
-	}, c.Log)
-}
-
-func (c *Cluster) enableForwarding(ns string) error {
-	if err := netns.Sysctl(ns, "net/ipv4/ip_forward", "1"); err != nil {
-		return fmt.Errorf("enable forwarding in %s: %w", ns, err)
+		Routes: []veth.Route{{Gw: ExternalGateway}},
+	}, u, e)
+	if err != nil {
+		return nil, err
 	}
-	c.Log.NSExec(ns, "sysctl -w net.ipv4.ip_forward=1")
-	return nil
+	return append(p, vp...), nil
 }
 
-// buildNode creates a node's namespace, uplink, cni0, flannel.1 and
-// subnet.env.
-func (c *Cluster) buildNode(n *Node) (err error) {
+// planNode plans a node's namespace, uplink, forwarding, cni0, flannel.1,
+// rules and subnet.env, against u (the underlay's state) and st (the
+// node's).
+func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
 	l := c.Lab
 	name := c.NS(n.Name)
-	created, err := netns.Ensure(name)
-	if err != nil {
-		return err
+	var p plan.Plan
+	if !st.Exists {
+		p.Add(plan.Op{Verb: plan.NetnsAdd, NS: name, New: true})
 	}
-	if created {
-		c.Log.Add("ip netns add %s", name)
-	}
-	// The rules and subnet.env do not depend on the links, and
-	// iptables-restore (an exec) is the slowest step: they are made while
-	// the links are.
-	rules := c.later(func() error {
-		if err := c.programNewNode(n, created); err != nil {
-			return err
-		}
-		network := ipam.IPNet(l.ClusterCIDR.Addr(), l.ClusterCIDR.Bits())
-		subnet := ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())
-		return vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), network, subnet, l.MTU(), true)
-	})
-	defer func() {
-		if rerr := rules(err == nil); err == nil {
-			err = rerr
-		}
-	}()
-	uh, err := c.Handle(UnderlayName)
-	if err != nil {
-		return err
-	}
-	nh, err := c.Handle(n.Name)
-	if err != nil {
-		return err
-	}
-	nsFd, err := netns.Open(name)
-	if err != nil {
-		return err
-	}
-	defer nsFd.Close()
-	up := veth.Attachment{
+	up, err := veth.Plan(veth.Attachment{
 		OuterNS: c.NS(UnderlayName), OuterIface: n.Name, Bridge: UnderlayBridge,
-		InnerNS: name, InnerIface: NodeUplink, Addr: ipam.IPNet(n.IP, l.UnderlayCIDR.Bits()),
+		InnerNS: name, InnerIface: NodeUplink, Addr: netip.PrefixFrom(n.IP, l.UnderlayCIDR.Bits()),
 		MTU: l.UnderlayMTU, MAC: MAC(l.Name, n.Name, "eth0"),
-		Routes: []veth.Route{{Gw: l.UnderlayGateway.AsSlice()}},
+		Routes: []veth.Route{{Gw: l.UnderlayGateway}},
+	}, u, st)
+	if err != nil {
+		return nil, err
 	}
-	if err := veth.Ensure(uh, nh, nsFd, up, c.Log); err != nil {
-		return err
+	p.Add(up...)
+	p.Add(forwarding(name, st)...)
+	gw := netip.PrefixFrom(ipam.Gateway(n.PodCIDR), n.PodCIDR.Bits())
+	bp, err := bridge.Plan(bridge.Config{NS: name, Name: bridge.DefaultName, Gateway: gw, MTU: l.MTU(), MAC: MAC(l.Name, n.Name, "cni0")}, st)
+	if err != nil {
+		return nil, err
 	}
-	if err := c.enableForwarding(name); err != nil {
-		return err
-	}
-	gw := ipam.IPNet(ipam.Gateway(n.PodCIDR), n.PodCIDR.Bits())
-	if _, err := bridge.Ensure(nh, bridge.Config{NS: name, Name: bridge.DefaultName, Gateway: gw, MTU: l.MTU(), MAC: MAC(l.Name, n.Name, "cni0")}, c.Log); err != nil {
-		return err
-	}
+	p.Add(bp...)
 	if l.Backend == BackendVXLAN {
-		dev, err := vxlan.EnsureDevice(nh, c.vxlanConfig(n), c.Log)
-		if err != nil {
-			return err
-		}
-		if err := dev.EnsureAddress(ipam.IPNet(n.PodCIDR.Addr(), n.PodCIDR.Bits())); err != nil {
-			return err
-		}
+		p.Add(vxlan.PlanDevice(c.vxlanConfig(n), st)...)
 	}
-	return nil
+	rp, err := c.planNodeRules(n, st)
+	if err != nil {
+		return nil, err
+	}
+	p.Add(rp...)
+	env := vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), l.ClusterCIDR, n.PodCIDR, l.MTU(), true)
+	if old, err := os.ReadFile(env.File.Path); err != nil || !bytes.Equal(old, env.File.Data) {
+		env.New = err != nil
+		p.Add(env)
+	}
+	return p, nil
 }
 
 func (c *Cluster) vxlanConfig(n *Node) vxlan.Config {
 	mac, _ := parseMAC(n.VtepMAC)
-	return vxlan.Config{NS: c.NS(n.Name), VNI: c.Lab.VNI, Port: c.Lab.Port, Local: n.IP.AsSlice(), Underlay: NodeUplink, MTU: c.Lab.MTU(), MAC: mac}
+	return vxlan.Config{NS: c.NS(n.Name), VNI: c.Lab.VNI, Port: c.Lab.Port, Local: n.IP, Underlay: NodeUplink, MTU: c.Lab.MTU(), MAC: mac, Subnet: n.PodCIDR}
 }
 
 func (c *Cluster) peerOf(o *Node) vxlan.Peer {
 	mac, _ := parseMAC(o.VtepMAC)
-	return vxlan.Peer{Subnet: ipam.IPNet(o.PodCIDR.Addr(), o.PodCIDR.Bits()), VtepMAC: mac, PublicIP: o.IP.AsSlice()}
+	return vxlan.Peer{Subnet: o.PodCIDR, VtepMAC: mac, PublicIP: o.IP}
 }
 
-// peer programs node n to reach node o's pods.
-func (c *Cluster) peer(n, o *Node) error {
-	h, err := c.Handle(n.Name)
-	if err != nil {
-		return err
+// planPeers plans node n's entries for reaching the pods of others (the
+// flannel.1 ARP/FDB/route triple, or the host-gw route), against st, n's
+// state.
+func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
+	peers := make([]vxlan.Peer, len(others))
+	for i, o := range others {
+		peers[i] = c.peerOf(o)
 	}
 	if c.Lab.Backend == BackendHostGW {
-		return vxlan.EnsureHostGW(h, c.NS(n.Name), NodeUplink, c.peerOf(o), c.Log)
+		return vxlan.PlanHostGW(c.NS(n.Name), NodeUplink, peers, st)
 	}
-	dev, err := vxlan.LookupDevice(h, c.NS(n.Name), c.Lab.VNI, c.Log)
-	if err != nil {
-		return err
-	}
-	return dev.AddPeer(c.peerOf(o))
+	return vxlan.PlanPeers(c.NS(n.Name), c.Lab.VNI, peers, st)
 }
 
-// unpeer removes node n's entries for node o; missing entries are fine.
-func (c *Cluster) unpeer(n, o *Node) error {
-	if !netns.Exists(c.NS(n.Name)) {
-		return nil
-	}
-	h, err := c.Handle(n.Name)
-	if err != nil {
-		return err
-	}
+// planUnpeer plans the removal of node n's entries for node o.
+func (c *Cluster) planUnpeer(n, o *Node, st *plan.State) plan.Plan {
 	if c.Lab.Backend == BackendHostGW {
-		return vxlan.DeleteHostGW(h, c.NS(n.Name), NodeUplink, c.peerOf(o), c.Log)
+		return vxlan.PlanDelHostGW(c.NS(n.Name), NodeUplink, c.peerOf(o), st)
 	}
-	dev, err := vxlan.LookupDevice(h, c.NS(n.Name), c.Lab.VNI, c.Log)
-	if err != nil {
-		return nil // no device, so no entries for o either
-	}
-	return dev.DelPeer(c.peerOf(o))
+	return vxlan.PlanDelPeer(c.NS(n.Name), c.Lab.VNI, c.peerOf(o), st)
 }
 
-// teardownNode removes everything of a node from the kernel: its pods'
-// namespaces, its entries in other nodes, its underlay port and its
-// namespace. It is best-effort and idempotent (used for rollback too).
-func (c *Cluster) teardownNode(n *Node) error {
-	var first error
-	keep := func(err error) {
-		if err != nil && first == nil {
-			first = err
-		}
-	}
+// planTeardownNode plans removing everything of a node from the kernel
+// (its pods are deleted before): its entries in the other nodes, its
+// underlay port and its namespace.
+func (c *Cluster) planTeardownNode(n *Node) (plan.Plan, error) {
+	var p plan.Plan
 	for _, o := range c.Lab.Nodes {
-		if o.Name != n.Name {
-			keep(c.unpeer(o, n))
+		if o.Name == n.Name {
+			continue
 		}
-	}
-	if netns.Exists(c.NS(UnderlayName)) {
-		if uh, err := c.Handle(UnderlayName); err == nil {
-			keep(veth.Delete(uh, c.NS(UnderlayName), n.Name, c.Log))
+		st, err := c.read(o.Name)
+		if err != nil {
+			return nil, err
 		}
+		p.Add(c.planUnpeer(o, n, st)...)
 	}
-	c.dropHandle(n.Name)
-	keep(c.deleteNS(n.Name))
-	return first
-}
-
-func (c *Cluster) deleteNS(obj string) error {
-	name := c.NS(obj)
-	if !netns.Exists(name) {
-		return nil
+	u, err := c.read(UnderlayName)
+	if err != nil {
+		return nil, err
 	}
-	c.dropHandle(obj)
-	if err := netns.Delete(name); err != nil {
-		return err
+	vp, err := veth.PlanDelete(c.NS(UnderlayName), n.Name, u)
+	if err != nil {
+		return nil, err
 	}
-	c.Log.Add("ip netns del %s", name)
-	return nil
+	p.Add(vp...)
+	if netns.Exists(c.NS(n.Name)) {
+		p.Add(plan.Op{Verb: plan.NetnsDel, NS: c.NS(n.Name)})
+	}
+	return p, nil
 }
 
 // DelNode removes a node, its pods, and every other node's entries for it.
@@ -425,21 +382,27 @@ func (c *Cluster) DelNode(name string) error {
 			return err
 		}
 	}
-	if err := c.teardownNode(n); err != nil {
+	p, err := c.planTeardownNode(n)
+	if err != nil {
 		return err
 	}
-	nodes := c.Lab.Nodes[:0]
+	for _, dir := range []string{filepath.Join(c.Dir(), "nodes", name), filepath.Join(c.Dir(), "ipam", name)} {
+		if _, err := os.Stat(dir); err == nil {
+			p.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: dir, Recurse: true}})
+		}
+	}
+	nodes := c.Lab.Nodes[:0:0]
 	for _, o := range c.Lab.Nodes {
 		if o.Name != name {
 			nodes = append(nodes, o)
 		}
 	}
+	before := c.Lab.Nodes
 	c.Lab.Nodes = nodes
-	if err := removeAll(filepath.Join(c.Dir(), "nodes", name)); err != nil {
+	p.Add(c.savePlan()...)
+	if err := c.apply(p); err != nil {
+		c.Lab.Nodes = before
 		return err
 	}
-	if err := removeAll(filepath.Join(c.Dir(), "ipam", name)); err != nil {
-		return err
-	}
-	return c.Save()
+	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/klab-dev/klab/pkg/bridge"
 	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/veth"
 )
 
@@ -34,11 +35,11 @@ func (c *Cluster) ipamStore(node *Node) ipam.Store {
 // routes via cni0's address (default, and the cluster network).
 func (c *Cluster) PodAttachment(p *Pod) veth.Attachment {
 	n := c.Lab.Node(p.Node)
-	gw := ipam.Gateway(n.PodCIDR).AsSlice()
-	cluster := ipam.IPNet(c.Lab.ClusterCIDR.Addr(), c.Lab.ClusterCIDR.Bits())
+	gw := ipam.Gateway(n.PodCIDR)
+	cluster := c.Lab.ClusterCIDR
 	return veth.Attachment{
 		OuterNS: c.NS(n.Name), OuterIface: p.HostVeth, Bridge: bridge.DefaultName, Hairpin: true,
-		InnerNS: c.NS(p.Name), InnerIface: PodIface, Addr: ipam.IPNet(p.IP, n.PodCIDR.Bits()),
+		InnerNS: c.NS(p.Name), InnerIface: PodIface, Addr: netip.PrefixFrom(p.IP, n.PodCIDR.Bits()),
 		MTU: c.Lab.MTU(), MAC: MAC(c.Lab.Name, p.Name, "eth0"),
 		Routes: []veth.Route{{Gw: gw}, {Dst: cluster, Gw: gw}},
 	}
@@ -60,37 +61,36 @@ func ParseLabels(kvs []string) (map[string]string, error) {
 	return out, nil
 }
 
-// AddPod validates, allocates, builds and records a pod. On failure what
-// this call created is removed and the address released.
+// AddPod validates, allocates, builds and records a pod: its address
+// (host-local's files), namespace and veth pair, then the rules of the
+// services it joins and the state, as plans. On failure what this call
+// created is removed and the address released.
 func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 	n, err := c.podNode(&s)
 	if err != nil {
 		return nil, err
 	}
 	store := c.ipamStore(n)
-	c.releaseStale(store)
-	ip, err := store.Allocate(s.Name, PodIface, s.IP)
+	p0, stale, err := c.releaseStale(store)
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{Name: s.Name, Node: n.Name, IP: ip, HostVeth: vethName(c.Lab.Name, s.Name), Labels: s.Labels}
-	ok := false
-	defer func() {
-		if !ok {
-			c.deleteNS(p.Name)
-			if h, err := c.Handle(n.Name); err == nil {
-				veth.Delete(h, c.NS(n.Name), p.HostVeth, nil)
-			}
-			store.Release(p.Name)
-		}
-	}()
+	req := []ipam.Request{{ID: s.Name, IfName: PodIface, Want: s.IP}}
+	ips, err := store.PlanIgnoring(req, stale)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pod{Name: s.Name, Node: n.Name, IP: ips[0], HostVeth: vethName(c.Lab.Name, s.Name), Labels: s.Labels}
 	if err := c.interrupted(); err != nil {
 		return nil, err
 	}
-	if err := c.buildPod(p); err != nil {
+	pp, err := c.planPod(p)
+	if err != nil {
 		return nil, err
 	}
-	if err := c.interrupted(); err != nil {
+	mark := c.A.Mark()
+	if err := c.apply(append(append(p0, store.RecordOps(req, ips)...), pp...)); err != nil {
+		c.A.RollbackTo(mark)
 		return nil, err
 	}
 	// A pod can be a service endpoint (by name or label) as soon as it
@@ -98,9 +98,9 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 	before := *c.Lab
 	c.Lab.Pods = append(c.Lab.Pods, p)
 	if err := c.commit(&before); err != nil {
+		c.A.RollbackTo(mark)
 		return nil, err
 	}
-	ok = true
 	return p, nil
 }
 
@@ -133,29 +133,26 @@ func (c *Cluster) podNode(s *PodSpec) (*Node, error) {
 	return n, nil
 }
 
-func (c *Cluster) buildPod(p *Pod) error {
-	name := c.NS(p.Name)
-	created, err := netns.Ensure(name)
+// planPod plans a pod's namespace and veth pair against the kernel's
+// state of the pod and of its node.
+func (c *Cluster) planPod(p *Pod) (plan.Plan, error) {
+	nst, err := c.read(p.Node)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if created {
-		c.Log.Add("ip netns add %s", name)
-	}
-	nh, err := c.Handle(p.Node)
+	pst, err := c.read(p.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ph, err := c.Handle(p.Name)
+	var pl plan.Plan
+	if !pst.Exists {
+		pl.Add(plan.Op{Verb: plan.NetnsAdd, NS: c.NS(p.Name), New: true})
+	}
+	vp, err := veth.Plan(c.PodAttachment(p), nst, pst)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	fd, err := netns.Open(name)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	return veth.Ensure(nh, ph, fd, c.PodAttachment(p), c.Log)
+	return append(pl, vp...), nil
 }
 
 // DelPod removes a pod: its servers, its veth pair, its namespace and its
@@ -178,25 +175,32 @@ func (c *Cluster) DelPod(name string) error {
 	if err := c.StopServers(name); err != nil {
 		return err
 	}
-	if netns.Exists(c.NS(p.Node)) {
-		h, err := c.Handle(p.Node)
+	var pl plan.Plan
+	if nst, err := c.read(p.Node); err != nil {
+		return err
+	} else if vp, err := veth.PlanDelete(c.NS(p.Node), p.HostVeth, nst); err != nil {
+		return err
+	} else {
+		pl.Add(vp...)
+	}
+	if netns.Exists(c.NS(p.Name)) {
+		pl.Add(plan.Op{Verb: plan.NetnsDel, NS: c.NS(p.Name)})
+	}
+	if n := c.Lab.Node(p.Node); n != nil {
+		rp, err := c.ipamStore(n).ReleaseOps(p.Name)
 		if err != nil {
 			return err
 		}
-		if err := veth.Delete(h, c.NS(p.Node), p.HostVeth, c.Log); err != nil {
-			return err
-		}
+		pl.Add(rp...)
 	}
-	if err := c.deleteNS(p.Name); err != nil {
+	keep := c.Lab.Pods
+	c.Lab.Pods = without.Pods
+	pl.Add(c.savePlan()...)
+	if err := c.apply(pl); err != nil {
+		c.Lab.Pods = keep
 		return err
 	}
-	if n := c.Lab.Node(p.Node); n != nil {
-		if err := c.ipamStore(n).Release(p.Name); err != nil {
-			return err
-		}
-	}
-	c.Lab.Pods = without.Pods
-	return c.Save()
+	return nil
 }
 
 func (c *Cluster) nodeNames() []string {

@@ -6,15 +6,17 @@ package cluster
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // ProcessesIn returns the PIDs of processes whose network namespace is one
@@ -103,15 +105,29 @@ func ServerLab(argv []string) string {
 	return ""
 }
 
+// killOp is the operation that stops processes (killProcesses), shown as
+// the kill command with where each process was found.
+func killOp(procs map[int]string) plan.Op {
+	pids := slices.Sorted(maps.Keys(procs))
+	var args, where []string
+	for _, pid := range pids {
+		args = append(args, strconv.Itoa(pid))
+		where = append(where, fmt.Sprintf("%d: %s", pid, procs[pid]))
+	}
+	return plan.Op{Verb: plan.Exec, Proc: &plan.Proc{
+		Cmd: "kill " + strings.Join(args, " ") + " 2>/dev/null || true   # " + strings.Join(where, "; "),
+		Run: func() error { killProcesses(procs); return nil },
+	}}
+}
+
 // killProcesses stops processes: SIGTERM, then SIGKILL after a grace
 // period for those still running.
-func killProcesses(procs map[int]string, log *explain.Log) {
+func killProcesses(procs map[int]string) {
 	if len(procs) == 0 {
 		return
 	}
-	for pid, where := range procs {
+	for pid := range procs {
 		syscall.Kill(pid, syscall.SIGTERM)
-		log.Add("kill %d   # %s", pid, where)
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {

@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"syscall"
 
 	"github.com/klab-dev/klab/pkg/bridge"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/veth"
 	"github.com/vishvananda/netlink"
 )
@@ -30,16 +30,15 @@ type RepairReport struct {
 // are completed, peers re-programmed and iptables rules that drifted
 // rewritten from what the kernel holds. Servers that died are forgotten.
 // The lab must have a readable state; without one, only destroy helps.
+//
+// Repair is one plan: computed from the state file and the kernel, so a
+// healthy lab gets an empty one (and --explain prints nothing).
 func (c *Cluster) Repair() (*RepairReport, error) {
 	rep := &RepairReport{}
 	l := c.Lab
 	// Cached handles may point at namespaces deleted behind klab's back.
-	c.mu.Lock()
-	for _, h := range c.handles {
-		h.Close()
-	}
-	c.handles = map[string]*netlink.Handle{}
-	c.mu.Unlock()
+	c.A.ForgetAll()
+	c.states = nil
 	known := map[string]bool{UnderlayName: true, ExternalName: true}
 	for _, n := range l.Names() {
 		known[n] = true
@@ -48,6 +47,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	var p plan.Plan
 	for _, ns := range nss {
 		_, obj, _ := netns.Parse(ns)
 		if known[obj] {
@@ -56,49 +56,68 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 		if isUnderlayPort(l.Name, obj) {
 			if n := c.orphanNode(obj); n != nil {
 				for _, o := range l.Nodes {
-					c.unpeer(o, n)
+					if st, err := c.read(o.Name); err == nil {
+						p.Add(c.planUnpeer(o, n, st)...)
+					}
 				}
 			}
-			if uh, err := c.Handle(UnderlayName); err == nil {
-				veth.Delete(uh, c.NS(UnderlayName), obj, c.Log)
+			if u, err := c.read(UnderlayName); err == nil {
+				if vp, err := veth.PlanDelete(c.NS(UnderlayName), obj, u); err == nil {
+					p.Add(vp...)
+				}
 			}
 		}
-		procs, _ := ProcessesIn([]string{ns})
-		killProcesses(procs, c.Log)
-		if err := c.deleteNS(obj); err != nil {
-			return rep, err
+		if procs, _ := ProcessesIn([]string{ns}); len(procs) > 0 {
+			p.Add(killOp(procs))
 		}
+		p.Add(plan.Op{Verb: plan.NetnsDel, NS: ns})
 		rep.Removed = append(rep.Removed, ns)
 	}
 	if len(l.Nodes) > 0 {
-		if err := c.ensureUnderlay(); err != nil {
+		up, err := c.planUnderlay()
+		if err != nil {
 			return rep, err
 		}
+		p.Add(up...)
 	}
+	u, err := c.read(UnderlayName)
+	if err != nil {
+		return rep, err
+	}
+	states := map[string]*plan.State{}
 	for _, n := range l.Nodes {
-		if !netns.Exists(c.NS(n.Name)) {
+		st, err := c.read(n.Name, ipForward)
+		if err != nil {
+			return rep, err
+		}
+		states[n.Name] = st
+		if !st.Exists {
 			rep.Rebuilt = append(rep.Rebuilt, "node "+n.Name)
 		}
-		if err := c.buildNode(n); err != nil {
+		np, err := c.planNode(n, u, st)
+		if err != nil {
 			return rep, err
 		}
+		p.Add(np...)
 	}
 	for _, n := range l.Nodes {
+		var others []*Node
 		for _, o := range l.Nodes {
 			if o.Name != n.Name {
-				if err := c.peer(n, o); err != nil {
-					return rep, err
-				}
+				others = append(others, o)
 			}
 		}
+		p.Add(c.planPeers(n, others, states[n.Name])...)
 	}
-	for _, p := range l.Pods {
-		if !netns.Exists(c.NS(p.Name)) {
-			rep.Rebuilt = append(rep.Rebuilt, "pod "+p.Name)
+	for _, pod := range l.Pods {
+		if !netns.Exists(c.NS(pod.Name)) {
+			rep.Rebuilt = append(rep.Rebuilt, "pod "+pod.Name)
 		}
-		if err := c.buildPod(p); err != nil {
+		pp, err := c.planPod(pod)
+		if err != nil {
 			return rep, err
 		}
+		p.Add(pp...)
 	}
 	for _, n := range l.Nodes {
 		store := c.ipamStore(n)
@@ -108,16 +127,22 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 				rep.Released = append(rep.Released, fmt.Sprintf("%s (%s)", a, owner))
 			}
 		}
-		c.releaseStale(store)
+		rp, _, err := c.releaseStale(store)
+		if err != nil {
+			return rep, err
+		}
+		p.Add(rp...)
 	}
-	c.repairServers(rep)
+	p.Add(c.repairServers(rep)...)
 	sort.Strings(rep.Released)
-	return rep, c.Save()
+	p.Add(c.savePlan()...)
+	return rep, c.apply(p)
 }
 
-// repairServers stops the lab's servers the state does not know or that run
-// outside their target's namespace, and forgets the ones that died.
-func (c *Cluster) repairServers(rep *RepairReport) {
+// repairServers plans stopping the lab's servers the state does not know
+// or that run outside their target's namespace, and forgets the ones that
+// died.
+func (c *Cluster) repairServers(rep *RepairReport) plan.Plan {
 	l := c.Lab
 	recorded := map[int]bool{}
 	keep := l.Servers[:0]
@@ -131,13 +156,17 @@ func (c *Cluster) repairServers(rep *RepairReport) {
 		rep.Forgot = append(rep.Forgot, fmt.Sprintf("%s %s/%d (pid %d)", s.Target, s.Proto, s.Port, s.PID))
 	}
 	l.Servers = keep
+	stray := map[int]string{}
 	for _, pid := range serverProcesses()[l.Name] {
 		if !recorded[pid] {
-			syscall.Kill(pid, syscall.SIGKILL)
-			c.Log.Add("kill -9 %d   # a server of lab %s the state does not know", pid, l.Name)
+			stray[pid] = "a server of lab " + l.Name + " the state does not know"
 			rep.Stopped = append(rep.Stopped, pid)
 		}
 	}
+	if len(stray) == 0 {
+		return nil
+	}
+	return plan.Plan{killOp(stray)}
 }
 
 // orphanNode reconstructs a half-added node from its namespace (eth0's
@@ -149,7 +178,7 @@ func (c *Cluster) orphanNode(name string) *Node {
 	if err != nil {
 		return nil
 	}
-	defer c.dropHandle(name)
+	defer c.A.Forget(c.NS(name))
 	addrOf := func(link string) (netip.Prefix, bool) {
 		lk, err := h.LinkByName(link)
 		if err != nil {

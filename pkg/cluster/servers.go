@@ -8,8 +8,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // TargetNS returns the namespace of a node, pod, "underlay" or "external"
@@ -31,30 +31,39 @@ func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*S
 		}
 	}
 	dir := filepath.Join(c.Dir(), "servers")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("start server: %w", err)
-	}
 	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", target, proto, port))
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("start server: %w", err)
-	}
-	defer lf.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	start := func() error {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return err
+		}
+		defer lf.Close()
+		cmd.Stdout, cmd.Stderr = lf, lf
+		return cmd.Start()
+	}
 	ns, err := c.TargetNS(target)
 	if err != nil {
 		return nil, err
 	}
 	// Fork from a thread inside the target's namespace: the whole server
 	// process then lives there (ip netns pids shows it, destroy finds it).
-	if err := netns.Do(ns, cmd.Start); err != nil {
+	op := plan.Op{Verb: plan.Exec, NS: ns, Proc: &plan.Proc{
+		Cmd: fmt.Sprintf("ip netns exec %s setsid %s > %s 2>&1 &", ns, plan.ShellJoin(argv), plan.Quote(logPath)),
+		Run: func() error { return netns.Do(ns, start) },
+	}}
+	if err := c.apply(plan.Plan{op}); err != nil {
 		return nil, fmt.Errorf("start server in %s: %w", target, err)
+	}
+	if c.A.DryRun {
+		return &Server{Target: target, Proto: proto, Port: port, Log: logPath}, nil
 	}
 	s := &Server{Target: target, Proto: proto, Port: port, PID: cmd.Process.Pid, Log: logPath}
 	go cmd.Wait()
-	explain.CrashPoint()
 	// Wait until the server reports that it listens (or died).
 	deadline := time.Now().Add(3 * time.Second)
 	for {

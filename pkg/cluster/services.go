@@ -7,9 +7,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/klab-dev/klab/pkg/nat"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // Service is a Kubernetes Service of the lab. Its endpoints are pods, named
@@ -262,13 +262,13 @@ func (c *Cluster) syncRules(before, after *Lab) error {
 		node      *Node
 		prev, cur *nat.Ruleset
 		changed   bool
-		err       error
 	}
 	res := make([]result, len(after.Nodes))
 	// One Renderer for every node, before and after: the services' rules
 	// are the same on every node, so this renders them once, then copies.
 	var rn nat.Renderer
 	afterSvcs, beforeSvcs := after.natServices(), before.natServices()
+	plans := make([]plan.Plan, len(after.Nodes))
 	for i, n := range after.Nodes {
 		cur, err := rn.Render(after.natConfig(n), afterSvcs)
 		if err != nil {
@@ -276,39 +276,29 @@ func (c *Cluster) syncRules(before, after *Lab) error {
 		}
 		prev, err := rn.Render(before.natConfig(n), beforeSvcs)
 		if err != nil || before.Node(n.Name) == nil {
-			prev = nil // unknown: Apply reads the kernel instead
+			prev = nil // unknown: the plan reads the kernel instead
 		}
-		res[i] = result{node: n, prev: prev, cur: cur}
-	}
-	var wg sync.WaitGroup
-	for i := range res {
-		wg.Add(1)
-		go func(r *result) {
-			defer wg.Done()
-			out, err := nat.Apply(c.NS(r.node.Name), r.cur, r.prev, c.Log)
-			r.changed = out.Input != "" || out.JumpsChecked > 0
-			if err != nil {
-				r.err = fmt.Errorf("node %s: %w", r.node.Name, err)
-			}
-		}(&res[i])
-	}
-	wg.Wait()
-	var first error
-	for _, r := range res {
-		if r.err != nil {
-			first = r.err
-			break
+		p, out, err := nat.Plan(c.NS(n.Name), cur, prev)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
+		res[i] = result{node: n, prev: prev, cur: cur, changed: out.Changed()}
+		plans[i] = p
 	}
-	if first == nil {
+	// Nodes run in parallel (each is an exec).
+	c.A.Ctx = c.Ctx
+	err := c.A.ApplyAll(plans, len(plans))
+	if err == nil {
 		return nil
 	}
 	for _, r := range res {
-		if r.err == nil && r.changed && r.prev != nil {
-			nat.Apply(c.NS(r.node.Name), r.prev, r.cur, nil)
+		if r.changed && r.prev != nil {
+			if p, _, perr := nat.Plan(c.NS(r.node.Name), r.prev, r.cur); perr == nil {
+				c.A.Apply(p)
+			}
 		}
 	}
-	return first
+	return err
 }
 
 // servicesEqual reports whether two resolved service sets render the same.
@@ -319,23 +309,23 @@ func servicesEqual(a, b []nat.Service) bool {
 	})
 }
 
-// programNewNode writes the node's rules into its freshly created
-// namespace: kube-proxy's chains for every service of the lab and
-// flannel's masquerade, in one iptables-restore.
-func (c *Cluster) programNewNode(n *Node, fresh bool) error {
+// planNodeRules plans the node's rules: kube-proxy's chains for every
+// service of the lab and flannel's masquerade. A namespace that does not
+// exist yet gets them in one iptables-restore; an existing one is compared
+// with what its kernel holds (see nat.Plan).
+func (c *Cluster) planNodeRules(n *Node, st *plan.State) (plan.Plan, error) {
 	rs, err := c.Lab.Rules(n)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if fresh {
-		err = nat.ApplyNew(c.NS(n.Name), rs, c.Log)
-	} else {
-		_, err = nat.Apply(c.NS(n.Name), rs, nil, c.Log)
+	if !st.Exists {
+		return nat.PlanNew(c.NS(n.Name), rs), nil
 	}
+	p, _, err := nat.Plan(c.NS(n.Name), rs, nil)
 	if err != nil {
-		return fmt.Errorf("program iptables of node %s: %w", n.Name, err)
+		return nil, fmt.Errorf("program iptables of node %s: %w", n.Name, err)
 	}
-	return nil
+	return p, nil
 }
 
 // unknownPod is the error for an endpoint that names no pod.

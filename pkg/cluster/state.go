@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -12,7 +13,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/explain"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // Backend names a way to carry pod traffic between nodes.
@@ -178,45 +179,33 @@ func Load(stateDir, lab string) (*Lab, error) {
 // Save writes a lab's state atomically (write, fsync, rename), readable only
 // by root.
 func Save(stateDir string, l *Lab) error {
-	p := StateFile(stateDir, l.Name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
+	op, err := SaveOp(stateDir, l)
+	if err != nil {
+		return err
 	}
-	// The lab directory may have been created by a file written earlier in
-	// a build (subnet.env, ipam) with a wider mode: it is klab's own.
-	if err := os.Chmod(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
-	}
+	return (&plan.Applier{}).Apply(plan.Plan{op})
+}
+
+// SaveOp is the operation that writes a lab's state file.
+func SaveOp(stateDir string, l *Lab) (plan.Op, error) {
 	b, err := json.MarshalIndent(l, "", "  ")
 	if err != nil {
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
+		return plan.Op{}, fmt.Errorf("save state of lab %q: %w", l.Name, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".state-*.json")
+	return plan.Op{Verb: plan.WriteFile, File: &plan.File{Path: StateFile(stateDir, l.Name), Data: append(b, '\n'), Mode: 0o600, State: true}}, nil
+}
+
+// savePlan is the state write of the lab as it stands, or nothing when
+// the file already holds exactly that.
+func (c *Cluster) savePlan() plan.Plan {
+	op, err := SaveOp(c.StateDir, c.Lab)
 	if err != nil {
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
+		return plan.Plan{{Verb: plan.Exec, Proc: &plan.Proc{Cmd: "# " + err.Error(), Run: func() error { return err }}}}
 	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
+	if old, err := os.ReadFile(op.File.Path); err == nil && bytes.Equal(old, op.File.Data) {
+		return nil
 	}
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
-	}
-	explain.CrashPoint() // a crash here leaves the old state and a temp file
-	if err := os.Rename(f.Name(), p); err != nil {
-		return fmt.Errorf("save state of lab %q: %w", l.Name, err)
-	}
-	explain.CrashPoint()
-	return nil
+	return plan.Plan{op}
 }
 
 // Labs lists the labs that have state in stateDir.

@@ -8,9 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
-	"github.com/klab-dev/klab/pkg/explain"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // ErrExhausted is returned when a range has no free address or subnet left.
@@ -127,45 +128,11 @@ const lastFile = "last_reserved_ip.0"
 // free one. It fails if want is outside the subnet, reserved for the
 // gateway, or already held by another id.
 func (s Store) Allocate(id, ifname string, want netip.Addr) (netip.Addr, error) {
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return netip.Addr{}, fmt.Errorf("ipam: %w", err)
-	}
-	used, err := s.Used()
+	addrs, err := s.AllocateMany([]Request{{ID: id, IfName: ifname, Want: want}})
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	var a netip.Addr
-	if want.IsValid() {
-		switch {
-		case !s.Subnet.Contains(want):
-			return netip.Addr{}, fmt.Errorf("address %s is outside the node's pod subnet %s: pick one inside it or leave --ip out", want, s.Subnet)
-		case want == s.Subnet.Addr() || want == Gateway(s.Subnet) || want == s.broadcast():
-			return netip.Addr{}, fmt.Errorf("address %s is the network, gateway or broadcast address of %s: pick another", want, s.Subnet)
-		case used[want] != "" && used[want] != id:
-			return netip.Addr{}, fmt.Errorf("address %s is already used by %s: pick another or leave --ip out", want, used[want])
-		}
-		a = want
-	} else {
-		var last netip.Addr
-		if b, err := os.ReadFile(filepath.Join(s.Dir, lastFile)); err == nil {
-			last, _ = netip.ParseAddr(strings.TrimSpace(string(b)))
-		}
-		taken := make(map[netip.Addr]bool, len(used))
-		for k := range used {
-			taken[k] = true
-		}
-		if a, err = NextIP(s.Subnet, last, taken); err != nil {
-			return netip.Addr{}, err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(s.Dir, a.String()), []byte(id+"\n"+ifname), 0o600); err != nil {
-		return netip.Addr{}, fmt.Errorf("ipam: record %s: %w", a, err)
-	}
-	explain.CrashPoint()
-	if err := os.WriteFile(filepath.Join(s.Dir, lastFile), []byte(a.String()), 0o600); err != nil {
-		return netip.Addr{}, fmt.Errorf("ipam: %w", err)
-	}
-	return a, nil
+	return addrs[0], nil
 }
 
 // Request asks AllocateMany for one address: Want if valid, else the next
@@ -193,13 +160,22 @@ func (s Store) AllocateMany(reqs []Request) ([]netip.Addr, error) {
 
 // Plan chooses the addresses AllocateMany would reserve, and checks every
 // request, without writing anything.
-func (s Store) Plan(reqs []Request) ([]netip.Addr, error) {
+func (s Store) Plan(reqs []Request) ([]netip.Addr, error) { return s.PlanIgnoring(reqs, nil) }
+
+// PlanIgnoring is Plan with the addresses held by the ids in stale taken
+// as free: their release is planned before the new reservations.
+func (s Store) PlanIgnoring(reqs []Request, stale map[string]bool) ([]netip.Addr, error) {
 	if len(reqs) == 0 {
 		return nil, nil
 	}
 	used, err := s.Used()
 	if err != nil {
 		return nil, err
+	}
+	for a, owner := range used {
+		if stale[owner] {
+			delete(used, a)
+		}
 	}
 	last := s.last()
 	taken := make(map[netip.Addr]bool, len(used)+len(reqs))
@@ -229,29 +205,24 @@ func (s Store) Plan(reqs []Request) ([]netip.Addr, error) {
 }
 
 // Record writes the reservations Plan chose: one file per address and
-// last_reserved_ip.0. If a write fails, what it wrote is released.
+// last_reserved_ip.0 (RecordOps, applied).
 func (s Store) Record(reqs []Request, addrs []netip.Addr) error {
+	return (&plan.Applier{}).Apply(s.RecordOps(reqs, addrs))
+}
+
+// RecordOps returns the file writes that record the reservations Plan
+// chose, in host-local's layout: a file named by each address holding the
+// owner's id and interface, then last_reserved_ip.0.
+func (s Store) RecordOps(reqs []Request, addrs []netip.Addr) plan.Plan {
 	if len(reqs) == 0 {
 		return nil
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return fmt.Errorf("ipam: %w", err)
-	}
+	var p plan.Plan
 	for i, r := range reqs {
-		if err := os.WriteFile(filepath.Join(s.Dir, addrs[i].String()), []byte(r.ID+"\n"+r.IfName), 0o600); err != nil {
-			for _, w := range reqs[:i] {
-				s.Release(w.ID)
-			}
-			return fmt.Errorf("ipam: record %s: %w", addrs[i], err)
-		}
+		p.Add(plan.Op{Verb: plan.WriteFile, New: true, File: &plan.File{Path: filepath.Join(s.Dir, addrs[i].String()), Data: []byte(r.ID + "\n" + r.IfName), Mode: 0o600}})
 	}
-	if err := os.WriteFile(filepath.Join(s.Dir, lastFile), []byte(addrs[len(addrs)-1].String()), 0o600); err != nil {
-		for _, w := range reqs {
-			s.Release(w.ID)
-		}
-		return fmt.Errorf("ipam: %w", err)
-	}
-	return nil
+	p.Add(plan.Op{Verb: plan.WriteFile, File: &plan.File{Path: filepath.Join(s.Dir, lastFile), Data: []byte(addrs[len(addrs)-1].String()), Mode: 0o600}})
+	return p
 }
 
 // last is the address last_reserved_ip.0 holds, or the zero Addr.
@@ -266,18 +237,31 @@ func (s Store) last() netip.Addr {
 
 // Release frees every address held by id. It is idempotent.
 func (s Store) Release(id string) error {
-	used, err := s.Used()
+	p, err := s.ReleaseOps(id)
 	if err != nil {
 		return err
 	}
+	return (&plan.Applier{}).Apply(p)
+}
+
+// ReleaseOps returns the file removals that free every address held by id.
+func (s Store) ReleaseOps(id string) (plan.Plan, error) {
+	used, err := s.Used()
+	if err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
 	for a, owner := range used {
 		if owner == id {
-			if err := os.Remove(filepath.Join(s.Dir, a.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("ipam: release %s: %w", a, err)
-			}
+			addrs = append(addrs, a)
 		}
 	}
-	return nil
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	var p plan.Plan
+	for _, a := range addrs {
+		p.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: filepath.Join(s.Dir, a.String())}})
+	}
+	return p, nil
 }
 
 // Used maps every allocated address to its owner id.

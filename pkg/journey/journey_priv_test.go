@@ -13,6 +13,7 @@ import (
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/nat"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/probe"
 	"github.com/klab-dev/klab/trace"
 )
@@ -264,7 +265,7 @@ func TestJourneyClusterIP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := nat.Apply("klab."+l.Name+"."+n.Name, rs, nil, nil); err != nil {
+		if _, err := nat.Apply(&plan.Applier{}, "klab."+l.Name+"."+n.Name, rs, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

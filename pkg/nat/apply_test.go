@@ -15,8 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/klab-dev/klab/pkg/explain"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 func needRoot(t testing.TB) {
@@ -114,16 +114,16 @@ func TestApplyReadBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := &explain.Log{}
-	res, err := Apply(ns, r, nil, log)
+	log := &plan.Applier{}
+	res, err := testApply(log, ns, r, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.JumpsChecked != len(r.Jumps()) || len(res.Deleted) != 0 {
 		t.Errorf("result %+v", res)
 	}
-	if !strings.Contains(strings.Join(log.Commands(), "\n"), "ip netns exec "+ns+" iptables-restore --wait <<'EOF'" /* fresh namespace: no --noflush needed */) {
-		t.Errorf("explain log lacks the restore: %q", log.Commands())
+	if !strings.Contains(log.Ran().String(), "ip netns exec "+ns+" iptables-restore --wait <<'EOF'" /* fresh namespace: no --noflush needed */) {
+		t.Errorf("explain log lacks the restore: %q", log.Ran().String())
 	}
 	saved := savedChains(t, ns, false)
 	total := 0
@@ -165,12 +165,12 @@ func TestApplyReadBack(t *testing.T) {
 		t.Errorf("%d rules carry klab:%s, want %d", n, lab, total)
 	}
 	// Applying again with prev is a no-op.
-	res, err = Apply(ns, r, r, nil)
+	res, err = testApply(nil, ns, r, r)
 	if err != nil || res.Input != "" || res.JumpsChecked != 0 {
 		t.Errorf("re-apply: %+v, %v", res, err)
 	}
 	// Applying again without prev rewrites but does not duplicate jumps.
-	if _, err := Apply(ns, r, nil, nil); err != nil {
+	if _, err := testApply(nil, ns, r, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := savedChains(t, ns, false)[NAT]["PREROUTING"]; len(got) != 1 {
@@ -259,7 +259,7 @@ func TestApplyRewritesOnlyChangedService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Apply(ns, r1, nil, nil); err != nil {
+	if _, err := testApply(nil, ns, r1, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Traffic to "other" (10.96.0.12:80/udp) counts packets in its chains.
@@ -277,8 +277,8 @@ func TestApplyRewritesOnlyChangedService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := &explain.Log{}
-	res, err := Apply(ns, r2, r1, log)
+	log := &plan.Applier{}
+	res, err := testApply(log, ns, r2, r1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,8 +287,8 @@ func TestApplyRewritesOnlyChangedService(t *testing.T) {
 	slices.Sort(res.Rewritten)
 	want := []string{"nat/" + newSEP, "nat/" + stickySVC}
 	slices.Sort(want)
-	if !slices.Equal(res.Rewritten, want) || len(res.Deleted) != 0 || res.JumpsChecked != 0 || log.Len() != 1 {
-		t.Errorf("result %+v, log %d commands", res, log.Len())
+	if !slices.Equal(res.Rewritten, want) || len(res.Deleted) != 0 || res.JumpsChecked != 0 || len(log.Ran()) != 1 {
+		t.Errorf("result %+v, log %d commands", res, len(log.Ran()))
 	}
 	after := savedChains(t, ns, true)
 	// The kernel has the new endpoint...
@@ -310,7 +310,7 @@ func TestApplyRewritesOnlyChangedService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err = Apply(ns, r3, r2, nil)
+	res, err = testApply(nil, ns, r3, r2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestApplyWithoutPrevRemovesStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Apply(ns, r1, nil, nil); err != nil {
+	if _, err := testApply(nil, ns, r1, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A "restarted" klab that lost r1: no flannel, one service.
@@ -342,7 +342,7 @@ func TestApplyWithoutPrevRemovesStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Apply(ns, r2, nil, nil)
+	res, err := testApply(nil, ns, r2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,18 +379,18 @@ func TestDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Apply(ns, r, nil, nil); err != nil {
+	if _, err := testApply(nil, ns, r, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Another lab's name must not match this lab's rules.
-	if err := Delete(ns, lab+"x", nil); err != nil {
+	if err := testDelete(nil, ns, lab+"x"); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(inNS(t, ns, "iptables-save"), "klab:"+lab) {
 		t.Fatal("Delete of another lab removed this lab's rules")
 	}
-	log := &explain.Log{}
-	if err := Delete(ns, lab, log); err != nil {
+	log := &plan.Applier{}
+	if err := testDelete(log, ns, lab); err != nil {
 		t.Fatal(err)
 	}
 	all := inNS(t, ns, "iptables-save")
@@ -400,10 +400,10 @@ func TestDelete(t *testing.T) {
 	if !strings.Contains(all, "-A FORWARD -s 10.9.9.9/32 -j ACCEPT") {
 		t.Errorf("foreign rule removed:\n%s", all)
 	}
-	if err := Delete(ns, lab, nil); err != nil {
+	if err := testDelete(nil, ns, lab); err != nil {
 		t.Errorf("second Delete: %v", err)
 	}
-	if err := Delete(netns.Name(lab, "gone"), lab, nil); err != nil {
+	if err := testDelete(nil, netns.Name(lab, "gone"), lab); err != nil {
 		t.Errorf("Delete in a missing namespace: %v", err)
 	}
 }
@@ -463,7 +463,7 @@ func TestApplyBothBackends(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Apply(ns, rs, nil, nil); err != nil {
+			if _, err := testApply(nil, ns, rs, nil); err != nil {
 				t.Fatal(err)
 			}
 			other := map[string]string{"nft": "legacy", "legacy": "nft"}[backend]
@@ -478,13 +478,13 @@ func TestApplyBothBackends(t *testing.T) {
 				}
 			}
 			// A change and the removal work through the same backend.
-			if _, err := Apply(ns, mustRender(t, cfg, labServices()[:1]), rs, nil); err != nil {
+			if _, err := testApply(nil, ns, mustRender(t, cfg, labServices()[:1]), rs); err != nil {
 				t.Fatal(err)
 			}
 			if strings.Contains(inNS(t, ns, "iptables-"+backend+"-save"), "10.96.0.11") {
 				t.Error("service sticky's rules survived its removal")
 			}
-			if err := Delete(ns, lab, nil); err != nil {
+			if err := testDelete(nil, ns, lab); err != nil {
 				t.Fatal(err)
 			}
 			if left := inNS(t, ns, "iptables-"+backend+"-save"); strings.Contains(left, "klab:") {

@@ -112,7 +112,7 @@ func BenchmarkServices(b *testing.B) {
 				if err != nil {
 					return err
 				}
-				_, err = Apply(ns, r, nil, nil)
+				_, err = testApply(nil, ns, r, nil)
 				return err
 			})
 		})
@@ -210,7 +210,7 @@ func benchOneChange(b *testing.B, lab string, cfg Config, svcs []Service) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := Apply(ns, prev, nil, nil); err != nil {
+	if _, err := testApply(nil, ns, prev, nil); err != nil {
 		b.Fatal(err)
 	}
 	target := &svcs[len(svcs)/2]
@@ -230,7 +230,7 @@ func benchOneChange(b *testing.B, lab string, cfg Config, svcs []Service) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		res, err := Apply(ns, next, prev, nil)
+		res, err := testApply(nil, ns, next, prev)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -21,11 +21,15 @@
 // --wait), in which a ":CHAIN - [0:0]" line flushes a chain under --noflush
 // and stale chains are removed with -X. Given the previously applied
 // Ruleset, only chains whose text changed are rewritten, so the counters of
-// all other chains survive; without it, Apply reads the namespace with
-// iptables-save and converges from there. The jumps from PREROUTING, OUTPUT,
-// POSTROUTING, INPUT and FORWARD live in chains shared with the rest of the
-// node, so they are checked and inserted one by one with coreos/go-iptables
-// instead. Delete removes everything a lab owns, Backend tells iptables-nft
-// from iptables-legacy for `klab doctor`, and every command is recorded in
-// an *explain.Log.
+// all other chains survive; without it, Plan reads the namespace with
+// iptables-save and compares rule by rule (Canon: the kernel prints rules
+// back in its own order and spelling), so only what differs is rewritten
+// and a namespace that matches gets nothing. The jumps from PREROUTING,
+// OUTPUT, POSTROUTING, INPUT and FORWARD live in chains shared with the rest
+// of the node, so they are never rewritten: missing ones are inserted (in
+// the same transaction when the kernel was read, else checked one by one
+// with coreos/go-iptables). PlanDelete removes everything a lab owns,
+// Backend tells iptables-nft from iptables-legacy for `klab doctor`. Like
+// every building block, this package computes plans (pkg/plan) and never
+// executes them itself.
 package nat

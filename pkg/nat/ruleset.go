@@ -306,6 +306,118 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey, drop map[Tabl
 	return b.Bytes(), rewritten, deleted
 }
 
+// repairInput builds the iptables-restore --noflush input that turns the
+// kernel state st (read with iptables-save) into r, comparing rules in
+// their canonical form (Canon): chains whose rules differ are rewritten,
+// klab chains r lacks (and no one else uses) deleted, lab jumps r lacks
+// removed and r's missing jumps inserted, all in one transaction. It
+// returns nothing when the kernel already matches.
+func (r *Ruleset) repairInput(st kernelState) (input []byte, rewritten, deleted []string, jumps int) {
+	// Which kernel jumps match a desired one (each at most once).
+	used := make([]bool, len(st.jumps))
+	var missing []Jump
+	for _, j := range r.jumps {
+		c := Canon(j.Rule)
+		k := slices.IndexFunc(st.jumps, func(kj kernelJump) bool { return kj.table == j.Table && kj.chain == j.Chain && kj.canon == c })
+		for k >= 0 && used[k] {
+			n := slices.IndexFunc(st.jumps[k+1:], func(kj kernelJump) bool { return kj.table == j.Table && kj.chain == j.Chain && kj.canon == c })
+			if n < 0 {
+				k = -1
+				break
+			}
+			k += 1 + n
+		}
+		if k < 0 {
+			missing = append(missing, j)
+		} else {
+			used[k] = true
+		}
+	}
+	var b bytes.Buffer
+	for _, t := range tables {
+		var changed []int
+		for i, c := range r.chains {
+			if c.table != t {
+				continue
+			}
+			have, ok := st.rules[c.chainKey]
+			if ok || slices.Contains(st.chains, c.chainKey) {
+				want := canonLines(r.chainText(i))
+				if slices.Equal(want, have) {
+					continue
+				}
+			}
+			changed = append(changed, i)
+		}
+		var stale []string
+		for _, k := range st.chains {
+			if _, ok := r.lookup(k); !ok && k.table == t && !st.foreign[k] {
+				stale = append(stale, k.name)
+			}
+		}
+		var drop, add []string
+		for k, kj := range st.jumps {
+			if kj.table == t && !used[k] {
+				drop = append(drop, "-D"+strings.TrimPrefix(kj.line, "-A"))
+			}
+		}
+		for i := len(missing) - 1; i >= 0; i-- {
+			if j := missing[i]; j.Table == t && j.Prepend {
+				add = append(add, "-I "+j.Chain+" 1"+strings.TrimPrefix(j.String(), "-A "+j.Chain))
+			}
+		}
+		for _, j := range missing {
+			if j.Table == t && !j.Prepend {
+				add = append(add, j.String())
+			}
+		}
+		jumps += len(add)
+		if len(changed) == 0 && len(stale) == 0 && len(drop) == 0 && len(add) == 0 {
+			continue
+		}
+		b.WriteString("*" + string(t) + "\n")
+		for _, i := range changed {
+			b.WriteString(":" + r.chains[i].name + " - [0:0]\n")
+			rewritten = append(rewritten, string(t)+"/"+r.chains[i].name)
+		}
+		for _, n := range stale {
+			b.WriteString(":" + n + " - [0:0]\n")
+		}
+		for _, d := range drop {
+			b.WriteString(d + "\n")
+		}
+		for _, i := range changed {
+			b.Write(r.chainText(i))
+		}
+		for _, a := range add {
+			b.WriteString(a + "\n")
+		}
+		for _, n := range stale {
+			b.WriteString("-X " + n + "\n")
+			deleted = append(deleted, string(t)+"/"+n)
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes(), rewritten, deleted, jumps
+}
+
+// canonLines is Canon of every "-A CHAIN ..." line of a chain's text.
+func canonLines(text []byte) []string {
+	var out []string
+	for _, line := range strings.Split(strings.TrimSuffix(string(text), "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		tok, err := tokenize(line)
+		if err != nil || len(tok) < 2 {
+			out = append(out, line)
+			continue
+		}
+		out = append(out, Canon(tok[2:]))
+	}
+	return out
+}
+
 // Diff returns the iptables-restore --noflush input that turns the kernel
 // state rendered as prev into r: only chains whose rules changed are
 // rewritten, chains that disappeared are flushed and deleted (-X). prev nil

@@ -7,7 +7,8 @@
 // half-configured interface ever appears in the outer namespace. The outer
 // end (veth<8 hex> for pods, like the CNI plugin's names) is enslaved to the
 // bridge and put in hairpin mode, so a pod can reach itself through a
-// Service whose DNAT picks that same pod. Inside, Ensure brings lo and eth0
-// up and installs the address and routes; Delete removes the outer end,
+// Service whose DNAT picks that same pod. Inside, lo and eth0 are brought
+// up with the address and routes. Plan computes only what is missing; a
+// deletion removes the outer end,
 // which takes its peer with it, and is idempotent.
 package veth

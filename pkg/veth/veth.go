@@ -3,14 +3,11 @@ package veth
 import (
 	"crypto/sha1"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
-	"syscall"
+	"net/netip"
 
-	"github.com/klab-dev/klab/pkg/explain"
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // MaxNameLen is the kernel's limit for interface names (IFNAMSIZ - 1).
@@ -26,16 +23,8 @@ func HostName(key string) string {
 
 // Route is a route installed inside the namespace through its eth0.
 type Route struct {
-	Dst *net.IPNet // nil means the default route
-	Gw  net.IP
-}
-
-func (r Route) String() string {
-	dst := "default"
-	if r.Dst != nil {
-		dst = r.Dst.String()
-	}
-	return fmt.Sprintf("%s via %s", dst, r.Gw)
+	Dst netip.Prefix // invalid means the default route
+	Gw  netip.Addr
 }
 
 // Attachment describes one veth pair between an outer namespace (holding
@@ -47,10 +36,10 @@ type Attachment struct {
 	Hairpin    bool   // hairpin mode on the bridge port
 	// OuterAddr is an address on the outer end, for a routed link (no
 	// Bridge): the outer namespace is then the inner one's gateway.
-	OuterAddr  *net.IPNet
+	OuterAddr  netip.Prefix
 	InnerNS    string // namespace name of the inner side
 	InnerIface string // inner end name, usually eth0
-	Addr       *net.IPNet
+	Addr       netip.Prefix
 	MTU        int
 	MAC        net.HardwareAddr // inner end MAC; nil lets the kernel choose
 	Routes     []Route
@@ -66,151 +55,87 @@ func (a Attachment) Validate() error {
 	return nil
 }
 
-// Ensure creates the pair if the outer end does not exist yet and
-// configures both ends. outer and inner are netlink handles in OuterNS and
-// InnerNS; innerNS is an open handle of the inner namespace (the peer is
-// created directly inside it).
-func Ensure(outer, inner *netlink.Handle, innerNS vnetns.NsHandle, a Attachment, log *explain.Log) error {
+// Plan returns the operations that make the pair exist and be configured,
+// given the current state of the outer and inner namespaces: the pair
+// created in one request with its inner end placed straight into the inner
+// namespace, the outer end enslaved and in hairpin mode, lo and eth0 up,
+// the address and the routes inside. Only what is missing or wrong is in
+// the plan.
+func Plan(a Attachment, outer, inner *plan.State) (plan.Plan, error) {
 	if err := a.Validate(); err != nil {
-		return err
+		return nil, err
 	}
-	var masterIdx int
-	if a.Bridge != "" {
-		br, err := outer.LinkByName(a.Bridge)
-		if err != nil {
-			return fmt.Errorf("find bridge %s in %s: %w", a.Bridge, a.OuterNS, err)
-		}
-		masterIdx = br.Attrs().Index
+	var p plan.Plan
+	l := outer.Link(a.OuterIface)
+	in := inner.Link(a.InnerIface)
+	if l != nil && l.Type == "veth" && in == nil {
+		// A leftover outer end whose peer is not in the inner namespace:
+		// the inner namespace was deleted and the kernel has not freed the
+		// pair yet (it does so asynchronously), or the peer went
+		// elsewhere. Replace the pair.
+		p.Add(plan.Op{Verb: plan.LinkDel, NS: a.OuterNS, Link: &plan.Link{Name: a.OuterIface}, Why: "a stale end without its peer"})
+		outer.Drop(a.OuterIface)
+		l = nil
 	}
-	link, err := outer.LinkByName(a.OuterIface)
-	if err == nil {
-		if _, ok := link.(*netlink.Veth); ok {
-			if _, ierr := inner.LinkByName(a.InnerIface); isNotFound(ierr) {
-				// A leftover outer end whose peer is not in the inner
-				// namespace: the inner namespace was deleted and the kernel
-				// has not freed the pair yet (it does so asynchronously),
-				// or the peer went elsewhere. Replace the pair.
-				if err := outer.LinkDel(link); err != nil && !isNotFound(err) {
-					return fmt.Errorf("delete stale veth %s in %s: %w", a.OuterIface, a.OuterNS, err)
-				}
-				log.IP(a.OuterNS, "link del %s", a.OuterIface)
-				link, err = nil, netlink.LinkNotFoundError{}
-			}
+	created := l == nil
+	switch {
+	case created:
+		if in != nil {
+			return nil, fmt.Errorf("create veth %s in %s: an interface named %s already exists in %s: delete it and try again", a.OuterIface, a.OuterNS, a.InnerIface, a.InnerNS)
 		}
-	}
-	if err != nil {
-		if !isNotFound(err) {
-			return fmt.Errorf("look up %s in %s: %w", a.OuterIface, a.OuterNS, err)
+		p.Add(plan.Op{Verb: plan.LinkAdd, NS: a.OuterNS, New: true, Link: &plan.Link{
+			Name: a.OuterIface, Type: "veth", MTU: a.MTU, Master: a.Bridge, Up: true,
+			PeerName: a.InnerIface, PeerNS: a.InnerNS, PeerMTU: a.MTU, PeerMAC: a.MAC,
+		}})
+	case l.Type != "veth":
+		return nil, fmt.Errorf("%s in namespace %s is a %s, not a veth: delete it and try again", a.OuterIface, a.OuterNS, l.Type)
+	default:
+		if a.Bridge != "" && l.Master != a.Bridge {
+			p.Add(plan.Op{Verb: plan.LinkSetMaster, NS: a.OuterNS, Link: &plan.Link{Name: a.OuterIface, Master: a.Bridge}})
 		}
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = a.OuterIface
-		attrs.MTU = a.MTU
-		attrs.MasterIndex = masterIdx
-		attrs.Flags = net.FlagUp // created up: one round trip fewer
-		v := &netlink.Veth{LinkAttrs: attrs, PeerName: a.InnerIface, PeerNamespace: netlink.NsFd(innerNS), PeerMTU: uint32(a.MTU), PeerHardwareAddr: a.MAC}
-		if err := outer.LinkAdd(v); err != nil {
-			if errors.Is(err, syscall.EEXIST) {
-				return fmt.Errorf("create veth %s in %s: an interface named %s already exists in %s: %w", a.OuterIface, a.OuterNS, a.InnerIface, a.InnerNS, err)
-			}
-			return fmt.Errorf("create veth %s in %s (peer %s in %s): %w", a.OuterIface, a.OuterNS, a.InnerIface, a.InnerNS, err)
-		}
-		log.IP(a.OuterNS, "link add %s%s type veth peer name %s netns %s", a.OuterIface, mtuArg(a.MTU), a.InnerIface, a.InnerNS)
-		if a.Bridge != "" {
-			log.IP(a.OuterNS, "link set %s master %s", a.OuterIface, a.Bridge)
-		}
-		link = v
-	} else if _, ok := link.(*netlink.Veth); !ok {
-		return fmt.Errorf("%s in namespace %s is a %s, not a veth: delete it and try again", a.OuterIface, a.OuterNS, link.Type())
-	} else if masterIdx != 0 && link.Attrs().MasterIndex != masterIdx {
-		if err := outer.LinkSetMasterByIndex(link, masterIdx); err != nil {
-			return fmt.Errorf("enslave %s to %s in %s: %w", a.OuterIface, a.Bridge, a.OuterNS, err)
-		}
-		log.IP(a.OuterNS, "link set %s master %s", a.OuterIface, a.Bridge)
-	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := outer.LinkSetUp(link); err != nil {
-			return fmt.Errorf("set %s up in %s: %w", a.OuterIface, a.OuterNS, err)
+		if !l.Up {
+			p.Add(plan.Op{Verb: plan.LinkSetUp, NS: a.OuterNS, Link: &plan.Link{Name: a.OuterIface}})
 		}
 	}
-	log.IP(a.OuterNS, "link set %s up", a.OuterIface)
-	if a.OuterAddr != nil {
-		if err := outer.AddrReplace(link, &netlink.Addr{IPNet: a.OuterAddr}); err != nil {
-			return fmt.Errorf("add address %s to %s in %s: %w", a.OuterAddr, a.OuterIface, a.OuterNS, err)
-		}
-		log.IP(a.OuterNS, "addr add %s dev %s", a.OuterAddr, a.OuterIface)
+	if a.OuterAddr.IsValid() && (created || !outer.HasAddr(a.OuterIface, a.OuterAddr)) {
+		p.Add(plan.Op{Verb: plan.AddrAdd, NS: a.OuterNS, Addr: &plan.Addr{Dev: a.OuterIface, Prefix: a.OuterAddr}})
 	}
-	if a.Hairpin {
-		if err := outer.LinkSetHairpin(link, true); err != nil {
-			return fmt.Errorf("hairpin on %s in %s: %w", a.OuterIface, a.OuterNS, err)
-		}
-		log.Add("bridge -n %s link set dev %s hairpin on", a.OuterNS, a.OuterIface)
+	if a.Hairpin && (created || !l.Hairpin) {
+		p.Add(plan.Op{Verb: plan.LinkSetHairpin, NS: a.OuterNS, Link: &plan.Link{Name: a.OuterIface}})
 	}
-	return configureInner(inner, a, log)
-}
-
-func configureInner(h *netlink.Handle, a Attachment, log *explain.Log) error {
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo in %s: %w", a.InnerNS, err)
+	// Inside: a new pair's inner end is down and bare; an existing one is
+	// checked like any other state.
+	if created {
+		in = nil
 	}
-	if lo.Attrs().Flags&net.FlagUp == 0 {
-		if err := h.LinkSetUp(lo); err != nil {
-			return fmt.Errorf("set lo up in %s: %w", a.InnerNS, err)
-		}
-		log.IP(a.InnerNS, "link set lo up")
+	if lo := inner.Link("lo"); lo == nil || !lo.Up {
+		p.Add(plan.Op{Verb: plan.LinkSetUp, NS: a.InnerNS, Link: &plan.Link{Name: "lo"}})
 	}
-	eth, err := h.LinkByName(a.InnerIface)
-	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", a.InnerIface, a.InnerNS, err)
+	if a.Addr.IsValid() && (in == nil || !inner.HasAddr(a.InnerIface, a.Addr)) {
+		p.Add(plan.Op{Verb: plan.AddrAdd, NS: a.InnerNS, Addr: &plan.Addr{Dev: a.InnerIface, Prefix: a.Addr}})
 	}
-	if a.Addr != nil {
-		if err := h.AddrReplace(eth, &netlink.Addr{IPNet: a.Addr}); err != nil {
-			return fmt.Errorf("add address %s to %s in %s: %w", a.Addr, a.InnerIface, a.InnerNS, err)
-		}
-		log.IP(a.InnerNS, "addr add %s dev %s", a.Addr, a.InnerIface)
+	if in == nil || !in.Up {
+		p.Add(plan.Op{Verb: plan.LinkSetUp, NS: a.InnerNS, Link: &plan.Link{Name: a.InnerIface}})
 	}
-	if err := h.LinkSetUp(eth); err != nil {
-		return fmt.Errorf("set %s up in %s: %w", a.InnerIface, a.InnerNS, err)
-	}
-	log.IP(a.InnerNS, "link set %s up", a.InnerIface)
 	for _, r := range a.Routes {
-		rt := &netlink.Route{LinkIndex: eth.Attrs().Index, Dst: r.Dst, Gw: r.Gw}
-		if err := h.RouteReplace(rt); err != nil {
-			return fmt.Errorf("add route %s dev %s in %s: %w", r, a.InnerIface, a.InnerNS, err)
+		rt := plan.Route{Dst: r.Dst, Gw: r.Gw, Dev: a.InnerIface}
+		if in == nil || !inner.HasRoute(rt) {
+			p.Add(plan.Op{Verb: plan.RouteReplace, NS: a.InnerNS, Route: &rt})
 		}
-		log.IP(a.InnerNS, "route add %s dev %s", r, a.InnerIface)
 	}
-	return nil
+	return p, nil
 }
 
-// Delete removes the pair by deleting its outer end; the kernel deletes
-// the peer with it. Deleting a pair that is already gone is not an error.
-func Delete(outer *netlink.Handle, ns, iface string, log *explain.Log) error {
-	link, err := outer.LinkByName(iface)
-	if isNotFound(err) {
-		return nil
+// PlanDelete returns the operation that removes the pair by deleting its
+// outer end (the kernel deletes the peer with it); nothing when st has no
+// such device.
+func PlanDelete(ns, iface string, st *plan.State) (plan.Plan, error) {
+	l := st.Link(iface)
+	if l == nil {
+		return nil, nil
 	}
-	if err != nil {
-		return fmt.Errorf("look up %s in %s: %w", iface, ns, err)
+	if l.Type != "veth" {
+		return nil, fmt.Errorf("%s in namespace %s is a %s, not a veth: not deleting it", iface, ns, l.Type)
 	}
-	if _, ok := link.(*netlink.Veth); !ok {
-		return fmt.Errorf("%s in namespace %s is a %s, not a veth: not deleting it", iface, ns, link.Type())
-	}
-	if err := outer.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete veth %s in %s: %w", iface, ns, err)
-	}
-	log.IP(ns, "link del %s", iface)
-	return nil
-}
-
-func mtuArg(mtu int) string {
-	if mtu == 0 {
-		return ""
-	}
-	return fmt.Sprintf(" mtu %d", mtu)
-}
-
-func isNotFound(err error) bool {
-	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf)
+	return plan.Plan{{Verb: plan.LinkDel, NS: ns, Link: &plan.Link{Name: iface}}}, nil
 }

@@ -1,4 +1,4 @@
-package explain
+package plan
 
 import (
 	"os"
@@ -33,10 +33,9 @@ var (
 	crashOps    atomic.Int64
 )
 
-// CrashPoint marks the end of one kernel (or state file) operation. Every
-// Log method calls it, with or without a Log, so operations are counted
-// even when nobody records the commands; code that changes something
-// without logging it calls it directly.
+// CrashPoint marks the end of one kernel (or state file) operation. The
+// Applier calls it after every operation it executes, and nothing else
+// does.
 func CrashPoint() {
 	crashOnce.Do(loadCrashEnv)
 	n := crashOps.Add(1)
@@ -66,6 +65,12 @@ func loadCrashEnv() {
 	case "HUP":
 		crashSignal = syscall.SIGHUP
 	}
+}
+
+// crashEnabled reports whether crash points are set (KLAB_CRASH_AFTER).
+func crashEnabled() bool {
+	crashOnce.Do(loadCrashEnv)
+	return crashAt != nil
 }
 
 // Ops is the number of operations CrashPoint has counted in this process.

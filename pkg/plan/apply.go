@@ -1,0 +1,326 @@
+package plan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/vishvananda/netlink"
+)
+
+// ErrInterrupted is wrapped by the error of an apply stopped through
+// Applier.Ctx (Ctrl-C), after it rolled back what it had created.
+var ErrInterrupted = errors.New("interrupted")
+
+// Applier executes plans. It is the only place where klab changes the
+// kernel. One Applier serves one command: it caches a netlink handle and
+// the device indexes per namespace, records every operation that ran (Ran,
+// for --explain and --script), and journals the objects it created so that
+// RollbackTo can remove them again. It is safe for concurrent use.
+type Applier struct {
+	// Ctx, when not nil, interrupts an apply between two operations
+	// (Ctrl-C); the error then wraps ErrInterrupted.
+	Ctx context.Context
+	// DryRun records the operations without executing anything.
+	DryRun bool
+	// Overlap lets an iptables-restore run in the background while the
+	// rest of its plan runs (bulk builds: the exec is the slowest step and
+	// needs only the namespace). Off, operations run strictly in order,
+	// which the crash tests' numbered points rely on.
+	Overlap bool
+
+	mu      sync.Mutex
+	handles map[string]*netlink.Handle
+	index   map[string]map[string]int // namespace -> device name -> ifindex
+	ran     []Op
+	journal []Op // executed operations that created something, in order
+}
+
+// Ran returns the operations that ran (or, in a dry run, would have), in
+// order. Operations of plans applied in parallel are listed plan by plan.
+func (a *Applier) Ran() Plan {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(Plan(a.ran))
+}
+
+// Reset forgets the recorded operations (not the journal).
+func (a *Applier) Reset() {
+	a.mu.Lock()
+	a.ran = nil
+	a.mu.Unlock()
+}
+
+// Close releases the netlink handles.
+func (a *Applier) Close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, h := range a.handles {
+		h.Close()
+	}
+	a.handles, a.index = nil, nil
+}
+
+// Forget drops the cached handle and device indexes of a namespace (it was
+// deleted, or changed behind klab's back).
+func (a *Applier) Forget(ns string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h, ok := a.handles[ns]; ok {
+		h.Close()
+		delete(a.handles, ns)
+	}
+	delete(a.index, ns)
+}
+
+// ForgetAll drops every cached handle and index.
+func (a *Applier) ForgetAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, h := range a.handles {
+		h.Close()
+	}
+	a.handles, a.index = nil, nil
+}
+
+// Handle returns the (cached) netlink handle of namespace ns, for readers.
+func (a *Applier) Handle(ns string) (*netlink.Handle, error) { return a.handle(ns) }
+
+func (a *Applier) handle(ns string) (*netlink.Handle, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h, ok := a.handles[ns]; ok {
+		return h, nil
+	}
+	h, err := netns.Handle(ns)
+	if err != nil {
+		return nil, err
+	}
+	if a.handles == nil {
+		a.handles = map[string]*netlink.Handle{}
+	}
+	a.handles[ns] = h
+	return h, nil
+}
+
+// remember caches device indexes read from a namespace.
+func (a *Applier) remember(ns string, byIndex map[int]*LinkState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := a.indexes(ns)
+	for i, l := range byIndex {
+		m[l.Name] = i
+	}
+}
+
+func (a *Applier) indexes(ns string) map[string]int {
+	if a.index == nil {
+		a.index = map[string]map[string]int{}
+	}
+	m := a.index[ns]
+	if m == nil {
+		m = map[string]int{}
+		a.index[ns] = m
+	}
+	return m
+}
+
+func (a *Applier) setIndex(ns, name string, idx int) {
+	a.mu.Lock()
+	if idx > 0 {
+		a.indexes(ns)[name] = idx
+	} else if a.index != nil {
+		delete(a.index[ns], name)
+	}
+	a.mu.Unlock()
+}
+
+// ifindex resolves a device name in ns, from the cache or the kernel.
+func (a *Applier) ifindex(ns, name string) (int, error) {
+	a.mu.Lock()
+	idx, ok := a.indexes(ns)[name]
+	a.mu.Unlock()
+	if ok {
+		return idx, nil
+	}
+	h, err := a.handle(ns)
+	if err != nil {
+		return 0, err
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("find %s in %s: %w", name, ns, err)
+	}
+	a.setIndex(ns, name, l.Attrs().Index)
+	return l.Attrs().Index, nil
+}
+
+// Mark returns the journal position, for RollbackTo.
+func (a *Applier) Mark() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.journal)
+}
+
+// Apply runs a plan in order. It stops at the first failure (or at Ctrl-C)
+// and returns the error naming the operation; what the plan created is
+// still there: the caller decides, usually with RollbackTo(mark).
+func (a *Applier) Apply(p Plan) error { return a.ApplyAll([]Plan{p}, 1) }
+
+// ApplyAll runs independent plans (no plan needs what another creates) on
+// up to workers goroutines; each plan runs in order. After a failure no
+// further plan starts; the error of the lowest-numbered plan that failed
+// is returned once every started plan has stopped.
+func (a *Applier) ApplyAll(plans []Plan, workers int) error {
+	workers = max(1, min(workers, len(plans)))
+	ran := make([][]Op, len(plans))
+	errs := make([]error, len(plans))
+	var mu sync.Mutex
+	next, failed := 0, false
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				stop := failed || i >= len(plans)
+				mu.Unlock()
+				if stop {
+					return
+				}
+				ran[i], errs[i] = a.run(plans[i])
+				if errs[i] != nil {
+					mu.Lock()
+					failed = true
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	a.mu.Lock()
+	for _, r := range ran {
+		a.ran = append(a.ran, r...)
+	}
+	a.mu.Unlock()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run executes one plan and returns the operations that ran.
+func (a *Applier) run(p Plan) (ran []Op, err error) {
+	var bg []chan error
+	defer func() {
+		for _, c := range bg {
+			if berr := <-c; err == nil {
+				err = berr
+			}
+		}
+	}()
+	for i := 0; i < len(p); {
+		if a.Ctx != nil && a.Ctx.Err() != nil {
+			return ran, fmt.Errorf("stopped before %s: %w", p[i].Object(), ErrInterrupted)
+		}
+		if a.DryRun {
+			ran = append(ran, p[i])
+			i++
+			continue
+		}
+		if n := a.batchable(p[i:]); n > 1 {
+			if err := a.batch(p[i : i+n]); err != nil {
+				return ran, err
+			}
+			for _, op := range p[i : i+n] {
+				ran = append(ran, op)
+				a.journalOp(op)
+				CrashPoint()
+			}
+			i += n
+			continue
+		}
+		op := p[i]
+		if a.Overlap && op.Verb == Restore {
+			c := make(chan error, 1)
+			go func() {
+				err := a.exec(op)
+				if err == nil {
+					CrashPoint()
+				}
+				c <- err
+			}()
+			bg = append(bg, c)
+			ran = append(ran, op)
+			i++
+			continue
+		}
+		if err := a.exec(op); err != nil {
+			return ran, err
+		}
+		ran = append(ran, op)
+		a.journalOp(op)
+		CrashPoint()
+		i++
+	}
+	return ran, nil
+}
+
+func (a *Applier) journalOp(op Op) {
+	if !op.New {
+		return
+	}
+	a.mu.Lock()
+	a.journal = append(a.journal, op)
+	a.mu.Unlock()
+}
+
+// RollbackTo removes what the operations journaled since mark created, in
+// reverse order: namespaces are deleted (with everything inside them),
+// devices, addresses, routes and entries made in namespaces that existed
+// before are deleted one by one, files removed. It is best effort and
+// returns the first error; the undo operations are recorded like any other.
+func (a *Applier) RollbackTo(mark int) error {
+	a.mu.Lock()
+	if mark > len(a.journal) {
+		mark = len(a.journal)
+	}
+	done := slices.Clone(a.journal[mark:])
+	a.journal = a.journal[:mark]
+	a.mu.Unlock()
+	created := map[string]bool{}
+	for _, op := range done {
+		if op.Verb == NetnsAdd {
+			created[op.NS] = true
+		}
+	}
+	var first error
+	for i := len(done) - 1; i >= 0; i-- {
+		op := done[i]
+		if op.Verb != NetnsAdd && op.NS != "" && created[op.NS] {
+			continue // goes with its namespace
+		}
+		if op.Verb == LinkAdd && op.Link.PeerNS != "" && created[op.Link.PeerNS] && created[op.NS] {
+			continue
+		}
+		undo, ok := op.Undo()
+		if !ok {
+			continue
+		}
+		if err := a.exec(undo); err != nil && !IsNotFound(err) && first == nil {
+			first = err
+		}
+		a.mu.Lock()
+		a.ran = append(a.ran, undo)
+		a.mu.Unlock()
+	}
+	return first
+}
