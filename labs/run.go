@@ -6,10 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 	"io"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -103,6 +106,12 @@ type Runner struct {
 	Poll     time.Duration // pause between check attempts; 0 means 500ms
 	// Verbose prints the output of passed checks too (Run always does).
 	Verbose bool
+	// Script, when set, is the file every kernel change of the run is
+	// appended to as a runnable sh script: the klab verbs append their own
+	// operations (the executor passes $KLAB_SCRIPT on), and the runner
+	// appends the lab's 'klab exec' actions as the 'ip netns exec' commands
+	// they are.
+	Script string
 
 	lines chan promptLine
 }
@@ -193,7 +202,8 @@ func (r *Runner) Run(ctx context.Context, l *Lab) (*Result, error) {
 	}
 	// start clean
 	r.R.Note("Starting from a clean slate: removing anything left of lab %s.", inst)
-	if err := r.action(ctx, inst, "", &Command{Text: "klab destroy " + inst, Args: []string{"destroy", inst}}, DefaultActionTimeout, false); err != nil {
+	// (Not part of a --script: the script is for a machine without the lab.)
+	if err := r.action(ctx, inst, "", &Command{Text: "klab destroy " + inst, Args: []string{"destroy", inst, "--script="}}, DefaultActionTimeout, false); err != nil {
 		if ctx.Err() != nil {
 			return res, r.interrupted(l, inst, "start clean", res)
 		}
@@ -420,6 +430,10 @@ func (r *Runner) action(ctx context.Context, inst, step string, c *Command, time
 	if exit != 0 {
 		return &CommandFailedError{Lab: inst, Step: step, Line: c.Line, Command: c.Text, Exit: exit}
 	}
+	if r.Script != "" && step != "" && len(c.Args) > 3 && c.Args[0] == "exec" && c.Args[2] == "--" {
+		op := plan.Op{Verb: plan.Exec, Proc: &plan.Proc{Cmd: "ip netns exec " + netns.Name(inst, c.Args[1]) + " " + plan.ShellJoin(c.Args[3:])}}
+		return plan.AppendScript(r.Script, c.Text, plan.Plan{op})
+	}
 	return nil
 }
 
@@ -528,4 +542,45 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// DryRun lists a lab's steps and, for each klab action that changes the
+// lab, the operations it would run, without changing anything: each such
+// action runs with --dry-run through r.Exec, which the caller points at a
+// scratch state directory with $KLAB_SIMULATE=1, so that every plan is
+// computed against an empty machine after the actions before it (their
+// state, not their kernel objects, carries over). Other actions and the
+// checks are listed, not run. mutating tells which klab commands change a
+// lab.
+func (r *Runner) DryRun(ctx context.Context, l *Lab, mutating func(args []string) bool) error {
+	inst := r.instance(l)
+	r.R.Header(l, inst)
+	for i, s := range l.Steps {
+		r.R.Step(i+1, len(l.Steps), s.Title)
+		for _, b := range s.Blocks {
+			switch b.Kind {
+			case Action:
+				for _, c := range b.Commands {
+					if !mutating(c.Args) {
+						r.R.Note("would run: %s", c.Text)
+						continue
+					}
+					r.R.Command(c.Text)
+					exit, err := r.Exec.Run(ctx, inst, append(slices.Clone(c.Args), "--dry-run"), r.R.Output())
+					if err != nil {
+						return err
+					}
+					if exit != 0 {
+						r.R.Note("(planned against an empty machine, this command fails: see above)")
+					}
+				}
+			case CheckBlock:
+				for _, c := range b.Checks {
+					r.R.Note("would check: %s", c.Text)
+				}
+			}
+		}
+		r.R.printf("\n")
+	}
+	return nil
 }

@@ -62,6 +62,7 @@ func openLab(create *cluster.Options) (*cluster.Cluster, error) {
 		return nil, err
 	}
 	c.A.DryRun = globals.dryRun
+	c.A.Simulate = simulate()
 	return c, nil
 }
 
@@ -73,7 +74,14 @@ func planFlags(cmd *cobra.Command) {
 }
 
 // newApplier is the applier of a verb that opens no lab (destroy).
-func newApplier() *plan.Applier { return &plan.Applier{DryRun: globals.dryRun} }
+func newApplier() *plan.Applier { return &plan.Applier{DryRun: globals.dryRun, Simulate: simulate()} }
+
+// simulateEnv, with --dry-run, plans against an empty machine and keeps
+// the state in the (scratch) state directory: how 'klab run --dry-run'
+// runs a lab's commands one after the other (see plan.Applier.Simulate).
+const simulateEnv = "KLAB_SIMULATE"
+
+func simulate() bool { return globals.dryRun && os.Getenv(simulateEnv) == "1" }
 
 // out is where a mutating verb's messages go: stdout, or stderr under
 // --dry-run (stdout is the script then).

@@ -9,8 +9,8 @@ import (
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
-	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/vishvananda/netlink"
 )
 

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -59,6 +61,19 @@ lab you are exploring.`,
 			if err != nil {
 				return err
 			}
+			if globals.dryRun {
+				return dryRunLab(cmd, r, l)
+			}
+			if globals.script != "" {
+				abs, err := filepath.Abs(globals.script)
+				if err != nil {
+					return err
+				}
+				r.Script = abs
+				ex := r.Exec.(labs.ExecExecutor)
+				ex.Env = append(ex.Env, "KLAB_SCRIPT="+abs)
+				r.Exec = ex
+			}
 			r.Mode = labs.Straight
 			if step || (!yes && labs.IsTerminal(os.Stdin)) {
 				r.Mode = labs.Stepwise
@@ -81,9 +96,38 @@ lab you are exploring.`,
 			return err
 		},
 	}
+	planFlags(cmd)
 	cmd.Flags().BoolVar(&step, "step", false, "wait for Enter before each step (q stops)")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "run every step without pausing")
 	return cmd
+}
+
+// dryRunLab lists the lab's steps with the plan of each klab action that
+// changes the lab, computed against an empty machine in a scratch state
+// directory (removed afterwards): nothing in the kernel or in the real
+// state directory changes.
+func dryRunLab(cmd *cobra.Command, r *labs.Runner, l *labs.Lab) error {
+	scratch, err := os.MkdirTemp("", "klab-dry-run-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(scratch)
+	ex := r.Exec.(labs.ExecExecutor)
+	ex.Env = []string{"KLAB_STATE_DIR=" + scratch, simulateEnv + "=1", "KLAB_SCRIPT="}
+	r.Exec = ex
+	return r.DryRun(cmd.Context(), l, isMutating)
+}
+
+// isMutating reports whether a klab command line (the words after "klab")
+// is one of the mutating verbs.
+func isMutating(args []string) bool {
+	for _, m := range mutating {
+		words := strings.Fields(m)
+		if len(args) >= len(words) && slices.Equal(args[:len(words)], words) {
+			return true
+		}
+	}
+	return false
 }
 
 // newLabRunner builds a runner that re-executes this binary for each command.

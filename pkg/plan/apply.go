@@ -26,6 +26,12 @@ type Applier struct {
 	Ctx context.Context
 	// DryRun records the operations without executing anything.
 	DryRun bool
+	// Simulate, with DryRun, plans against an empty machine: Read returns
+	// an empty State for every namespace, and file operations (klab's state
+	// and IPAM files, subnet.env) do run, so that a sequence of commands
+	// pointed at a scratch state directory plans each step after the ones
+	// before it ('klab run LAB --dry-run').
+	Simulate bool
 	// Overlap lets an iptables-restore run in the background while the
 	// rest of its plan runs (bulk builds: the exec is the slowest step and
 	// needs only the namespace). Off, operations run strictly in order,
@@ -232,6 +238,11 @@ func (a *Applier) run(p Plan) (ran []Op, err error) {
 			return ran, fmt.Errorf("stopped before %s: %w", p[i].Object(), ErrInterrupted)
 		}
 		if a.DryRun {
+			if a.Simulate && (p[i].Verb == WriteFile || p[i].Verb == RemoveFile) {
+				if err := a.exec(p[i]); err != nil {
+					return ran, err
+				}
+			}
 			ran = append(ran, p[i])
 			i++
 			continue
