@@ -25,7 +25,7 @@ type Authority struct {
 //	www  300 IN A 203.0.113.10
 //	api      IN A 203.0.113.11
 //
-// Names without a TTL get 300 s. Without an SOA record in the text the
+// A record without a TTL takes the one before it (RFC 1035 §5.1), or 300 s. Without an SOA record in the text the
 // zone gets one (ns.dns.<origin> hostmaster.<origin>). Records outside the
 // origin are an error.
 func NewAuthority(origin, zone string) (*Authority, error) {

@@ -231,6 +231,7 @@ func (s *Server) forward(r *miekg.Msg, network string) *miekg.Msg {
 		return reply(r, miekg.RcodeServerFailure)
 	}
 	resp.Id = r.Id
+	resp.RecursionAvailable = true
 	return resp
 }
 
