@@ -173,7 +173,14 @@ func TestDig(t *testing.T) {
 		return
 	}
 	dir := filepath.Join("/etc/netns", ns)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	_, err = os.Stat("/etc/netns")
+	made := os.IsNotExist(err)
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		if made {
+			os.Remove("/etc/netns") // only if empty: another lab's stays
+		}
+	})
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
