@@ -32,7 +32,7 @@ func NewAuthority(origin, zone string) (*Authority, error) {
 	if _, ok := miekg.IsDomainName(origin); !ok || strings.Trim(origin, ".") == "" {
 		return nil, fmt.Errorf("zone origin %q is not a domain name", origin)
 	}
-	ix := newIndex(origin)
+	ix := newIndex(origin, 64)
 	zp := miekg.NewZoneParser(strings.NewReader(zone), ix.apex, "")
 	zp.SetDefaultTTL(300)
 	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {

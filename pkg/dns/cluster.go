@@ -34,7 +34,11 @@ const (
 // build computes the index of the cluster zone from a snapshot, or says
 // what in the snapshot is invalid.
 func build(zone string, ttl uint32, pods PodMode, serial uint32, snap Snapshot) (*index, error) {
-	ix := newIndex(zone)
+	svcs := snap.Services()
+	podList := snap.Pods()
+	// Names: about four per service (name, SRV, its _proto parent, PTR),
+	// two per pod.
+	ix := newIndex(zone, 4*len(svcs)+2*len(podList)+16)
 	z := ix.apex
 	soa := makeSOA(z, serial, ttl)
 	ix.soa = []miekg.RR{soa}
@@ -45,7 +49,6 @@ func build(zone string, ttl uint32, pods PodMode, serial uint32, snap Snapshot) 
 	ix.node("svc." + z)
 	ix.node("pod." + z)
 
-	podList := snap.Pods()
 	byName := make(map[string]*Pod, len(podList))
 	byIP := make(map[string]*Pod, len(podList))
 	for i := range podList {
@@ -66,25 +69,22 @@ func build(zone string, ttl uint32, pods PodMode, serial uint32, snap Snapshot) 
 		}
 	}
 
-	svcs := snap.Services()
 	seen := make(map[string]bool, len(svcs))
-	ptrs := map[string]bool{}
+	// Each PTR is unique: service names are, and a headless service's
+	// endpoints are one per IP.
 	addPTR := func(ip netip.Addr, target string) {
 		ip = ip.Unmap()
 		rev, _ := miekg.ReverseAddr(ip.String())
-		if k := rev + " " + target; !ptrs[k] {
-			ptrs[k] = true
-			ix.add(&miekg.PTR{Hdr: hdr(rev, miekg.TypePTR, ttl), Ptr: target})
-			zone := "in-addr.arpa."
-			if ip.Is6() {
-				zone = "ip6.arpa."
-			}
-			if ix.reverse == nil {
-				ix.reverse = map[string][]miekg.RR{}
-			}
-			if ix.reverse[zone] == nil {
-				ix.reverse[zone] = []miekg.RR{makeSOA(zone, serial, ttl)}
-			}
+		ix.add(&miekg.PTR{Hdr: hdr(rev, miekg.TypePTR, ttl), Ptr: target})
+		zone := "in-addr.arpa."
+		if ip.Is6() {
+			zone = "ip6.arpa."
+		}
+		if ix.reverse == nil {
+			ix.reverse = map[string][]miekg.RR{}
+		}
+		if ix.reverse[zone] == nil {
+			ix.reverse[zone] = []miekg.RR{makeSOA(zone, serial, ttl)}
 		}
 	}
 	for i := range svcs {
@@ -166,7 +166,7 @@ func build(zone string, ttl uint32, pods PodMode, serial uint32, snap Snapshot) 
 	// cluster DNS service itself (kube-system/kube-dns), as in CoreDNS.
 	if n := ix.names["kube-dns.kube-system.svc."+z]; n != nil && n.sets != nil {
 		for _, t := range []uint16{miekg.TypeA, miekg.TypeAAAA} {
-			if s := n.sets[t]; s != nil {
+			if s := n.set(t); s != nil {
 				for _, rr := range s.answer {
 					c := miekg.Copy(rr)
 					c.Header().Name = "ns.dns." + z

@@ -27,21 +27,32 @@ type index struct {
 // default.svc.cluster.local.): queries for it are NODATA, not NXDOMAIN
 // (RFC 8020).
 type node struct {
-	sets  map[uint16]*rrset
+	sets  []rrset      // by type; a name has one to three types
 	cname *miekg.CNAME // an ExternalName service: a CNAME and nothing else
 }
 
 type rrset struct {
+	rrtype uint16
 	answer []miekg.RR
 	extra  []miekg.RR // additional section (glue for SRV targets)
 }
 
-func newIndex(apex string) *index {
+// set returns the records of one type at n, or nil.
+func (n *node) set(t uint16) *rrset {
+	for i := range n.sets {
+		if n.sets[i].rrtype == t {
+			return &n.sets[i]
+		}
+	}
+	return nil
+}
+
+func newIndex(apex string, names int) *index {
 	apex = strings.ToLower(miekg.Fqdn(apex))
 	return &index{
 		apex:       apex,
 		dotApex:    "." + apex,
-		names:      map[string]*node{},
+		names:      make(map[string]*node, names),
 		namespaces: map[string]bool{},
 	}
 }
@@ -78,13 +89,10 @@ func (ix *index) node(name string) *node {
 func (ix *index) add(rr miekg.RR, extra ...miekg.RR) {
 	n := ix.node(rr.Header().Name)
 	t := rr.Header().Rrtype
-	if n.sets == nil {
-		n.sets = map[uint16]*rrset{}
-	}
-	s := n.sets[t]
+	s := n.set(t)
 	if s == nil {
-		s = &rrset{}
-		n.sets[t] = s
+		n.sets = append(n.sets, rrset{rrtype: t})
+		s = &n.sets[len(n.sets)-1]
 	}
 	s.answer = append(s.answer, rr)
 	s.extra = append(s.extra, extra...)
@@ -115,7 +123,7 @@ func (ix *index) answer(m *miekg.Msg, q miekg.Question, name string) (chase stri
 				m.Answer = append(m.Answer, owned(rr, q.Name, name))
 			}
 		}
-	} else if s := n.sets[q.Qtype]; s != nil {
+	} else if s := n.set(q.Qtype); s != nil {
 		for _, rr := range s.answer {
 			m.Answer = append(m.Answer, owned(rr, q.Name, name))
 		}

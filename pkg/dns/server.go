@@ -113,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxUDPSize = 4096
 	}
 	s := &Server{cfg: cfg, fwd: make(chan struct{}, cfg.MaxForwards)}
-	s.empty = newIndex(cfg.Zone)
+	s.empty = newIndex(cfg.Zone, 0)
 	s.zone = s.empty.apex
 	return s, nil
 }
