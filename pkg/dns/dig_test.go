@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/netns"
@@ -41,7 +42,13 @@ func serveIn(t *testing.T, ns, addr string, h interface {
 	done := make(chan error, 1)
 	go func() { done <- h.Serve(ctx, pc, l) }()
 	t.Cleanup(func() {
+		start := time.Now()
 		cancel()
+		defer func() {
+			if d := time.Since(start); d > time.Second {
+				t.Logf("stopping the server on %s took %v", addr, d)
+			}
+		}()
 		if err := <-done; err != nil {
 			t.Errorf("Serve %s: %v", addr, err)
 		}
@@ -61,7 +68,11 @@ var digStatus = regexp.MustCompile(`status: ([A-Z]+)`)
 func dig(t *testing.T, ns string, args ...string) digResult {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "dig", "@127.0.0.1", "+time=2", "+tries=1"}, args...)...)
+	start := time.Now()
 	b, err := cmd.CombinedOutput()
+	if d := time.Since(start); d > time.Second {
+		t.Logf("dig %s took %v", strings.Join(args, " "), d)
+	}
 	out := string(b)
 	if err != nil {
 		t.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -96,8 +107,12 @@ func TestDig(t *testing.T) {
 		t.Skip("needs dig to query the server as an independent client (apt-get install bind9-dnsutils)")
 	}
 	ns := netns.Name(testutil.LabName(t, "dnst"), "dns")
+	start := time.Now()
 	if _, err := netns.Ensure(ns); err != nil {
 		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Logf("creating namespace %s took %v (the kernel serialises namespace creation and cleanup)", ns, d)
 	}
 	h, err := netns.Handle(ns)
 	if err != nil {
@@ -196,7 +211,11 @@ func TestDig(t *testing.T) {
 	} {
 		// "hosts", not "ahosts": getaddrinfo's AI_ADDRCONFIG finds no
 		// IPv4 address but loopback here and would return nothing.
+		start := time.Now()
 		out, err := exec.Command("ip", "netns", "exec", ns, "getent", "hosts", name).CombinedOutput()
+		if d := time.Since(start); d > time.Second {
+			t.Logf("getent hosts %s took %v", name, d)
+		}
 		got := strings.Fields(string(out))
 		if err != nil || len(got) < 2 || got[0] != want[0] || got[1] != want[1] {
 			t.Errorf("getent hosts %s: %v\n%s\nwant %s %s", name, err, out, want[0], want[1])

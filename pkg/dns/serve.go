@@ -24,7 +24,7 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 	}
 	var srvs []*miekg.Server
 	if udp != nil {
-		srvs = append(srvs, &miekg.Server{PacketConn: udp, Handler: h,
+		srvs = append(srvs, &miekg.Server{PacketConn: udp, Handler: h, UDPSize: miekg.MaxMsgSize,
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
 	}
 	if tcp != nil {
