@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -346,5 +347,21 @@ func TestBeforeFirstUpdate(t *testing.T) {
 	m, _ = ask(t, s, query{name: "www.example.test.", qtype: A})
 	if m.Rcode != miekg.RcodeRefused {
 		t.Errorf("outside the zone before the first Update: %s, want REFUSED", miekg.RcodeToString[m.Rcode])
+	}
+}
+
+// TestTCPLimit: an answer over 64 KiB (5,000 endpoints) is cut to what a
+// TCP message can hold, with TC, instead of failing to pack.
+func TestTCPLimit(t *testing.T) {
+	o := fixture()
+	var eps []Endpoint
+	for i := 0; i < 5000; i++ {
+		eps = append(eps, Endpoint{IP: netip.AddrFrom4([4]byte{10, 245, byte(i >> 8), byte(i)}), Ready: true})
+	}
+	o.EndpointsOf["default/many"] = eps
+	s := newServer(t, Config{}, o)
+	m, size := ask(t, s, query{name: "many.default.svc.cluster.local.", qtype: A, network: "tcp"})
+	if !m.Truncated || size > miekg.MaxMsgSize || len(m.Answer) < 4000 {
+		t.Errorf("5000 A records over TCP: TC=%v, %d answers, %d bytes", m.Truncated, len(m.Answer), size)
 	}
 }

@@ -345,7 +345,8 @@ func transport(w miekg.ResponseWriter) string {
 // EDNS0, else its EDNS0 size, at most maxUDP) with the TC bit set when
 // answers had to go, so the client retries over TCP (RFC 1035 §4.2.1, RFC
 // 7766). Additional-section glue is dropped first: when the answers fit
-// without it, the reply is not truncated.
+// without it, the reply is not truncated. Over TCP the limit is the 64 KiB
+// a message can be (a headless service with thousands of endpoints).
 func write(w miekg.ResponseWriter, r, m *miekg.Msg, maxUDP int) {
 	size := miekg.MinMsgSize
 	if o := r.IsEdns0(); o != nil {
@@ -354,8 +355,11 @@ func write(w miekg.ResponseWriter, r, m *miekg.Msg, maxUDP int) {
 		}
 		size = min(max(int(o.UDPSize()), miekg.MinMsgSize), maxUDP)
 	}
+	if transport(w) != "udp" {
+		size = miekg.MaxMsgSize // TCP's 16-bit length prefix
+	}
 	m.Compress = true
-	if transport(w) == "udp" && m.Len() > size {
+	if m.Len() > size {
 		m.Extra = onlyOPT(m.Extra)
 		if m.Len() > size {
 			m.Truncate(size)
