@@ -64,8 +64,12 @@ func build(zone string, ttl uint32, pods PodMode, serial uint32, snap Snapshot) 
 			ix.node(p.Namespace + ".pod." + z)
 		}
 		if pods == PodsVerified {
+			// The name spells the address: two pods with one IP (a pod
+			// and its replacement) make one record, not two.
 			name := dashed(p.IP) + "." + p.Namespace + ".pod." + z
-			ix.add(addrRR(name, p.IP, ttl))
+			if ix.names[name] == nil {
+				ix.add(addrRR(name, p.IP, ttl))
+			}
 		}
 	}
 

@@ -230,6 +230,15 @@ func TestPodModes(t *testing.T) {
 	checkAnswer(t, query{name: n, qtype: A}, m, want{rcode: miekg.RcodeNameError, soa: "cluster.local."})
 }
 
+func TestPodSameIP(t *testing.T) {
+	o := fixture()
+	o.PodList = append(o.PodList, Pod{Namespace: "default", Name: "client-new", IP: ip("10.244.1.10")})
+	s := newServer(t, Config{}, o)
+	q := query{name: "10-244-1-10.default.pod.cluster.local.", qtype: A}
+	m, _ := ask(t, s, q)
+	checkAnswer(t, q, m, want{answer: []string{"10-244-1-10.default.pod.cluster.local. 5 IN A 10.244.1.10"}})
+}
+
 func TestOtherZone(t *testing.T) {
 	s := newServer(t, Config{Zone: "Lab.Test"}, fixture())
 	m, _ := ask(t, s, query{name: "web.default.svc.lab.test.", qtype: A})
