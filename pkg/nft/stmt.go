@@ -139,7 +139,9 @@ func (s IPInPrefixes) exprs(e *encoder) ([]expr.Any, error) {
 	return []expr.Any{s.Field.payload(1), &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID}}, nil
 }
 
-func be32(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 // PortMatch is "tcp dport 80".
 type PortMatch struct {
