@@ -48,8 +48,8 @@ func Diff(prev, next *Table) *Change {
 	}
 	prev.index()
 	next.index()
-	for _, c := range next.Chains {
-		old := prev.Chain(c.Name)
+	for i, c := range next.Chains {
+		old := chainAt(prev, i, c.Name)
 		switch {
 		case old == nil:
 			ch.AddChains = append(ch.AddChains, c)
@@ -57,8 +57,8 @@ func Diff(prev, next *Table) *Change {
 			ch.RewriteChains = append(ch.RewriteChains, c)
 		}
 	}
-	for _, c := range prev.Chains {
-		if next.Chain(c.Name) == nil {
+	for i, c := range prev.Chains {
+		if chainAt(next, i, c.Name) == nil {
 			ch.DelChains = append(ch.DelChains, c.Name)
 		}
 	}
@@ -68,18 +68,28 @@ func Diff(prev, next *Table) *Change {
 			ch.AddSets = append(ch.AddSets, s)
 			continue
 		}
-		old.indexElems()
-		s.indexElems()
+		// Renderings are sorted the same way, so most elements sit at the
+		// same index in both: compare in place, look up by key only where
+		// the two lists have shifted.
 		var add, del []Element
-		for _, e := range s.Elements {
-			if oe, ok := old.Element(e.Key); !ok {
+		for i, e := range s.Elements {
+			oe, ok := Element{}, false
+			if i < len(old.Elements) && slices.Equal(old.Elements[i].Key, e.Key) {
+				oe, ok = old.Elements[i], true
+			} else {
+				oe, ok = old.Element(e.Key)
+			}
+			if !ok {
 				add = append(add, e)
 			} else if oe.Value != e.Value || oe.Comment != e.Comment {
 				del = append(del, oe)
 				add = append(add, e)
 			}
 		}
-		for _, e := range old.Elements {
+		for i, e := range old.Elements {
+			if i < len(s.Elements) && slices.Equal(s.Elements[i].Key, e.Key) {
+				continue
+			}
 			if _, ok := s.Element(e.Key); !ok {
 				del = append(del, e)
 			}
@@ -108,8 +118,8 @@ func sameSkeleton(a, b *Table) bool {
 	}
 	a.index()
 	b.index()
-	for _, c := range b.Chains {
-		if o := a.Chain(c.Name); o != nil && (o.Hook != c.Hook || o.Type != c.Type || o.Priority != c.Priority || o.Comment != c.Comment) {
+	for i, c := range b.Chains {
+		if o := chainAt(a, i, c.Name); o != nil && (o.Hook != c.Hook || o.Type != c.Type || o.Priority != c.Priority || o.Comment != c.Comment) {
 			return false
 		}
 	}
@@ -119,6 +129,15 @@ func sameSkeleton(a, b *Table) bool {
 		}
 	}
 	return true
+}
+
+// chainAt is t.Chain(name), trying index i first (two renderings of mostly
+// the same services have most chains at the same index).
+func chainAt(t *Table, i int, name string) *Chain {
+	if i < len(t.Chains) && t.Chains[i].Name == name {
+		return t.Chains[i]
+	}
+	return t.Chain(name)
 }
 
 func rulesEqual(a, b []Rule) bool {
