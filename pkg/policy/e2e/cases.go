@@ -38,9 +38,9 @@ func gen(name, ns string, podSel metav1.LabelSelector, opts ...opt) *networkingv
 }
 
 func match(l map[string]string) metav1.LabelSelector { return metav1.LabelSelector{MatchLabels: l} }
-func podA() metav1.LabelSelector                      { return match(map[string]string{"pod": "a"}) }
-func all() metav1.LabelSelector                       { return metav1.LabelSelector{} }
-func sel(l map[string]string) *metav1.LabelSelector   { s := match(l); return &s }
+func podA() metav1.LabelSelector                     { return match(map[string]string{"pod": "a"}) }
+func all() metav1.LabelSelector                      { return metav1.LabelSelector{} }
+func sel(l map[string]string) *metav1.LabelSelector  { s := match(l); return &s }
 func expr(key string, op metav1.LabelSelectorOperator, vals ...string) *metav1.LabelSelector {
 	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: vals}}}
 }
@@ -487,7 +487,7 @@ func Cases() []Case {
 			}),
 		},
 		{
-			Name: "egress-port-range-79-80-udp",
+			Name:     "egress-port-range-79-80-udp",
 			Policies: policies{gen("allow-egress-79-80-udp", "x", all(), egress(outPorts(networkingv1.NetworkPolicyEgressRule{}, portRange(79, 80, &udp))))},
 			Probes: per(func(p int32, proto corev1.Protocol) *Reachability {
 				if p == 80 && proto == udp {

@@ -206,7 +206,9 @@ type Probe struct {
 	Reachability *Reachability
 }
 
-func (p Probe) String() string { return fmt.Sprintf("%s/%d", strings.ToLower(string(p.Protocol)), p.Port) }
+func (p Probe) String() string {
+	return fmt.Sprintf("%s/%d", strings.ToLower(string(p.Protocol)), p.Port)
+}
 
 // Case is one test: policies, label updates, and the four probes.
 type Case struct {
