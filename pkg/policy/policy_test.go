@@ -113,7 +113,9 @@ func TestEvaluate(t *testing.T) {
 		{"an address of a pod is that pod", []*networkingv1.NetworkPolicy{dbAllow(frontend)}, IPEndpoint(ip("10.244.1.5")), IPEndpoint(ip("10.244.2.5")), tcp, 6379, true, "allowed by default/db-allow"},
 		{"own node always passes", []*networkingv1.NetworkPolicy{dbAllow(nil, p6379)}, NodeEndpoint("node2"), PodEndpoint("db"), tcp, 9, true, "between default/db and its own node node2 is never filtered"},
 		{"other node is an address", []*networkingv1.NetworkPolicy{dbAllow(frontend)}, NodeEndpoint("node1"), PodEndpoint("db"), tcp, 9, false, "no rule admits node node1:tcp/9"},
-		{"loopback", []*networkingv1.NetworkPolicy{np("deny", "default", metav1.LabelSelector{}, func(s *networkingv1.NetworkPolicySpec) { s.PolicyTypes = []networkingv1.PolicyType{"Ingress", "Egress"} })}, PodEndpoint("db"), PodEndpoint("db"), tcp, 1, true, "to itself"},
+		{"loopback", []*networkingv1.NetworkPolicy{np("deny", "default", metav1.LabelSelector{}, func(s *networkingv1.NetworkPolicySpec) {
+			s.PolicyTypes = []networkingv1.PolicyType{"Ingress", "Egress"}
+		})}, PodEndpoint("db"), PodEndpoint("db"), tcp, 1, true, "to itself"},
 		{"policyTypes default: egress rules make it Egress too", []*networkingv1.NetworkPolicy{np("e", "default", metav1.LabelSelector{}, func(s *networkingv1.NetworkPolicySpec) {
 			s.Egress = []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{PodSelector: ml("app", "db")}}}}
 		})}, PodEndpoint("web"), PodEndpoint("other/client"), tcp, 80, false, "dropped at node1 egress of default/web: selected by policy default/e (egress), no rule admits other/client:tcp/80"},
