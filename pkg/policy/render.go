@@ -1,0 +1,229 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// tmpSuffix names the set a new content is built in before the swap.
+const tmpSuffix = "-T"
+
+// RenderIPSets returns the `ipset restore` input that brings the kernel
+// from prev (nil: nothing known, a fresh node or a resync) to next, to be
+// run BEFORE RenderIPTables so every set a rule names exists:
+//
+//   - a set that is new (or every set when prev is nil) is built in a
+//     temporary set, then swapped in and the temporary destroyed: create
+//     T; flush T; add T ...; create S -exist; swap T S; destroy T. The swap
+//     is atomic, so a set is never seen half-filled;
+//   - a set that exists in both is changed in place in two phases over the
+//     whole plan: first every removal (del), then every addition (add), so
+//     during the first phase each set is a subset of its prev content and
+//     during the second a subset of its next content.
+//
+// Sets only ever admit (they are peers of allow rules), so at every instant
+// the kernel admits no more than prev or next would: no connection both
+// states deny can start. A connection allowed by both but through
+// different sets may be refused for the instant between the phases (only a
+// new one: established connections pass on conntrack state).
+func RenderIPSets(prev, next *Plan) string {
+	var b strings.Builder
+	old := map[string]*IPSet{}
+	if prev != nil {
+		for i := range prev.Sets {
+			old[prev.Sets[i].Name] = &prev.Sets[i]
+		}
+	}
+	var dels, adds []string
+	for _, s := range next.Sets {
+		o, ok := old[s.Name]
+		if !ok || o.Type != s.Type {
+			if ok {
+				// Same name, other type cannot happen (the name hashes the
+				// kind); rebuild anyway.
+				fmt.Fprintf(&b, "destroy %s\n", s.Name)
+			}
+			tmp := s.Name + tmpSuffix
+			fmt.Fprintf(&b, "create %s %s family inet -exist\n", tmp, s.Type)
+			fmt.Fprintf(&b, "flush %s\n", tmp)
+			for _, e := range s.Entries {
+				fmt.Fprintf(&b, "add %s %s\n", tmp, entryText(e))
+			}
+			fmt.Fprintf(&b, "create %s %s family inet -exist\n", s.Name, s.Type)
+			fmt.Fprintf(&b, "swap %s %s\n", tmp, s.Name)
+			fmt.Fprintf(&b, "destroy %s\n", tmp)
+			continue
+		}
+		have := map[Entry]bool{}
+		for _, e := range o.Entries {
+			have[e] = true
+		}
+		want := map[Entry]bool{}
+		for _, e := range s.Entries {
+			want[e] = true
+			if !have[e] {
+				adds = append(adds, fmt.Sprintf("add %s %s -exist\n", s.Name, entryText(e)))
+			}
+		}
+		for _, e := range o.Entries {
+			if !want[e] {
+				dels = append(dels, fmt.Sprintf("del %s %s -exist\n", s.Name, e.Addr))
+			}
+		}
+	}
+	for _, l := range dels {
+		b.WriteString(l)
+	}
+	for _, l := range adds {
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+func entryText(e Entry) string {
+	if e.NoMatch {
+		return e.Addr + " nomatch"
+	}
+	return e.Addr
+}
+
+// RenderIPSetDestroy returns the `ipset restore` input that destroys the
+// sets of prev that next no longer has, to be run AFTER RenderIPTables (a
+// set cannot be destroyed while a rule names it). Empty when none.
+func RenderIPSetDestroy(prev, next *Plan) string {
+	if prev == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, s := range prev.Sets {
+		if next.Set(s.Name) == nil {
+			fmt.Fprintf(&b, "destroy %s\n", s.Name)
+		}
+	}
+	return b.String()
+}
+
+// comment quotes an iptables comment (at most 256 bytes).
+func comment(s string) string {
+	s = strings.ReplaceAll(s, `"`, "'")
+	if len(s) > 255 {
+		s = s[:252] + "..."
+	}
+	return `-m comment --comment "` + s + `"`
+}
+
+// DropCommentPrefix starts the comment of every drop rule, so a drop can be
+// found in iptables-save and its counters read: "klab <lab> drop ingress x/a".
+const DropCommentPrefix = "klab "
+
+// DropComment is the comment of the DROP (and NFLOG) rule ending a pod's
+// chain, dir "ingress" or "egress".
+func DropComment(lab, dir, pod string) string {
+	return fmt.Sprintf("klab %s drop %s %s", lab, dir, pod)
+}
+
+// NFLOGPrefix is the --nflog-prefix of a pod chain's drop (at most 64
+// bytes): "klab <lab> I x/a" (I ingress, E egress).
+func NFLOGPrefix(lab, dir, pod string) string {
+	s := fmt.Sprintf("klab %s %s %s", lab, strings.ToUpper(dir[:1]), pod)
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return s
+}
+
+// RenderIPTables returns the iptables-restore input (filter table, for
+// `iptables-restore --noflush`: one transaction) that makes the kernel's
+// policy chains those of next, deleting the pod chains of prev that next
+// no longer has. It declares (and so flushes) DispatchChain and every pod
+// chain; the jump FORWARD -> DispatchChain is the caller's (a built-in
+// chain). DispatchChain:
+//
+//  1. ACCEPT replies and related packets of allowed connections (conntrack
+//     ESTABLISHED,RELATED): policies are stateful;
+//  2. for each isolated pod, -s POD -> its egress chain, then -d POD -> its
+//     ingress chain; a chain RETURNs when a rule admits, so a packet passes
+//     egress of its source and then ingress of its destination, and falls
+//     through to the rest of FORWARD when both admit.
+//
+// A pod chain ends with NFLOG (group Plan.NFLOGGroup, prefix NFLOGPrefix)
+// and DROP, both commented DropComment: the drop is visible in counters
+// and on the NFLOG group. Every rule carries a comment saying why.
+func RenderIPTables(prev, next *Plan) string {
+	var b strings.Builder
+	lab := next.Lab
+	b.WriteString("*filter\n")
+	fmt.Fprintf(&b, ":%s - [0:0]\n", DispatchChain)
+	chains := map[string]bool{}
+	for _, p := range next.Pods {
+		for _, c := range []*Chain{p.Egress, p.Ingress} {
+			if c != nil {
+				fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+				chains[c.Name] = true
+			}
+		}
+	}
+	var stale []string
+	if prev != nil {
+		for _, p := range prev.Pods {
+			for _, c := range []*Chain{p.Egress, p.Ingress} {
+				if c != nil && !chains[c.Name] {
+					stale = append(stale, c.Name)
+					chains[c.Name] = true
+				}
+			}
+		}
+		sort.Strings(stale)
+		for _, c := range stale {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+		}
+	}
+	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT\n", DispatchChain, comment("klab "+lab+": replies of allowed connections pass"))
+	for _, p := range next.Pods {
+		if p.Egress != nil {
+			fmt.Fprintf(&b, "-A %s -s %s/32 %s -j %s\n", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: egress of %s isolated by %s", lab, p.Pod, strings.Join(p.Egress.Selecting, ","))), p.Egress.Name)
+		}
+	}
+	for _, p := range next.Pods {
+		if p.Ingress != nil {
+			fmt.Fprintf(&b, "-A %s -d %s/32 %s -j %s\n", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: ingress of %s isolated by %s", lab, p.Pod, strings.Join(p.Ingress.Selecting, ","))), p.Ingress.Name)
+		}
+	}
+	for _, p := range next.Pods {
+		for _, dc := range []struct {
+			dir string
+			c   *Chain
+		}{{"egress", p.Egress}, {"ingress", p.Ingress}} {
+			if dc.c == nil {
+				continue
+			}
+			setDir := "src"
+			if dc.dir == "egress" {
+				setDir = "dst"
+			}
+			for _, r := range dc.c.Rules {
+				fmt.Fprintf(&b, "-A %s", dc.c.Name)
+				if r.Set != "" {
+					fmt.Fprintf(&b, " -m set --match-set %s %s", r.Set, setDir)
+				}
+				if r.Protocol != "" {
+					proto := strings.ToLower(string(r.Protocol))
+					fmt.Fprintf(&b, " -p %s", proto)
+					if r.Ports != "" {
+						fmt.Fprintf(&b, " -m %s --dport %s", proto, r.Ports)
+					}
+				}
+				fmt.Fprintf(&b, " %s -j RETURN\n", comment("klab "+lab+": "+r.Comment))
+			}
+			dcm := DropComment(lab, dc.dir, p.Pod)
+			fmt.Fprintf(&b, "-A %s %s -j NFLOG --nflog-group %d --nflog-prefix \"%s\"\n", dc.c.Name, comment(dcm), next.NFLOGGroup, NFLOGPrefix(lab, dc.dir, p.Pod))
+			fmt.Fprintf(&b, "-A %s %s -j DROP\n", dc.c.Name, comment(dcm))
+		}
+	}
+	for _, c := range stale {
+		fmt.Fprintf(&b, "-X %s\n", c)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
