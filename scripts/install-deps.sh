@@ -1,7 +1,9 @@
 #!/bin/sh
 # Installs what klab needs from the distribution (Debian/Ubuntu), if missing:
 # iptables (klab's only runtime dependency) and, for the tests' cross-checks,
-# iproute2, iputils-ping, conntrack and tshark.
+# iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
+# kube-proxy's nftables table) and dig/getent checks of the cluster DNS
+# (bind9-dnsutils).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
@@ -12,6 +14,8 @@ command -v conntrack >/dev/null 2>&1 || need="$need conntrack"
 if [ "${KLAB_WITH_TSHARK:-1}" = 1 ]; then
 	command -v tshark >/dev/null 2>&1 || need="$need tshark"
 fi
+command -v nft >/dev/null 2>&1 || need="$need nftables"
+command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v make >/dev/null 2>&1 || need="$need make"
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
