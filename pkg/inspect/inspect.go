@@ -1,13 +1,12 @@
 package inspect
 
 import (
-	"errors"
 	"fmt"
+	"github.com/klab-dev/klab/pkg/plan"
 	"net"
 	"sort"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -73,20 +72,9 @@ type Snapshot struct {
 	FDB    []FDB   `json:"fdb"`
 }
 
-// retry repeats a netlink dump interrupted by a concurrent change
-// (NLM_F_DUMP_INTR), as iproute2 users are told to.
-func retry[T any](f func() (T, error)) (T, error) {
-	var v T
-	var err error
-	for i := 0; i < 5; i++ {
-		v, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return v, err
-}
+// retry is plan.Dump: a dump interrupted by a concurrent change
+// (NLM_F_DUMP_INTR) is repeated, as iproute2 users are told to.
+func retry[T any](f func() (T, error)) (T, error) { return plan.Dump(f) }
 
 // Take reads a snapshot through h (a netlink handle in the namespace).
 func Take(h *netlink.Handle) (*Snapshot, error) {

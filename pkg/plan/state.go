@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/vishvananda/netlink"
@@ -307,6 +308,7 @@ func Dump[T any](f func() (T, error)) (T, error) {
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return v, err
 		}
+		time.Sleep(time.Millisecond)
 	}
 	return v, err
 }

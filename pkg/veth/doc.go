@@ -8,7 +8,7 @@
 // end (veth<8 hex> for pods, like the CNI plugin's names) is enslaved to the
 // bridge and put in hairpin mode, so a pod can reach itself through a
 // Service whose DNAT picks that same pod. Inside, lo and eth0 are brought
-// up with the address and routes. Plan computes only what is missing; a
-// deletion removes the outer end,
-// which takes its peer with it, and is idempotent.
+// up with the address and routes. Plan computes only what is missing or
+// wrong, from the kernel's State of both namespaces; PlanDelete removes the
+// outer end, which takes its peer with it.
 package veth

@@ -25,9 +25,11 @@
 // (flannel's default), not IANA's 4789, and has learning off: every entry is
 // put there by the control plane. Its MTU is the underlay's minus the 50
 // bytes of VXLAN encapsulation (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN
-// 8). EnsureDevice reuses a compatible device and replaces an incompatible
+// 8). PlanDevice reuses a compatible device and replaces an incompatible
 // one (wrong VNI, port, local address, underlay device), like flannel's
 // ensureLink. The host-gw backend needs none of this: each peer's subnet is
 // simply routed via the peer's underlay address, which requires all nodes to
-// share one L2 segment.
+// share one L2 segment. Like every building block, this package computes
+// plans (pkg/plan) from the desired entries and the kernel's State; it
+// never changes the kernel itself.
 package vxlan
