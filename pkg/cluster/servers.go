@@ -52,8 +52,10 @@ func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*S
 	}
 	// Fork from a thread inside the target's namespace: the whole server
 	// process then lives there (ip netns pids shows it, destroy finds it).
+	// The script creates the log's directory first, as start does: on a
+	// machine without the lab it does not exist yet.
 	op := plan.Op{Verb: plan.Exec, NS: ns, Proc: &plan.Proc{
-		Cmd: fmt.Sprintf("ip netns exec %s setsid %s > %s 2>&1 &", ns, plan.ShellJoin(argv), plan.Quote(logPath)),
+		Cmd: fmt.Sprintf("mkdir -p %s && ip netns exec %s setsid %s > %s 2>&1 &", plan.Quote(dir), ns, plan.ShellJoin(argv), plan.Quote(logPath)),
 		Run: func() error { return netns.Do(ns, start) },
 	}}
 	if err := c.apply(plan.Plan{op}); err != nil {
