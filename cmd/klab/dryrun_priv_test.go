@@ -26,6 +26,7 @@ import (
 // nothing either.
 func TestDryRunChangesNothing(t *testing.T) {
 	k := newCLI(t)
+	requireTools(t, "ip", "iptables-save", "sh")
 	lab := testutil.LabName(t, "rpdry")
 	fresh := testutil.LabName(t, "rpdrn") // never built
 	runLab := testutil.LabName(t, "rpdrr")

@@ -20,6 +20,7 @@ var commandLine = regexp.MustCompile(`^(ip|bridge|iptables|iptables-restore|sysc
 // nothing again once repaired.
 func TestRepairExplainIsExact(t *testing.T) {
 	k := newCLI(t)
+	requireTools(t, "ip", "iptables", "iptables-save")
 	lab := testutil.LabName(t, "rprep")
 	k.destroyOnCleanup(lab)
 	for _, args := range [][]string{

@@ -27,11 +27,7 @@ import (
 // 'klab destroy', which finds its namespaces by name.
 func TestReplayScriptRebuildsTheLab(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"ip", "bridge", "sysctl", "iptables-save", "sh"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	requireTools(t, "ip", "bridge", "sysctl", "iptables-save", "sh")
 	for _, lab := range []string{"flannel-crossnode", "service-clusterip"} {
 		t.Run(lab, func(t *testing.T) {
 			t.Parallel()
@@ -90,6 +86,17 @@ func TestReplayScriptRebuildsTheLab(t *testing.T) {
 			t.Logf("%s: %d namespaces compared; klab run %v, sh replay %v, whole test %v",
 				lab, len(kA), built.Round(time.Millisecond), replayed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 		})
+	}
+}
+
+// requireTools skips the test when one of the tools it reads the kernel
+// with is missing.
+func requireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s to read the kernel state independently of klab", tool)
+		}
 	}
 }
 
