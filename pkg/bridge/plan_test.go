@@ -27,9 +27,9 @@ func TestPlan(t *testing.T) {
 		want string
 	}{
 		{"nothing to do", have(nil), ""},
-		{"new", plan.Empty(cfg.NS), "ip -n klab.demo.node1 link add cni0 address 0a:00:00:00:00:01 mtu 1450 up type bridge\nip -n klab.demo.node1 addr add 10.244.1.1/24 dev cni0"},
+		{"new", plan.Empty(cfg.NS), "ip -n klab.demo.node1 link add cni0 address 0a:00:00:00:00:01 mtu 1450 up type bridge\nip -n klab.demo.node1 addr add 10.244.1.1/24 brd + dev cni0"},
 		{"drifted", have(func(l *plan.LinkState) { l.MTU, l.Up, l.Addrs = 1500, false, nil }),
-			"ip -n klab.demo.node1 link set cni0 mtu 1450\nip -n klab.demo.node1 link set cni0 up\nip -n klab.demo.node1 addr add 10.244.1.1/24 dev cni0"},
+			"ip -n klab.demo.node1 link set cni0 mtu 1450\nip -n klab.demo.node1 link set cni0 up\nip -n klab.demo.node1 addr add 10.244.1.1/24 brd + dev cni0"},
 		{"MAC changed", have(func(l *plan.LinkState) { l.MAC = net.HardwareAddr{2, 0, 0, 0, 0, 9} }), "ip -n klab.demo.node1 link set cni0 address 0a:00:00:00:00:01"},
 	} {
 		p, err := Plan(cfg, tc.st)

@@ -27,7 +27,13 @@ func Destroy(stateDir, lab string, a *plan.Applier, wait io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	if a != nil && a.DryRun {
+		// A dry run leaves nothing behind: for a lab without state, unlock
+		// removes the lock file Lock has just created.
+		defer unlock(stateDir, lab, lock)
+	} else {
+		defer lock.Close()
+	}
 	return destroyLocked(stateDir, lab, a)
 }
 

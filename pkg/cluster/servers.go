@@ -52,8 +52,10 @@ func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*S
 	}
 	// Fork from a thread inside the target's namespace: the whole server
 	// process then lives there (ip netns pids shows it, destroy finds it).
+	// The script creates the log's directory first, as start does: on a
+	// machine without the lab it does not exist yet.
 	op := plan.Op{Verb: plan.Exec, NS: ns, Proc: &plan.Proc{
-		Cmd: fmt.Sprintf("ip netns exec %s setsid %s > %s 2>&1 &", ns, plan.ShellJoin(argv), plan.Quote(logPath)),
+		Cmd: fmt.Sprintf("mkdir -p %s && ip netns exec %s setsid %s > %s 2>&1 &", plan.Quote(dir), ns, plan.ShellJoin(argv), plan.Quote(logPath)),
 		Run: func() error { return netns.Do(ns, start) },
 	}}
 	if err := c.apply(plan.Plan{op}); err != nil {
@@ -96,23 +98,28 @@ func (c *Cluster) StopServers(target string) error {
 }
 
 // StopServer stops matching servers (empty target/proto or zero port
-// match anything) and forgets them.
+// match anything) and forgets them. Stopping is an operation of the plan
+// like any other: shown by --explain and --script, skipped by --dry-run.
 func (c *Cluster) StopServer(target, proto string, port int) error {
 	keep := c.Lab.Servers[:0]
-	changed := false
+	var p plan.Plan
 	for _, s := range c.Lab.Servers {
 		if (target == "" || s.Target == target) && (proto == "" || s.Proto == proto) && (port == 0 || s.Port == port) {
-			stopPID(s.PID, c.NS(s.Target))
-			changed = true
+			pid, ns := s.PID, c.NS(s.Target)
+			p.Add(plan.Op{Verb: plan.Exec, Proc: &plan.Proc{
+				Cmd: fmt.Sprintf("kill %d 2>/dev/null || true   # the %s server on %s port %d", pid, s.Proto, s.Target, s.Port),
+				Run: func() error { stopPID(pid, ns); return nil },
+			}})
 			continue
 		}
 		keep = append(keep, s)
 	}
 	c.Lab.Servers = keep
-	if changed {
-		return c.Save()
+	if len(p) == 0 {
+		return nil
 	}
-	return nil
+	p.Add(c.savePlan()...)
+	return c.apply(p)
 }
 
 // stopPID kills pid only if it still runs inside ns (PIDs get reused).

@@ -190,7 +190,13 @@ func (op Op) command() string {
 	case LinkSetHairpin:
 		return strings.Replace(ip, "ip", "bridge", 1) + " link set dev " + op.Link.Name + " hairpin on"
 	case AddrAdd:
-		return fmt.Sprintf("%s addr add %s dev %s", ip, op.Addr.Prefix, op.Addr.Dev)
+		// netlink.AddrAdd gives an IPv4 address shorter than /31 its
+		// broadcast address; iproute2 does that only when asked (brd +).
+		brd := ""
+		if op.Addr.Prefix.Addr().Is4() && op.Addr.Prefix.Bits() < 31 {
+			brd = " brd +"
+		}
+		return fmt.Sprintf("%s addr add %s%s dev %s", ip, op.Addr.Prefix, brd, op.Addr.Dev)
 	case AddrDel:
 		return fmt.Sprintf("%s addr del %s dev %s", ip, op.Addr.Prefix, op.Addr.Dev)
 	case RouteReplace:
@@ -267,7 +273,9 @@ func linkAddArgs(l *Link) string {
 	b.WriteString(" type " + l.Type)
 	switch l.Type {
 	case "veth":
-		b.WriteString(" peer name " + l.PeerName)
+		// The applier's netlink.Veth leaves PeerTxQLen 0: the peer is
+		// created with txqueuelen 0 (iproute2's default would be 1000).
+		b.WriteString(" peer name " + l.PeerName + " txqueuelen 0")
 		if l.PeerMAC != nil {
 			fmt.Fprintf(&b, " address %s", l.PeerMAC)
 		}

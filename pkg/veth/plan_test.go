@@ -45,10 +45,10 @@ func TestPlan(t *testing.T) {
 			delete(o.Links, pod.OuterIface)
 			*i = *plan.Empty(pod.InnerNS)
 		}, `
-ip -n klab.demo.node1 link add veth1a2b3c4d mtu 1450 master cni0 up type veth peer name eth0 address 0a:00:00:00:00:0a mtu 1450 netns klab.demo.pod-a
+ip -n klab.demo.node1 link add veth1a2b3c4d mtu 1450 master cni0 up type veth peer name eth0 txqueuelen 0 address 0a:00:00:00:00:0a mtu 1450 netns klab.demo.pod-a
 bridge -n klab.demo.node1 link set dev veth1a2b3c4d hairpin on
 ip -n klab.demo.pod-a link set lo up
-ip -n klab.demo.pod-a addr add 10.244.1.2/24 dev eth0
+ip -n klab.demo.pod-a addr add 10.244.1.2/24 brd + dev eth0
 ip -n klab.demo.pod-a link set eth0 up
 ip -n klab.demo.pod-a route replace default via 10.244.1.1 dev eth0
 ip -n klab.demo.pod-a route replace 10.244.0.0/16 via 10.244.1.1 dev eth0`},
@@ -66,7 +66,7 @@ ip -n klab.demo.node1 link set veth1a2b3c4d master cni0
 ip -n klab.demo.node1 link set veth1a2b3c4d up`},
 		{"a stale outer end whose pod namespace is new: replaced", func(o, i *plan.State) { *i = *plan.Empty(pod.InnerNS) }, `
 ip -n klab.demo.node1 link del veth1a2b3c4d   # a stale end without its peer
-ip -n klab.demo.node1 link add veth1a2b3c4d mtu 1450 master cni0 up type veth peer name eth0 address 0a:00:00:00:00:0a mtu 1450 netns klab.demo.pod-a`},
+ip -n klab.demo.node1 link add veth1a2b3c4d mtu 1450 master cni0 up type veth peer name eth0 txqueuelen 0 address 0a:00:00:00:00:0a mtu 1450 netns klab.demo.pod-a`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o, i := states(tc.change)
