@@ -1,6 +1,7 @@
 package labs
 
 import (
+	"github.com/klab-dev/klab/pkg/plan"
 	"errors"
 	"strings"
 )
@@ -79,23 +80,7 @@ func splitWords(s string) ([]word, error) {
 var shellOperators = map[string]bool{"|": true, "||": true, "&&": true, ";": true, ">": true, ">>": true, "<": true, "&": true, "2>&1": true}
 
 // quoteWord quotes s for display if a shell would need it.
-func quoteWord(s string) string {
-	if s == "" {
-		return "''"
-	}
-	if strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,+@%", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
+func quoteWord(s string) string { return plan.Quote(s) }
 
 // joinWords is the inverse of splitWords for display.
-func joinWords(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = quoteWord(a)
-	}
-	return strings.Join(q, " ")
-}
+func joinWords(args []string) string { return plan.ShellJoin(args) }

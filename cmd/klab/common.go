@@ -63,6 +63,7 @@ func openLab(create *cluster.Options) (*cluster.Cluster, error) {
 	}
 	c.A.DryRun = globals.dryRun
 	c.A.Simulate = simulate()
+	c.A.Discard = false
 	return c, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sync"
 
 	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/klab-dev/klab/pkg/plan"
@@ -100,23 +101,31 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		restore()
 		return nil, nil, err
 	}
-	var first plan.Plan
-	var jobs []plan.Plan
+	var first, ext plan.Plan
 	if len(nodes) > 0 {
 		var err error
 		if first, err = c.planUnderlayBridge(); err != nil {
 			return fail(err)
 		}
-		ext, err := c.planExternal()
-		if err != nil {
+		if ext, err = c.planExternal(); err != nil {
 			return fail(err)
 		}
-		jobs = append(jobs, ext)
 	}
 	u, err := c.read(UnderlayName)
 	if err != nil {
 		return fail(err)
 	}
+	// Each node's plan is made by the worker that applies it (only its
+	// namespace's State is read here, serially): a few nodes' operations
+	// are in memory at a time, not the whole lab's.
+	type job struct {
+		n      *Node
+		isNew  bool
+		others []*Node
+		st     *plan.State
+		pods   []*Pod
+	}
+	var jobs []job
 	for _, n := range c.Lab.Nodes {
 		isNew := slices.Contains(nodes, n)
 		var others []*Node
@@ -132,24 +141,46 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		if err != nil {
 			return fail(err)
 		}
-		var job plan.Plan
-		if isNew {
-			np, err := c.planNode(n, u, st)
-			if err != nil {
-				return fail(err)
-			}
-			job.Add(np...)
-		}
-		job.Add(c.planPeers(n, others, st)...)
-		job.Add(c.ipamStore(n).RecordOps(reqs[n.Name], addrs[n.Name])...)
+		j := job{n: n, isNew: isNew, others: others, st: st}
 		for _, i := range byNode[n.Name] {
-			pp, err := c.planPod(pods[i])
-			if err != nil {
-				return fail(err)
-			}
-			job.Add(pp...)
+			j.pods = append(j.pods, pods[i])
 		}
-		jobs = append(jobs, job)
+		jobs = append(jobs, j)
+	}
+	podStates := map[string]*plan.State{}
+	for _, p := range pods {
+		st, err := c.read(p.Name)
+		if err != nil {
+			return fail(err)
+		}
+		podStates[p.Name] = st
+	}
+	var umu sync.Mutex // u is shared: a stale uplink is dropped from it
+	planJob := func(i int) (plan.Plan, error) {
+		if i == 0 {
+			return ext, nil // the external host
+		}
+		j := jobs[i-1]
+		var p plan.Plan
+		if j.isNew {
+			umu.Lock()
+			np, err := c.planNode(j.n, u, j.st)
+			umu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			p.Add(np...)
+		}
+		p.Add(c.planPeers(j.n, j.others, j.st)...)
+		p.Add(c.ipamStore(j.n).RecordOps(reqs[j.n.Name], addrs[j.n.Name])...)
+		for _, pod := range j.pods {
+			pp, err := c.podPlan(pod, j.st, podStates[pod.Name])
+			if err != nil {
+				return nil, err
+			}
+			p.Add(pp...)
+		}
+		return p, nil
 	}
 	mark := c.A.Mark()
 	undo := func(err error) ([]*Node, []*Pod, error) {
@@ -164,11 +195,11 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		return undo(err)
 	}
 	workers := buildWorkers
-	if len(jobs) <= smallBuild {
+	if len(jobs)+1 <= smallBuild {
 		workers = 1
 	}
 	c.A.Overlap = true
-	err = c.A.ApplyAll(jobs, workers)
+	err = c.A.ApplyEach(len(jobs)+1, workers, planJob)
 	c.A.Overlap = false
 	if err != nil {
 		return undo(err)

@@ -100,9 +100,10 @@ func (o Options) Validate() error {
 type Cluster struct {
 	StateDir string
 	Lab      *Lab
-	// A is the applier every change of this lab goes through: its Ran
-	// lists the operations that ran (--explain, --script); with DryRun
-	// set, nothing runs and Ran is the plan (--dry-run).
+	// A is the applier every change of this lab goes through. Open makes
+	// it Discard what ran; clear that to have Ran list the operations that
+	// ran (--explain, --script). With DryRun set, nothing runs and Ran is
+	// the plan (--dry-run).
 	A *plan.Applier
 	// Ctx, when not nil, interrupts a build (Ctrl-C): the applier stops
 	// between two operations, the call rolls back what it created and
@@ -224,7 +225,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		}
 		return nil, err
 	}
-	return &Cluster{StateDir: stateDir, Lab: l, lock: lock, A: &plan.Applier{}}, nil
+	return &Cluster{StateDir: stateDir, Lab: l, lock: lock, A: &plan.Applier{Discard: true}}, nil
 }
 
 // Close releases the netlink handles and the lab lock.

@@ -144,6 +144,11 @@ func (c *Cluster) planPod(p *Pod) (plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.podPlan(p, nst, pst)
+}
+
+// podPlan is planPod given the node's and the pod's State.
+func (c *Cluster) podPlan(p *Pod, nst, pst *plan.State) (plan.Plan, error) {
 	var pl plan.Plan
 	if !pst.Exists {
 		pl.Add(plan.Op{Verb: plan.NetnsAdd, NS: c.NS(p.Name), New: true})

@@ -280,30 +280,43 @@ func (r *Ruleset) restoreInput(prev *Ruleset, existing []chainKey, drop map[Tabl
 		if len(changed) == 0 && len(stale) == 0 && len(drop[t]) == 0 {
 			continue
 		}
-		b.WriteString("*" + string(t) + "\n")
-		// Declaring a chain creates it, or flushes it under --noflush.
-		for _, i := range changed {
-			b.WriteString(":" + r.chains[i].name + " - [0:0]\n")
-			rewritten = append(rewritten, string(t)+"/"+r.chains[i].name)
-		}
-		// Stale chains are declared too: that flushes them, dropping their
-		// references to other stale chains, so the -X lines below succeed.
-		for _, n := range stale {
-			b.WriteString(":" + n + " - [0:0]\n")
-		}
-		for _, d := range drop[t] {
-			b.WriteString(d + "\n")
-		}
-		for _, i := range changed {
-			b.Write(r.chainText(i))
-		}
-		for _, n := range stale {
-			b.WriteString("-X " + n + "\n")
-			deleted = append(deleted, string(t)+"/"+n)
-		}
-		b.WriteString("COMMIT\n")
+		rw, del := r.writeTable(&b, t, changed, stale, drop[t], nil)
+		rewritten, deleted = append(rewritten, rw...), append(deleted, del...)
 	}
 	return b.Bytes(), rewritten, deleted
+}
+
+// writeTable writes one table's block of an iptables-restore --noflush
+// input: the changed chains declared (which creates them, or flushes them
+// under --noflush) and the stale ones too (flushing them drops their
+// references to other stale chains, so the -X lines succeed), the drop
+// lines (-D of jumps), the changed chains' rules, the add lines (jumps),
+// and -X of the stale chains. It returns the rewritten and deleted chains
+// as "table/chain".
+func (r *Ruleset) writeTable(b *bytes.Buffer, t Table, changed []int, stale, drop, add []string) (rewritten, deleted []string) {
+	b.WriteString("*" + string(t) + "\n")
+	for _, i := range changed {
+		b.WriteString(":" + r.chains[i].name + " - [0:0]\n")
+		rewritten = append(rewritten, string(t)+"/"+r.chains[i].name)
+	}
+	for _, n := range stale {
+		b.WriteString(":" + n + " - [0:0]\n")
+	}
+	for _, d := range drop {
+		b.WriteString(d + "\n")
+	}
+	for _, i := range changed {
+		b.Write(r.chainText(i))
+	}
+	for _, a := range add {
+		b.WriteString(a + "\n")
+	}
+	for _, n := range stale {
+		b.WriteString("-X " + n + "\n")
+		deleted = append(deleted, string(t)+"/"+n)
+	}
+	b.WriteString("COMMIT\n")
+	return rewritten, deleted
 }
 
 // repairInput builds the iptables-restore --noflush input that turns the
@@ -375,28 +388,8 @@ func (r *Ruleset) repairInput(st kernelState) (input []byte, rewritten, deleted 
 		if len(changed) == 0 && len(stale) == 0 && len(drop) == 0 && len(add) == 0 {
 			continue
 		}
-		b.WriteString("*" + string(t) + "\n")
-		for _, i := range changed {
-			b.WriteString(":" + r.chains[i].name + " - [0:0]\n")
-			rewritten = append(rewritten, string(t)+"/"+r.chains[i].name)
-		}
-		for _, n := range stale {
-			b.WriteString(":" + n + " - [0:0]\n")
-		}
-		for _, d := range drop {
-			b.WriteString(d + "\n")
-		}
-		for _, i := range changed {
-			b.Write(r.chainText(i))
-		}
-		for _, a := range add {
-			b.WriteString(a + "\n")
-		}
-		for _, n := range stale {
-			b.WriteString("-X " + n + "\n")
-			deleted = append(deleted, string(t)+"/"+n)
-		}
-		b.WriteString("COMMIT\n")
+		rw, del := r.writeTable(&b, t, changed, stale, drop, add)
+		rewritten, deleted = append(rewritten, rw...), append(deleted, del...)
 	}
 	return b.Bytes(), rewritten, deleted, jumps
 }

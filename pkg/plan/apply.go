@@ -37,12 +37,20 @@ type Applier struct {
 	// needs only the namespace). Off, operations run strictly in order,
 	// which the crash tests' numbered points rely on.
 	Overlap bool
+	// Discard keeps no list of the operations that ran (Ran is empty): for
+	// bulk builds nobody prints (a 100-node lab runs 40,000 operations).
+	// Dry runs always keep it.
+	Discard bool
 
 	mu      sync.Mutex
 	handles map[string]*netlink.Handle
 	index   map[string]map[string]int // namespace -> device name -> ifindex
 	ran     []Op
 	journal []Op // executed operations that created something, in order
+	// fresh holds the namespaces journaled since the last Mark: what is
+	// created inside them goes with them, so it is not journaled one by
+	// one.
+	fresh map[string]bool
 }
 
 // Ran returns the operations that ran (or, in a dry run, would have), in
@@ -168,6 +176,7 @@ func (a *Applier) ifindex(ns, name string) (int, error) {
 func (a *Applier) Mark() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.fresh = nil
 	return len(a.journal)
 }
 
@@ -181,9 +190,16 @@ func (a *Applier) Apply(p Plan) error { return a.ApplyAll([]Plan{p}, 1) }
 // further plan starts; the error of the lowest-numbered plan that failed
 // is returned once every started plan has stopped.
 func (a *Applier) ApplyAll(plans []Plan, workers int) error {
-	workers = max(1, min(workers, len(plans)))
-	ran := make([][]Op, len(plans))
-	errs := make([]error, len(plans))
+	return a.ApplyEach(len(plans), workers, func(i int) (Plan, error) { return plans[i], nil })
+}
+
+// ApplyEach is ApplyAll for n plans made on the worker that runs them,
+// just before: a bulk build holds a few nodes' plans in memory, not all of
+// them (100 nodes x 10 pods is 40,000 operations).
+func (a *Applier) ApplyEach(n, workers int, plan func(i int) (Plan, error)) error {
+	workers = max(1, min(workers, n))
+	ran := make([][]Op, n)
+	errs := make([]error, n)
 	var mu sync.Mutex
 	next, failed := 0, false
 	var wg sync.WaitGroup
@@ -195,12 +211,16 @@ func (a *Applier) ApplyAll(plans []Plan, workers int) error {
 				mu.Lock()
 				i := next
 				next++
-				stop := failed || i >= len(plans)
+				stop := failed || i >= n
 				mu.Unlock()
 				if stop {
 					return
 				}
-				ran[i], errs[i] = a.run(plans[i])
+				p, err := plan(i)
+				if err == nil {
+					ran[i], err = a.run(p)
+				}
+				errs[i] = err
 				if errs[i] != nil {
 					mu.Lock()
 					failed = true
@@ -210,11 +230,13 @@ func (a *Applier) ApplyAll(plans []Plan, workers int) error {
 		}()
 	}
 	wg.Wait()
-	a.mu.Lock()
-	for _, r := range ran {
-		a.ran = append(a.ran, r...)
+	if !a.Discard || a.DryRun {
+		a.mu.Lock()
+		for _, r := range ran {
+			a.ran = append(a.ran, r...)
+		}
+		a.mu.Unlock()
 	}
-	a.mu.Unlock()
 	for _, err := range errs {
 		if err != nil {
 			return err
@@ -223,13 +245,28 @@ func (a *Applier) ApplyAll(plans []Plan, workers int) error {
 	return nil
 }
 
-// run executes one plan and returns the operations that ran.
+// run executes one plan and returns the operations that ran (unless
+// Discard).
 func (a *Applier) run(p Plan) (ran []Op, err error) {
+	keep := !a.Discard || a.DryRun
+	record := func(ops ...Op) {
+		if keep {
+			ran = append(ran, ops...)
+		}
+	}
 	var bg []chan error
 	defer func() {
 		for _, c := range bg {
 			if berr := <-c; err == nil {
 				err = berr
+			}
+		}
+		// The handles of namespaces this plan created go: a bulk build
+		// creates a thousand namespaces and touches each in one plan
+		// (a later use opens the handle again).
+		for _, op := range p {
+			if op.Verb == NetnsAdd {
+				a.Forget(op.NS)
 			}
 		}
 	}()
@@ -243,7 +280,7 @@ func (a *Applier) run(p Plan) (ran []Op, err error) {
 					return ran, err
 				}
 			}
-			ran = append(ran, p[i])
+			record(p[i])
 			i++
 			continue
 		}
@@ -252,7 +289,7 @@ func (a *Applier) run(p Plan) (ran []Op, err error) {
 				return ran, err
 			}
 			for _, op := range p[i : i+n] {
-				ran = append(ran, op)
+				record(op)
 				a.journalOp(op)
 				CrashPoint()
 			}
@@ -270,14 +307,14 @@ func (a *Applier) run(p Plan) (ran []Op, err error) {
 				c <- err
 			}()
 			bg = append(bg, c)
-			ran = append(ran, op)
+			record(op)
 			i++
 			continue
 		}
 		if err := a.exec(op); err != nil {
 			return ran, err
 		}
-		ran = append(ran, op)
+		record(op)
 		a.journalOp(op)
 		CrashPoint()
 		i++
@@ -290,8 +327,17 @@ func (a *Applier) journalOp(op Op) {
 		return
 	}
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case op.Verb == NetnsAdd:
+		if a.fresh == nil {
+			a.fresh = map[string]bool{}
+		}
+		a.fresh[op.NS] = true
+	case op.NS != "" && a.fresh[op.NS] && (op.Verb != LinkAdd || op.Link.PeerNS == "" || a.fresh[op.Link.PeerNS]):
+		return // goes with its namespace
+	}
 	a.journal = append(a.journal, op)
-	a.mu.Unlock()
 }
 
 // RollbackTo removes what the operations journaled since mark created, in

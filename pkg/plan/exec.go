@@ -351,20 +351,30 @@ func (a *Applier) batch(ops Plan) error {
 			reqs[i] = routeReq(route(idx, op.Route))
 		}
 	}
-	fd, err := netns.Open(ns)
+	s, err := socketIn(ns)
 	if err != nil {
 		return err
-	}
-	defer fd.Close()
-	s, err := nl.GetNetlinkSocketAt(fd, vnetns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink socket in %s: %w", ns, err)
 	}
 	defer s.Close()
 	if i, err := send(s, reqs); err != nil {
 		return fmt.Errorf("%s: %w", ops[i].command(), err)
 	}
 	return nil
+}
+
+// socketIn opens a raw rtnetlink socket inside namespace ns, for batched
+// requests and the dumps netlink.Handle does not offer.
+func socketIn(ns string) (*nl.NetlinkSocket, error) {
+	fd, err := netns.Open(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer fd.Close()
+	s, err := nl.GetNetlinkSocketAt(fd, vnetns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket in %s: %w", ns, err)
+	}
+	return s, nil
 }
 
 // neighReq is the request netlink.Handle.NeighSet sends for n (the

@@ -13,7 +13,6 @@ import (
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -228,12 +227,7 @@ func hasType(s *State, typ string) bool {
 // readPorts reads the bridge ports' settings (hairpin mode) with one
 // AF_BRIDGE link dump, the request 'bridge link show' makes.
 func readPorts(ns string, byIndex map[int]*LinkState) error {
-	fd, err := netns.Open(ns)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	s, err := nl.GetNetlinkSocketAt(fd, vnetns.None(), unix.NETLINK_ROUTE)
+	s, err := socketIn(ns)
 	if err != nil {
 		return err
 	}
