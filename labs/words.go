@@ -1,8 +1,8 @@
 package labs
 
 import (
-	"github.com/klab-dev/klab/pkg/plan"
 	"errors"
+	"github.com/klab-dev/klab/pkg/plan"
 	"strings"
 )
 
