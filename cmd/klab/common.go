@@ -117,6 +117,16 @@ func finish(a *plan.Applier) error {
 	return nil
 }
 
+// failed shows what a verb that failed ran before it failed (and what the
+// rollback undid), for --explain and --script; a failed --dry-run prints no
+// script, only the error.
+func failed(a *plan.Applier) {
+	if globals.dryRun {
+		return
+	}
+	finish(a)
+}
+
 // scriptArgs drops the output flags from a command line for a script's
 // title comment.
 func scriptArgs(args []string) []string {
@@ -168,7 +178,7 @@ func deleteEach(kind string, names []string, exists func(*cluster.Cluster, strin
 			return exitError{code: 130, msg: fmt.Sprintf("interrupted before deleting %s(s) %s. %s", kind, strings.Join(names[i:], " "), labSummary(c))}
 		}
 		if err := del(c, n); err != nil {
-			finish(c.A)
+			failed(c.A)
 			return err
 		}
 		fmt.Fprintf(out(), "%s %s deleted\n", kind, n)

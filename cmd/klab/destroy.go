@@ -69,7 +69,7 @@ error. --all removes every klab lab and nothing else.`,
 				}
 			}
 			if err := cluster.Destroy(globals.stateDir, name, a, os.Stderr); err != nil {
-				finish(a)
+				failed(a)
 				return err
 			}
 			if err := finish(a); err != nil {

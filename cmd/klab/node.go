@@ -73,7 +73,7 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 			}
 			n, err := c.AddNode(spec)
 			if err != nil {
-				finish(c.A)
+				failed(c.A)
 				return interrupted(c, "node "+spec.Name, false, err)
 			}
 			if err := finish(c.A); err != nil {

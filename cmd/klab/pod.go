@@ -57,7 +57,7 @@ network.`,
 			defer guardBuild(c)()
 			p, err := c.AddPod(spec)
 			if err != nil {
-				finish(c.A)
+				failed(c.A)
 				return interrupted(c, "pod "+spec.Name, false, err)
 			}
 			if err := finish(c.A); err != nil {

@@ -260,7 +260,7 @@ with a matching label (or a listed name) and it joins.`,
 			defer guardBuild(c)()
 			svc, err := c.AddService(spec)
 			if err != nil {
-				finish(c.A)
+				failed(c.A)
 				return err
 			}
 			if err := finish(c.A); err != nil || globals.dryRun {
@@ -329,7 +329,7 @@ packet counters, stays as it is (see --explain).`,
 			defer c.Close()
 			defer guardBuild(c)()
 			if err := c.SetEndpoints(args[0], pods); err != nil {
-				finish(c.A)
+				failed(c.A)
 				return err
 			}
 			if err := finish(c.A); err != nil || globals.dryRun {

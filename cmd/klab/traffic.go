@@ -164,7 +164,7 @@ stopped by 'klab pod del', 'klab serve --stop' and 'klab destroy'.`,
 			argv := []string{self, "__serve", "--name", args[0], "--port", strconv.Itoa(port), "--proto", proto, "--lab", c.Lab.Name}
 			s, err := c.StartServer(args[0], proto, port, argv)
 			if err != nil {
-				finish(c.A)
+				failed(c.A)
 				return err
 			}
 			if err := finish(c.A); err != nil || globals.dryRun {
