@@ -48,7 +48,9 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		// guided labs
 		newRunCmd, newLabsCmd, newLabCmd,
 		// building by hand
-		newNodeCmd, newPodCmd, newServiceCmd,
+		newNodeCmd, newPodCmd, newServiceCmd, newNamespaceCmd,
+		// Kubernetes objects from manifests
+		newApplyCmd, newDeleteCmd, newGetCmd,
 		// poking at the result
 		newExecCmd, newEnterCmd, newPingCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd,
 		// the lab's life cycle
@@ -80,6 +82,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 var mutating = []string{
 	"node add", "node del", "pod add", "pod del",
 	"service add", "service del", "service set-endpoints",
+	"namespace add", "namespace del", "apply", "delete",
 	"serve", "repair", "destroy",
 }
 

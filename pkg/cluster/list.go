@@ -95,7 +95,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		}
 		for _, p := range l.Pods {
 			info.Pods = append(info.Pods, p.Name)
-			if !have[p.Name] {
+			if !have[netns.Object(p.Name)] {
 				problem("pod %s has no namespace: remove it with 'klab pod del %s --lab %s'", p.Name, p.Name, name)
 			}
 		}
@@ -104,7 +104,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		}
 		known := map[string]bool{UnderlayName: true, ExternalName: true}
 		for _, n := range l.Names() {
-			known[n] = true
+			known[netns.Object(n)] = true
 		}
 		for obj := range have {
 			if known[obj] {

@@ -25,9 +25,9 @@ func TestNATService(t *testing.T) {
 		want nat.Service
 		ok   bool
 	}{
-		{"web", nat.Service{Name: "web", ClusterIP: ip("10.96.0.10"), Ports: []nat.ServicePort{{Port: 80}},
+		{"web", nat.Service{Namespace: "default", Name: "web", ClusterIP: ip("10.96.0.10"), Ports: []nat.ServicePort{{Port: 80}},
 			Endpoints: []nat.Endpoint{{IP: ip("10.244.1.2"), PodName: "a", NodeName: "node1"}}}, true},
-		{"db", nat.Service{Name: "db", ClusterIP: ip("10.96.0.11"), Ports: []nat.ServicePort{{Port: 5432}}, Affinity: nat.AffinityClientIP,
+		{"db", nat.Service{Namespace: "default", Name: "db", ClusterIP: ip("10.96.0.11"), Ports: []nat.ServicePort{{Port: 5432}}, Affinity: nat.AffinityClientIP,
 			Endpoints: []nat.Endpoint{{IP: ip("10.244.2.2"), PodName: "b", NodeName: "node2"}}}, true},
 		{"nope", nat.Service{}, false},
 	} {

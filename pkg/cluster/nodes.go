@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/klab-dev/klab/pkg/bridge"
 	"github.com/klab-dev/klab/pkg/ipam"
@@ -31,7 +32,18 @@ func (c *Cluster) SubnetEnvPath(node string) string {
 // validateName checks a new node or pod name against the rules and the
 // names already in use.
 func (c *Cluster) validateName(kind, name string) error {
-	if err := netns.ValidateObject(kind, name); err != nil {
+	if kind == "pod" {
+		if err := c.Lab.validateKey(kind, name); err != nil {
+			return err
+		}
+		if strings.Contains(name, "/") {
+			if c.Lab.Pod(name) != nil {
+				return fmt.Errorf("pod %q already exists in lab %s: choose another name", name, c.Lab.Name)
+			}
+			return nil // a namespaced pod's network namespace cannot collide with a node's
+		}
+		name = NormalizeKey(name)
+	} else if err := netns.ValidateObject(kind, name); err != nil {
 		return err
 	}
 	if name == UnderlayName || name == ExternalName {

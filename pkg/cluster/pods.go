@@ -111,6 +111,7 @@ func (c *Cluster) podNode(s *PodSpec) (*Node, error) {
 	if err := c.validateName("pod", s.Name); err != nil {
 		return nil, err
 	}
+	s.Name = NormalizeKey(s.Name)
 	if s.Node == "" {
 		switch len(c.Lab.Nodes) {
 		case 0:

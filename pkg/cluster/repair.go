@@ -41,7 +41,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 	c.states = nil
 	known := map[string]bool{UnderlayName: true, ExternalName: true}
 	for _, n := range l.Names() {
-		known[n] = true
+		known[netns.Object(n)] = true
 	}
 	nss, err := netns.List(l.Name)
 	if err != nil {

@@ -25,13 +25,14 @@ func (c *Cluster) TargetNS(target string) (string, error) {
 // to a log file in the lab's state directory) and records it, so that
 // destroy stops it. The process enters the target's namespace itself.
 func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*Server, error) {
+	target = NormalizeKey(target)
 	for _, s := range c.Lab.Servers {
 		if s.Target == target && s.Port == port && s.Proto == proto && alive(s.PID) {
 			return nil, fmt.Errorf("%s already serves %s port %d (pid %d): stop it with 'klab serve %s --port %d --stop'", target, proto, port, s.PID, target, port)
 		}
 	}
 	dir := filepath.Join(c.Dir(), "servers")
-	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", target, proto, port))
+	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", netns.Object(target), proto, port))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	start := func() error {
@@ -101,6 +102,9 @@ func (c *Cluster) StopServers(target string) error {
 // match anything) and forgets them. Stopping is an operation of the plan
 // like any other: shown by --explain and --script, skipped by --dry-run.
 func (c *Cluster) StopServer(target, proto string, port int) error {
+	if target != "" {
+		target = NormalizeKey(target)
+	}
 	keep := c.Lab.Servers[:0]
 	var p plan.Plan
 	for _, s := range c.Lab.Servers {

@@ -18,36 +18,63 @@ import (
 // services, and a pod added later with a matching label (or a listed name)
 // joins them, as the endpoints controller would do.
 type Service struct {
-	Name      string            `json:"name"`
-	ClusterIP netip.Addr        `json:"clusterIP"`
-	Ports     []nat.ServicePort `json:"ports"`
-	Affinity  nat.Affinity      `json:"affinity,omitempty"`
-	Endpoints []string          `json:"endpoints,omitempty"`
-	Selector  map[string]string `json:"selector,omitempty"`
+	Name string `json:"name"`
+	// Type is empty for a ClusterIP service (NodePort ones have node
+	// ports), ServiceHeadless (clusterIP: None) or ServiceExternalName:
+	// kube-proxy writes no rules for the last two (DNS answers for them).
+	Type         string            `json:"type,omitempty"`
+	ExternalName string            `json:"externalName,omitempty"`
+	ClusterIP    netip.Addr        `json:"clusterIP"`
+	Ports        []nat.ServicePort `json:"ports"`
+	Affinity     nat.Affinity      `json:"affinity,omitempty"`
+	Endpoints    []string          `json:"endpoints,omitempty"`
+	Selector     map[string]string `json:"selector,omitempty"`
 }
 
 // ServiceSpec asks for a service; a zero ClusterIP is allocated from the
 // lab's service CIDR, and a NodePort of -1 is allocated from 30000-32767.
 type ServiceSpec struct {
-	Name      string
-	ClusterIP netip.Addr
-	Ports     []nat.ServicePort
-	Affinity  nat.Affinity
-	Endpoints []string
-	Selector  map[string]string
+	Type         string // "", ServiceHeadless or ServiceExternalName
+	ExternalName string
+	Name         string
+	ClusterIP    netip.Addr
+	Ports        []nat.ServicePort
+	Affinity     nat.Affinity
+	Endpoints    []string
+	Selector     map[string]string
 }
 
 // AutoNodePort in a ServiceSpec's port asks for an allocated node port.
 const AutoNodePort = -1
 
-// Service returns the service with that name, or nil.
-func (l *Lab) Service(name string) *Service {
+// Service types beyond ClusterIP/NodePort: no ClusterIP, no rules.
+const (
+	ServiceHeadless     = "Headless"
+	ServiceExternalName = "ExternalName"
+)
+
+// proxied reports whether kube-proxy programs the service.
+func (s *Service) proxied() bool { return s.Type != ServiceHeadless && s.Type != ServiceExternalName }
+
+// Service returns the service with that key or reference ("name",
+// "default/name", "namespace/name"), or nil.
+func (l *Lab) Service(ref string) *Service {
+	key := NormalizeKey(ref)
 	for _, s := range l.Services {
-		if s.Name == name {
+		if s.Name == key {
 			return s
 		}
 	}
 	return nil
+}
+
+// endpointKey is the key of a pod a service names: relative to the
+// service's namespace unless it names its own.
+func endpointKey(s *Service, pod string) string {
+	if strings.Contains(pod, "/") {
+		return NormalizeKey(pod)
+	}
+	return Key(s.Namespace(), pod)
 }
 
 // EndpointPods lists the pods backing a service now, in the order the
@@ -55,8 +82,9 @@ func (l *Lab) Service(name string) *Service {
 func (l *Lab) EndpointPods(s *Service) []*Pod {
 	var out []*Pod
 	if s.Selector != nil {
+		ns := s.Namespace()
 		for _, p := range l.Pods {
-			if matches(s.Selector, p.Labels) {
+			if p.Namespace() == ns && matches(s.Selector, p.Labels) {
 				out = append(out, p)
 			}
 		}
@@ -64,7 +92,7 @@ func (l *Lab) EndpointPods(s *Service) []*Pod {
 		return out
 	}
 	for _, name := range s.Endpoints {
-		if p := l.Pod(name); p != nil {
+		if p := l.Pod(endpointKey(s, name)); p != nil {
 			out = append(out, p)
 		}
 	}
@@ -84,7 +112,10 @@ func matches(selector, labels map[string]string) bool {
 func (l *Lab) natServices() []nat.Service {
 	out := make([]nat.Service, 0, len(l.Services))
 	for _, s := range l.Services {
-		ns := nat.Service{Name: s.Name, ClusterIP: s.ClusterIP, Ports: s.Ports, Affinity: s.Affinity}
+		if !s.proxied() {
+			continue
+		}
+		ns := nat.Service{Namespace: s.Namespace(), Name: s.ShortName(), ClusterIP: s.ClusterIP, Ports: s.Ports, Affinity: s.Affinity}
 		for _, p := range l.EndpointPods(s) {
 			ns.Endpoints = append(ns.Endpoints, nat.Endpoint{IP: p.IP, PodName: p.Name, NodeName: p.Node})
 		}
@@ -112,6 +143,10 @@ func (l *Lab) Rules(n *Node) (*nat.Ruleset, error) {
 // allocated fields (ClusterIP, node ports), without touching the kernel.
 func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 	l := c.Lab
+	if err := l.validateKey("service", s.Name); err != nil {
+		return nil, err
+	}
+	s.Name = NormalizeKey(s.Name)
 	if l.Service(s.Name) != nil {
 		return nil, fmt.Errorf("service %q already exists in lab %s: delete it first (klab service del %s) or choose another name", s.Name, l.Name, s.Name)
 	}
@@ -124,7 +159,7 @@ func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 			return nil, fmt.Errorf("service %s lists pod %q twice in --endpoints: list each pod once", s.Name, e)
 		}
 		seen[e] = true
-		if l.Pod(e) == nil {
+		if l.Pod(endpointKey(&Service{Name: s.Name}, e)) == nil {
 			return nil, c.unknownPod(s.Name, e)
 		}
 	}
@@ -138,8 +173,12 @@ func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 			}
 		}
 	}
-	svc := &Service{Name: s.Name, ClusterIP: s.ClusterIP, Ports: slices.Clone(s.Ports), Affinity: s.Affinity,
+	svc := &Service{Name: s.Name, Type: s.Type, ExternalName: s.ExternalName, ClusterIP: s.ClusterIP, Ports: slices.Clone(s.Ports), Affinity: s.Affinity,
 		Endpoints: slices.Clone(s.Endpoints), Selector: maps.Clone(s.Selector)}
+	if !svc.proxied() {
+		svc.ClusterIP = netip.Addr{}
+		return svc, nil
+	}
 	if !svc.ClusterIP.IsValid() {
 		ip, err := nat.AllocateClusterIP(l.ServiceCIDR, usedIPs)
 		if err != nil {

@@ -60,6 +60,7 @@ type Lab struct {
 	Port            int          `json:"port"`
 	Created         time.Time    `json:"created"`
 	Nodes           []*Node      `json:"nodes"`
+	Namespaces      []*Namespace `json:"namespaces,omitempty"` // beyond the built-in ones
 	Pods            []*Pod       `json:"pods"`
 	Services        []*Service   `json:"services,omitempty"`
 	Servers         []*Server    `json:"servers,omitempty"`
@@ -75,11 +76,15 @@ type Node struct {
 
 // Pod is a pod: a namespace plugged into its node's cni0.
 type Pod struct {
+	// Name is the pod's key: its name in default, "namespace/name" in any
+	// other Kubernetes namespace (see namespaces.go).
 	Name     string            `json:"name"`
 	Node     string            `json:"node"`
 	IP       netip.Addr        `json:"ip"`
 	HostVeth string            `json:"hostVeth"`
 	Labels   map[string]string `json:"labels,omitempty"`
+	// Ports are the containerPorts of a pod applied from a manifest.
+	Ports []ContainerPort `json:"ports,omitempty"`
 }
 
 // Server is a background traffic server started by klab in a namespace.
@@ -110,10 +115,12 @@ func (l *Lab) Node(name string) *Node {
 	return nil
 }
 
-// Pod returns the pod with that name, or nil.
-func (l *Lab) Pod(name string) *Pod {
+// Pod returns the pod with that key or reference ("name", "default/name"
+// or "namespace/name"), or nil.
+func (l *Lab) Pod(ref string) *Pod {
+	key := NormalizeKey(ref)
 	for _, p := range l.Pods {
-		if p.Name == name {
+		if p.Name == key {
 			return p
 		}
 	}

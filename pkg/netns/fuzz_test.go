@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,10 +39,21 @@ func FuzzNames(f *testing.F) {
 			}
 		}
 		// Whatever Parse accepts (any file name found in /run/netns) is a
-		// valid lab and object, and is exactly Name of them.
+		// valid lab and object (a namespaced pod's object is two valid
+		// names joined by a dot), and is exactly Name of them.
 		if l, o, ok := Parse(lab); ok {
-			if ValidateLab(l) != nil || ValidateObject("node", o) != nil || Name(l, o) != lab {
+			valid := ValidateObject("node", o)
+			if ns, pod, dotted := strings.Cut(o, "."); dotted {
+				valid = errors.Join(ValidateObject("namespace", ns), ValidateObject("pod", pod))
+			}
+			if ValidateLab(l) != nil || valid != nil || Name(l, o) != lab {
 				t.Fatalf("Parse(%q) = %q %q", lab, l, o)
+			}
+		}
+		// A namespaced pod's key names the namespace of that pod.
+		if labErr == nil && objErr == nil {
+			if l, o, ok := Parse(Name(lab, "kube-system/"+obj)); !ok || l != lab || o != "kube-system."+obj {
+				t.Fatalf("pod kube-system/%s of lab %s: Parse = %q %q %v", obj, lab, l, o, ok)
 			}
 		}
 	})

@@ -56,7 +56,15 @@ func ValidateObject(kind, name string) error {
 }
 
 // Name returns the namespace name of object obj in lab: klab.<lab>.<obj>.
-func Name(lab, obj string) string { return Prefix + lab + "." + obj }
+// A pod of a Kubernetes namespace other than default is named by its key
+// "<namespace>/<pod>", and its network namespace is
+// klab.<lab>.<namespace>.<pod> (Object): it still ends in ".<pod>", and
+// Parse tells it apart because lab names and Kubernetes names hold no dots.
+func Name(lab, obj string) string { return Prefix + lab + "." + Object(obj) }
+
+// Object is the part of a namespace name that names obj: obj itself, or
+// for a namespaced pod key "<namespace>/<pod>", "<namespace>.<pod>".
+func Object(obj string) string { return strings.Replace(obj, "/", ".", 1) }
 
 // Parse splits a klab namespace name into its lab and object. ok is false for
 // names klab did not create.
@@ -70,7 +78,16 @@ func Parse(name string) (lab, obj string, ok bool) {
 		return "", "", false
 	}
 	lab, obj = rest[:i], rest[i+1:]
-	if label(lab, 32) && label(obj, 63) {
+	if !label(lab, 32) {
+		return "", "", false
+	}
+	if ns, pod, ok := strings.Cut(obj, "."); ok {
+		if label(ns, 63) && label(pod, 63) {
+			return lab, obj, true
+		}
+		return "", "", false
+	}
+	if label(obj, 63) {
 		return lab, obj, true
 	}
 	return "", "", false

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/klab-dev/klab/internal/testutil"
+	"github.com/klab-dev/klab/pkg/netns"
+)
+
+// A manifest with a namespace, a Deployment, a NodePort Service with named
+// target ports and pods in another namespace: 'klab apply' builds it (the
+// pods' network namespaces named klab.<lab>[.<namespace>].<pod>, read back
+// with ip netns), the pods answer on their containerPorts through the
+// Service, the selector stays inside the service's namespace, 'klab get -o
+// json' is a Kubernetes List with status, and 'klab delete -f' removes it
+// all; an invalid manifest changes nothing.
+func TestApplyGetDelete(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Parallel()
+	k := newCLI(t)
+	lab := testutil.LabName(t, "ob")
+	k.destroyOnCleanup(lab)
+	k.must("--lab", lab, "node", "add", "node1")
+	k.must("--lab", lab, "node", "add", "node2")
+	out := k.must("--lab", lab, "apply", "-f", "testdata/manifests/web.yaml")
+	for _, want := range []string{"namespace/other created", "pod/other/client created", "service/web created"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("apply output lacks %q:\n%s", want, out)
+		}
+	}
+	nss, _ := netns.List(lab)
+	for _, want := range []string{netns.Name(lab, "other.client"), netns.Name(lab, "other.web-0")} {
+		if !slices.Contains(nss, want) {
+			t.Errorf("no namespace %s among %v", want, nss)
+		}
+	}
+	// get -o json: a List of Pods with status.
+	var list struct {
+		Kind  string `json:"kind"`
+		Items []struct {
+			Kind     string `json:"kind"`
+			Metadata struct{ Name, Namespace string }
+			Spec     struct{ NodeName string }
+			Status   struct{ PodIP string }
+		}
+	}
+	if err := json.Unmarshal([]byte(k.must("--lab", lab, "get", "pods", "-A", "-o", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	var web []string
+	for _, it := range list.Items {
+		if it.Kind != "Pod" || it.Status.PodIP == "" || it.Spec.NodeName == "" {
+			t.Errorf("item %+v", it)
+		}
+		if it.Metadata.Namespace == "default" {
+			web = append(web, it.Metadata.Name)
+		}
+	}
+	if list.Kind != "List" || len(list.Items) != 5 || len(web) != 3 {
+		t.Fatalf("get pods -A -o json: kind %s, %d items, default pods %v", list.Kind, len(list.Items), web)
+	}
+	// Real traffic: the Service (named targetPort http -> 8080) spreads
+	// over the three Deployment pods and never reaches other/web-0, which
+	// has the label but lives in another namespace.
+	seen := map[string]bool{}
+	for range 12 {
+		r := k.run(nil, "--lab", lab, "curl", "other/client", "http://web.default:80/")
+		if r.code != 0 {
+			r = k.run(nil, "--lab", lab, "curl", "other/client", "http://"+clusterIP(t, k, lab)+"/")
+		}
+		if r.code != 0 {
+			t.Fatalf("curl through the service: %s", r.out)
+		}
+		seen[strings.SplitN(strings.TrimSpace(r.out), "\n", 2)[0]] = true
+	}
+	for name := range seen {
+		if !slices.Contains(web, name) {
+			t.Errorf("the service reached %q, not one of its pods %v", name, web)
+		}
+	}
+	// NodePort from the external host.
+	if r := k.run(nil, "--lab", lab, "curl", "external", "http://192.168.1.101:30000/"); r.code != 0 {
+		t.Errorf("NodePort: %s", r.out)
+	}
+	// An invalid manifest changes nothing.
+	before := k.must("--lab", lab, "get", "pods", "-A", "-o", "json")
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: fine}\nspec: {containers: [{name: c, image: x}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: 70000}]}\n"), 0o644)
+	r := k.run(nil, "--lab", lab, "apply", "-f", bad)
+	if r.code == 0 || !strings.Contains(r.out, "document 2") || !strings.Contains(r.out, "70000") {
+		t.Errorf("bad manifest: exit %d\n%s", r.code, r.out)
+	}
+	if after := k.must("--lab", lab, "get", "pods", "-A", "-o", "json"); after != before {
+		t.Error("a rejected apply changed the pods")
+	}
+	// delete -f removes every object and network namespace it made.
+	k.must("--lab", lab, "delete", "-f", "testdata/manifests/web.yaml")
+	nss, _ = netns.List(lab)
+	if len(nss) != 4 { // underlay, external, node1, node2
+		t.Errorf("after delete -f: %v", nss)
+	}
+}
+
+func clusterIP(t *testing.T, k *cli, lab string) string {
+	var svc struct {
+		Items []struct{ Spec struct{ ClusterIP string } }
+	}
+	if err := json.Unmarshal([]byte(k.must("--lab", lab, "get", "svc", "-o", "json")), &svc); err != nil || len(svc.Items) == 0 {
+		t.Fatalf("get svc: %v", err)
+	}
+	return svc.Items[0].Spec.ClusterIP
+}

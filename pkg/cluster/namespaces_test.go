@@ -1,0 +1,51 @@
+package cluster
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestKeys(t *testing.T) {
+	for _, tc := range []struct{ ref, key, ns, name string }{
+		{"web", "web", "default", "web"},
+		{"default/web", "web", "default", "web"},
+		{"other/client", "other/client", "other", "client"},
+	} {
+		if got := NormalizeKey(tc.ref); got != tc.key {
+			t.Errorf("NormalizeKey(%q) = %q, want %q", tc.ref, got, tc.key)
+		}
+		if ns, name := SplitKey(tc.ref); ns != tc.ns || name != tc.name {
+			t.Errorf("SplitKey(%q) = %q %q", tc.ref, ns, name)
+		}
+	}
+	l := &Lab{Name: "demo", Namespaces: []*Namespace{{Name: "other", Labels: map[string]string{MetadataNameLabel: "other"}}}}
+	for ref, want := range map[string]string{
+		"other/a":               "",
+		"a":                     "",
+		"kube-system/coredns-1": "",
+		"nope/a":                `namespace "nope" does not exist in lab demo: create it first (klab namespace add nope)`,
+		"Other/a":               `namespace name "Other" is not valid`,
+		"other/a/b":             `write NAME or NAMESPACE/NAME`,
+		"other/A":               `pod name "A" is not valid`,
+	} {
+		err := l.validateKey("pod", ref)
+		if (want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), want) {
+			t.Errorf("validateKey(%q) = %v, want %q", ref, err, want)
+		}
+	}
+	if n := l.Namespace("kube-system"); n == nil || n.Labels[MetadataNameLabel] != "kube-system" {
+		t.Errorf("built-in namespace: %+v", n)
+	}
+	if got := len(l.AllNamespaces()); got != 5 {
+		t.Errorf("%d namespaces, want 4 built-in + other", got)
+	}
+	// A service selects pods of its own namespace only; endpoints named
+	// without a namespace are in the service's.
+	l.Pods = []*Pod{{Name: "web-1", Labels: map[string]string{"app": "web"}}, {Name: "other/web-2", Labels: map[string]string{"app": "web"}}}
+	if got := l.EndpointPods(&Service{Name: "other/web", Selector: map[string]string{"app": "web"}}); len(got) != 1 || got[0].Name != "other/web-2" {
+		t.Errorf("selector across namespaces: %v", got)
+	}
+	if got := l.EndpointPods(&Service{Name: "other/web", Endpoints: []string{"web-2", "default/web-1"}}); len(got) != 2 {
+		t.Errorf("endpoints by name: %v", got)
+	}
+}
