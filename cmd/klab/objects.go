@@ -129,7 +129,7 @@ declared containerPort (TCP: HTTP answering with the pod's name; UDP: an echo).`
 				return err
 			}
 			res, err := c.Apply(set, func(target, proto string, port int) []string {
-				return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", c.Lab.Name}
+				return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", c.Lab.Name, "--state-dir", globals.stateDir}
 			})
 			if err != nil {
 				failed(c.A)
@@ -262,7 +262,11 @@ func getObjects(kind, ns string, all bool) error {
 			}
 			o := l.PodObject(p)
 			items = append(items, &o)
-			r := []string{p.ShortName(), "1/1", "Running", "0", age(l)}
+			ready := "1/1"
+			if p.Unready {
+				ready = "0/1"
+			}
+			r := []string{p.ShortName(), ready, "Running", "0", age(l)}
 			if wide {
 				r = append(r, p.IP.String(), p.Node)
 			}

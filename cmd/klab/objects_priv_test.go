@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/netns"
@@ -49,7 +51,7 @@ func TestApplyGetDelete(t *testing.T) {
 			Status   struct{ PodIP string }
 		}
 	}
-	if err := json.Unmarshal([]byte(k.must("--lab", lab, "get", "pods", "-A", "-o", "json")), &list); err != nil {
+	if err := json.Unmarshal(k.stdout(t, "--lab", lab, "get", "pods", "-A", "-o", "json"), &list); err != nil {
 		t.Fatal(err)
 	}
 	var web []string
@@ -110,8 +112,100 @@ func clusterIP(t *testing.T, k *cli, lab string) string {
 	var svc struct {
 		Items []struct{ Spec struct{ ClusterIP string } }
 	}
-	if err := json.Unmarshal([]byte(k.must("--lab", lab, "get", "svc", "-o", "json")), &svc); err != nil || len(svc.Items) == 0 {
+	if err := json.Unmarshal(k.stdout(t, "--lab", lab, "get", "svc", "-o", "json"), &svc); err != nil || len(svc.Items) == 0 {
 		t.Fatalf("get svc: %v", err)
 	}
 	return svc.Items[0].Spec.ClusterIP
+}
+
+// Readiness: pods with a readinessProbe start unready and become ready
+// when the probe (an HTTP GET from the node, as the kubelet's) passes;
+// when a pod's server stops, the probe fails and the pod leaves the
+// Service's endpoints — in the kernel's rules (iptables-save on the node)
+// and for real traffic — and comes back once the server runs again.
+// 'klab pod set-ready' does the same by hand.
+func TestReadiness(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Parallel()
+	k := newCLI(t)
+	lab := testutil.LabName(t, "obr")
+	k.destroyOnCleanup(lab)
+	k.must("--lab", lab, "node", "add", "node1")
+	k.must("--lab", lab, "apply", "-f", "testdata/manifests/ready.yaml")
+	pods := func() map[string]string { // name -> IP, ready ones
+		var list struct {
+			Items []struct {
+				Metadata struct{ Name string }
+				Status   struct {
+					PodIP      string
+					Conditions []struct{ Type, Status string }
+				}
+			}
+		}
+		if err := json.Unmarshal(k.stdout(t, "--lab", lab, "get", "pods", "-o", "json"), &list); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, it := range list.Items {
+			for _, c := range it.Status.Conditions {
+				if c.Type == "Ready" && c.Status == "True" {
+					out[it.Metadata.Name] = it.Status.PodIP
+				}
+			}
+		}
+		return out
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting: %s", what)
+			}
+		}
+	}
+	waitFor("both pods ready", func() bool { return len(pods()) == 2 })
+	ready := pods()
+	var victim, other string
+	for name := range ready {
+		if victim == "" {
+			victim = name
+		} else {
+			other = name
+		}
+	}
+	nodeRules := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", netns.Name(lab, "node1"), "iptables-save", "-t", "nat").Output()
+		return string(out)
+	}
+	k.must("--lab", lab, "serve", victim, "--port", "8080", "--stop")
+	waitFor(victim+" unready after its server stopped", func() bool { _, ok := pods()[victim]; return !ok })
+	if rules := nodeRules(); strings.Contains(rules, ready[victim]+":8080") || !strings.Contains(rules, ready[other]+":8080") {
+		t.Errorf("node1's rules after %s went unready:\n%s", victim, rules)
+	}
+	for range 6 {
+		if r := k.run(nil, "--lab", lab, "curl", "node1", "http://"+clusterIP(t, k, lab)+"/"); r.code != 0 || !strings.HasPrefix(r.out, other) {
+			t.Fatalf("traffic to the service while %s is unready: %s", victim, r.out)
+		}
+	}
+	k.must("--lab", lab, "serve", victim, "--port", "8080")
+	waitFor(victim+" ready again", func() bool { _, ok := pods()[victim]; return ok })
+	// By hand.
+	k.must("--lab", lab, "pod", "set-ready", other, "false")
+	if rules := nodeRules(); strings.Contains(rules, ready[other]+":8080") {
+		t.Errorf("set-ready false left %s in the rules", other)
+	}
+	if r := k.run(nil, "--lab", lab, "pod", "set-ready", other, "maybe"); r.code == 0 || !strings.Contains(r.out, "neither true nor false") {
+		t.Errorf("set-ready maybe: %s", r.out)
+	}
+}
+
+// stdout runs klab and returns its standard output only (a command may
+// say on stderr that it waits for the lab's lock).
+func (c *cli) stdout(t *testing.T, args ...string) []byte {
+	t.Helper()
+	out, err := c.cmd(nil, args...).Output()
+	if err != nil {
+		t.Fatalf("klab %s: %v", strings.Join(args, " "), err)
+	}
+	return out
 }

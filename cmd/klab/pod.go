@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -17,7 +18,7 @@ func newPodCmd() *cobra.Command {
 		Use:   "pod",
 		Short: "Add, delete and list pods (namespaces wired to a node's cni0)",
 	}
-	cmd.AddCommand(newPodAddCmd(), newPodDelCmd(), newPodListCmd())
+	cmd.AddCommand(newPodAddCmd(), newPodDelCmd(), newPodListCmd(), newPodSetReadyCmd())
 	return cmd
 }
 
@@ -128,4 +129,44 @@ func labelString(m map[string]string) string {
 	}
 	sort.Strings(kv)
 	return strings.Join(kv, ",")
+}
+
+func newPodSetReadyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "set-ready POD true|false",
+		Short: "Mark a pod ready or not, as a passing or failing readiness probe does",
+		Long: `Mark a pod ready or unready. An unready pod leaves the endpoints of every
+Service that selects it, on every node at once (one iptables-restore per node
+rewriting only that service's chains), as the endpoints controller and
+kube-proxy do when a readiness probe fails; 'klab get endpoints' lists it under
+notReadyAddresses. Marking it ready brings it back.`,
+		Example:           "  klab pod set-ready web-2 false\n  klab get endpoints web\n  klab pod set-ready web-2 true",
+		Args:              exactArgs(2, "POD and true or false"),
+		ValidArgsFunction: completePods,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ready, err := strconv.ParseBool(args[1])
+			if err != nil {
+				return fmt.Errorf("%q is neither true nor false: write klab pod set-ready %s true (or false)", args[1], args[0])
+			}
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			defer guardBuild(c)()
+			if err := c.SetReady(args[0], ready); err != nil {
+				failed(c.A)
+				return err
+			}
+			if err := finish(c.A); err != nil {
+				return err
+			}
+			state := "ready"
+			if !ready {
+				state = "not ready: it left its services' endpoints"
+			}
+			fmt.Fprintf(out(), "pod %s %s\n", args[0], state)
+			return nil
+		},
+	}
 }

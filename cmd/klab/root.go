@@ -80,7 +80,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 // the plan as a script, change nothing) and --script FILE (append what ran
 // to FILE); 'klab run' has both too, for a whole lab.
 var mutating = []string{
-	"node add", "node del", "pod add", "pod del",
+	"node add", "node del", "pod add", "pod del", "pod set-ready",
 	"service add", "service del", "service set-endpoints",
 	"namespace add", "namespace del", "apply", "delete",
 	"serve", "repair", "destroy",

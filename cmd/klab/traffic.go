@@ -192,6 +192,10 @@ func newServeWorkerCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := signalContext()
 			defer cancel()
+			if proto == "readiness" {
+				fmt.Printf("listening for nothing: the readiness prober of lab %s\n", globals.lab)
+				return cluster.RunProber(ctx, globals.stateDir, globals.lab)
+			}
 			addr := net.JoinHostPort("0.0.0.0", strconv.Itoa(port))
 			if proto == "udp" {
 				pc, err := net.ListenPacket("udp4", addr)

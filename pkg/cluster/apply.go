@@ -114,9 +114,14 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 	}
 	var specs []PodSpec
 	ports := map[string][]ContainerPort{}
+	probes := map[string]*ReadinessProbe{}
 	for _, p := range set.Pods {
 		key := Key(p.Namespace, p.Name)
 		cps := containerPorts(p)
+		rp, err := readinessOf(p, cps)
+		if err != nil {
+			return fail(fmt.Errorf("%s: pod %s/%s: %w", set.Origins[k8s.Ref{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}], p.Namespace, p.Name, err))
+		}
 		if old := c.Lab.Pod(key); old != nil {
 			if old.Node != p.Spec.NodeName {
 				return fail(fmt.Errorf("%s: pod %s/%s runs on node %s, and moving a pod is not an update: delete it first (klab delete -f, or klab pod del %s)", set.Origins[k8s.Ref{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}], p.Namespace, p.Name, old.Node, key))
@@ -132,7 +137,7 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 			continue
 		}
 		specs = append(specs, PodSpec{Name: key, Node: p.Spec.NodeName, Labels: maps.Clone(p.Labels)})
-		ports[key] = cps
+		ports[key], probes[key] = cps, rp
 		res.add("Pod", p.Namespace, p.Name, "created")
 	}
 	if len(specs) > 0 {
@@ -146,7 +151,9 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 			}
 		})
 		for _, p := range pods {
-			p.Ports = ports[p.Name]
+			// A pod with a readiness probe starts unready, as in a
+			// cluster; the prober makes it ready.
+			p.Ports, p.Readiness, p.Unready = ports[p.Name], probes[p.Name], probes[p.Name] != nil
 		}
 		if serve != nil {
 			for _, p := range pods {
@@ -157,6 +164,12 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 				}
 			}
 		}
+	}
+	if serve != nil && c.needsProber() {
+		if _, err := c.StartServer(UnderlayName, "readiness", 0, serve(UnderlayName, "readiness", 0)); err != nil {
+			return fail(fmt.Errorf("readiness prober: %w", err))
+		}
+		undo = append(undo, func() { c.StopServer(UnderlayName, "readiness", 0) })
 	}
 	for _, s := range set.Services {
 		spec, err := c.serviceSpec(s)
@@ -193,6 +206,22 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 		return fail(err)
 	}
 	return res, nil
+}
+
+// needsProber reports whether a pod has a readiness probe and the lab's
+// prober does not run yet.
+func (c *Cluster) needsProber() bool {
+	for _, s := range c.Lab.Servers {
+		if s.Proto == "readiness" && alive(s.PID) {
+			return false
+		}
+	}
+	for _, p := range c.Lab.Pods {
+		if p.Readiness != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // restoreService puts back a service an apply replaced, when the apply
@@ -270,7 +299,7 @@ func (c *Cluster) serviceSpec(s *corev1.Service) (ServiceSpec, error) {
 // namedPort resolves a named targetPort against the selected pods.
 func (c *Cluster) namedPort(spec ServiceSpec, name string, proto nat.Protocol) (int, error) {
 	port := 0
-	for _, p := range c.Lab.EndpointPods(&Service{Name: spec.Name, Selector: spec.Selector}) {
+	for _, p := range c.Lab.SelectedPods(&Service{Name: spec.Name, Selector: spec.Selector}) {
 		for _, cp := range p.Ports {
 			if cp.Name != name || cp.Protocol != proto {
 				continue

@@ -33,7 +33,12 @@ func (l *Lab) PodObject(p *Pod) corev1.Pod {
 	if n := l.Node(p.Node); n != nil {
 		o.Status.HostIP = n.IP.String()
 	}
-	o.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	ready := corev1.ConditionTrue
+	if p.Unready {
+		ready = corev1.ConditionFalse
+	}
+	o.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}
+	o.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "echo", Ready: !p.Unready, Image: "klab-echo"}}
 	return o
 }
 
@@ -74,15 +79,20 @@ func (l *Lab) ServiceObject(s *Service) corev1.Service {
 // EndpointsObject is a service's Endpoints: its ready endpoint pods.
 func (l *Lab) EndpointsObject(s *Service) corev1.Endpoints {
 	o := corev1.Endpoints{TypeMeta: typeMeta("Endpoints"), ObjectMeta: metav1.ObjectMeta{Name: s.ShortName(), Namespace: s.Namespace()}}
-	pods := l.EndpointPods(s)
-	if len(pods) == 0 || !s.proxied() && s.Type != ServiceHeadless {
+	pods := l.SelectedPods(s)
+	if len(pods) == 0 || s.Type == ServiceExternalName {
 		return o
 	}
 	var sub corev1.EndpointSubset
 	for _, p := range pods {
 		ns, name := p.Namespace(), p.ShortName()
 		node := p.Node
-		sub.Addresses = append(sub.Addresses, corev1.EndpointAddress{IP: p.IP.String(), NodeName: &node, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name}})
+		a := corev1.EndpointAddress{IP: p.IP.String(), NodeName: &node, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name}}
+		if p.Unready {
+			sub.NotReadyAddresses = append(sub.NotReadyAddresses, a)
+		} else {
+			sub.Addresses = append(sub.Addresses, a)
+		}
 	}
 	sort.Slice(sub.Addresses, func(i, j int) bool { return sub.Addresses[i].IP < sub.Addresses[j].IP })
 	for _, p := range s.Ports {

@@ -77,9 +77,15 @@ func endpointKey(s *Service, pod string) string {
 	return Key(s.Namespace(), pod)
 }
 
-// EndpointPods lists the pods backing a service now, in the order the
-// service names them (Endpoints) or by name (Selector).
+// EndpointPods lists the pods backing a service now — the ready pods it
+// selects — in the order the service names them (Endpoints) or by name
+// (Selector).
 func (l *Lab) EndpointPods(s *Service) []*Pod {
+	return slices.DeleteFunc(l.SelectedPods(s), func(p *Pod) bool { return p.Unready })
+}
+
+// SelectedPods lists the pods a service selects, ready or not.
+func (l *Lab) SelectedPods(s *Service) []*Pod {
 	var out []*Pod
 	if s.Selector != nil {
 		ns := s.Namespace()
@@ -382,4 +388,27 @@ func (c *Cluster) podNames() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// SetReady marks a pod ready or not, as the kubelet's readiness probe
+// does: an unready pod leaves every Service's endpoints on every node
+// (one iptables-restore per node), a ready one joins them again.
+func (c *Cluster) SetReady(pod string, ready bool) error {
+	p := c.Lab.Pod(pod)
+	if p == nil {
+		return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", pod, c.Lab.Name)
+	}
+	if p.Unready == !ready {
+		return nil
+	}
+	return c.changeServices(func(l *Lab) {
+		l.Pods = slices.Clone(l.Pods)
+		for i, o := range l.Pods {
+			if o == p {
+				q := *p
+				q.Unready = !ready
+				l.Pods[i] = &q
+			}
+		}
+	})
 }

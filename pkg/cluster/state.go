@@ -85,6 +85,11 @@ type Pod struct {
 	Labels   map[string]string `json:"labels,omitempty"`
 	// Ports are the containerPorts of a pod applied from a manifest.
 	Ports []ContainerPort `json:"ports,omitempty"`
+	// Unready is set while the pod is not ready (klab pod set-ready, or a
+	// failing readinessProbe): it is no Service's endpoint then.
+	Unready bool `json:"unready,omitempty"`
+	// Readiness is the pod's readinessProbe (see readiness.go).
+	Readiness *ReadinessProbe `json:"readinessProbe,omitempty"`
 }
 
 // Server is a background traffic server started by klab in a namespace.
