@@ -10,7 +10,7 @@ import (
 
 // plannedVerbs are the verbs labs may use (docs/lab-format.md); the real
 // command tree is checked by 'klab lab lint' in the cmd layer.
-var plannedVerbs = map[string]bool{"node": true, "pod": true, "exec": true, "show": true, "ping": true, "serve": true, "curl": true, "service": true, "trace": true, "destroy": true}
+var plannedVerbs = map[string]bool{"node": true, "pod": true, "exec": true, "show": true, "ping": true, "serve": true, "curl": true, "service": true, "trace": true, "traceroute": true, "destroy": true}
 
 func TestEmbeddedLabs(t *testing.T) {
 	names := Names()

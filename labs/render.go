@@ -1,6 +1,7 @@
 package labs
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -31,7 +32,17 @@ type Renderer struct {
 	W     io.Writer
 	Color bool
 	Width int // wrap column; 0 means 80
+	// AllRules keeps the rule payloads in commands' output whole. Without
+	// it, Output folds each iptables-restore heredoc longer than
+	// FoldRuleLines into one line: what it loads, how many rules, and the
+	// 'klab show NODE' that reads them (a lab's --explain is about links,
+	// addresses and routes as much as rules; 'klab --explain' typed on the
+	// command line is not rendered and prints everything).
+	AllRules bool
 }
+
+// FoldRuleLines is the longest rule payload Output shows unfolded.
+const FoldRuleLines = 12
 
 // NewRenderer renders to f, in colour when f is a terminal, $NO_COLOR is unset
 // and $TERM is not "dumb", wrapped to the terminal's width (at most 100).
@@ -131,8 +142,107 @@ func (r *Renderer) Note(format string, args ...any) {
 	r.printf("%s\n", r.style(ansiDim, fmt.Sprintf(format, args...)))
 }
 
-// Output returns a writer that indents what is written to it (a command's output).
-func (r *Renderer) Output() io.Writer { return &indentWriter{w: r.W, prefix: "  ", bol: true} }
+// Output returns a writer that indents what is written to it (a command's
+// output), folding long rule payloads unless AllRules is set.
+func (r *Renderer) Output() io.Writer {
+	iw := &indentWriter{w: r.W, prefix: "  ", bol: true}
+	if r.AllRules {
+		return iw
+	}
+	return &ruleFolder{r: r, w: iw}
+}
+
+var (
+	// heredocRE is the first line of a rule payload in --explain output:
+	// "ip netns exec klab.LAB.NODE iptables-restore ... <<'EOF'".
+	heredocRE = regexp.MustCompile(`^\s*ip netns exec (\S+) (iptables-restore|ip6tables-restore|iptables-nft-restore)\b.*<<'?(\w+)'?\s*$`)
+	ruleRE    = regexp.MustCompile(`^\s*-[AI] `)
+	tableRE   = regexp.MustCompile(`^\s*\*(\w+)\s*$`)
+)
+
+// ruleFolder passes a command's output through line by line, holding back
+// a rule-loading heredoc until its end marker and then writing it whole
+// (short) or as one summary line (long).
+type ruleFolder struct {
+	r       *Renderer
+	w       io.Writer
+	partial []byte   // a line not yet ended
+	held    []string // the heredoc being collected, first line first
+	ns, end string
+}
+
+func (f *ruleFolder) Write(p []byte) (int, error) {
+	f.partial = append(f.partial, p...)
+	for {
+		i := bytes.IndexByte(f.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(f.partial[:i+1])
+		f.partial = f.partial[i+1:]
+		if err := f.line(line); err != nil {
+			return 0, err
+		}
+	}
+	// Not inside a heredoc, and the unfinished line cannot start one: show
+	// it now (a prompt, progress).
+	if rest := strings.TrimLeft(string(f.partial), " \t"); len(f.held) == 0 && len(f.partial) > 0 &&
+		!strings.HasPrefix(rest, "ip netns exec") && !strings.HasPrefix("ip netns exec", rest) {
+		if _, err := f.w.Write(f.partial); err != nil {
+			return 0, err
+		}
+		f.partial = f.partial[:0]
+	}
+	return len(p), nil
+}
+
+func (f *ruleFolder) line(line string) error {
+	if len(f.held) == 0 {
+		if m := heredocRE.FindStringSubmatch(strings.TrimRight(line, "\n")); m != nil {
+			f.held, f.ns, f.end = []string{line}, m[1], m[3]
+			return nil
+		}
+		_, err := io.WriteString(f.w, line)
+		return err
+	}
+	f.held = append(f.held, line)
+	if strings.TrimSpace(line) != f.end && len(f.held) < 100000 {
+		return nil
+	}
+	held := f.held
+	f.held = nil
+	if len(held)-2 <= FoldRuleLines {
+		_, err := io.WriteString(f.w, strings.Join(held, ""))
+		return err
+	}
+	var tables []string
+	rules := 0
+	for _, l := range held[1 : len(held)-1] {
+		if m := tableRE.FindStringSubmatch(l); m != nil {
+			tables = append(tables, m[1])
+		} else if ruleRE.MatchString(l) {
+			rules++
+		}
+	}
+	target := f.ns
+	if i := strings.LastIndexByte(target, '.'); i >= 0 && strings.HasPrefix(target, "klab.") {
+		target = target[i+1:]
+	}
+	first := strings.TrimRight(strings.TrimSpace(held[0]), "\n")
+	first = first[:strings.LastIndex(first, "<<")]
+	summary := fmt.Sprintf("%s<<'%s' ... %s\n", first, f.end,
+		f.r.style(ansiDim, fmt.Sprintf("(folded: loads %d rules into the %s table%s; read them with 'klab show %s')",
+			rules, strings.Join(tables, " and "), plural(len(tables), "", "s"), target)))
+	_, err := io.WriteString(f.w, summary)
+	return err
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
 
 // CheckResult prints one check result: ✓ or ✗ with the command; for a failed
 // check also why, the output and the hint. verbose prints the output of passed

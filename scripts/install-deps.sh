@@ -2,8 +2,8 @@
 # Installs what klab needs from the distribution (Debian/Ubuntu), if missing:
 # iptables (klab's only runtime dependency) and, for the tests' cross-checks,
 # iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
-# kube-proxy's nftables table) and dig/getent checks of the cluster DNS
-# (bind9-dnsutils).
+# kube-proxy's nftables table), dig/getent checks of the cluster DNS
+# (bind9-dnsutils) and traceroute (klab traceroute is compared with it).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
@@ -16,6 +16,7 @@ if [ "${KLAB_WITH_TSHARK:-1}" = 1 ]; then
 fi
 command -v nft >/dev/null 2>&1 || need="$need nftables"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
+command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v make >/dev/null 2>&1 || need="$need make"
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then

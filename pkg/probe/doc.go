@@ -1,4 +1,5 @@
-// Package probe holds klab's built-in traffic tools: an ICMP pinger, an
+// Package probe holds klab's built-in traffic tools: an ICMP pinger, a
+// traceroute (UDP or ICMP probes with rising TTL), an
 // HTTP and UDP echo server, and their clients, each working from inside a
 // lab namespace.
 //
