@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -64,6 +65,12 @@ func openLab(create *cluster.Options) (*cluster.Cluster, error) {
 	c.A.DryRun = globals.dryRun
 	c.A.Simulate = simulate()
 	c.A.Discard = false
+	if self, err := os.Executable(); err == nil {
+		lab := c.Lab.Name
+		c.Serve = func(target, proto string, port int) []string {
+			return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", globals.stateDir}
+		}
+	}
 	return c, nil
 }
 

@@ -22,6 +22,7 @@ func newNodeCmd() *cobra.Command {
 
 func newNodeAddCmd() *cobra.Command {
 	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR string
+	var withDNS bool
 	cmd := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Add a node: a namespace on the underlay, with cni0, flannel.1 and a pod subnet",
@@ -39,7 +40,7 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
   klab node add node1 --lab hostgw --backend host-gw`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend}
+			opts := cluster.Options{Backend: backend, DNS: withDNS}
 			var err error
 			for _, f := range []struct {
 				name, val string
@@ -90,6 +91,7 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "for a new lab: the pod network (default 10.244.0.0/16)")
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
 	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
+	f.BoolVar(&withDNS, "dns", false, "for a new lab: cluster DNS (kube-system/kube-dns at the service CIDR's 10th address, two DNS pods, resolv.conf in every pod)")
 	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw"))
 	return cmd
 }

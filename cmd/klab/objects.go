@@ -124,13 +124,7 @@ declared containerPort (TCP: HTTP answering with the pod's name; UDP: an echo).`
 				return err
 			}
 			defer guardBuild(c)()
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			res, err := c.Apply(set, func(target, proto string, port int) []string {
-				return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", c.Lab.Name, "--state-dir", globals.stateDir}
-			})
+			res, err := c.Apply(set, c.Serve)
 			if err != nil {
 				failed(c.A)
 				return err

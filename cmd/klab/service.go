@@ -135,7 +135,8 @@ type serviceFlags struct {
 
 func (f serviceFlags) spec(name string, portSet bool) (cluster.ServiceSpec, error) {
 	s := cluster.ServiceSpec{Name: name}
-	if err := netns.ValidateObject("service", name); err != nil {
+	_, short := cluster.SplitKey(name)
+	if err := netns.ValidateObject("service", short); err != nil {
 		return s, err
 	}
 	proto := nat.Protocol(strings.ToLower(f.protocol))

@@ -192,6 +192,12 @@ func newServeWorkerCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := signalContext()
 			defer cancel()
+			switch proto {
+			case "dns":
+				return cluster.ServeDNS(ctx, globals.stateDir, globals.lab)
+			case "dns-authority":
+				return cluster.ServeExternalDNS(ctx)
+			}
 			if proto == "readiness" {
 				fmt.Printf("listening for nothing: the readiness prober of lab %s\n", globals.lab)
 				return cluster.RunProber(ctx, globals.stateDir, globals.lab)

@@ -115,6 +115,7 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 	var specs []PodSpec
 	ports := map[string][]ContainerPort{}
 	probes := map[string]*ReadinessProbe{}
+	hosts := map[string][2]string{}
 	for _, p := range set.Pods {
 		key := Key(p.Namespace, p.Name)
 		cps := containerPorts(p)
@@ -138,6 +139,7 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 		}
 		specs = append(specs, PodSpec{Name: key, Node: p.Spec.NodeName, Labels: maps.Clone(p.Labels)})
 		ports[key], probes[key] = cps, rp
+		hosts[key] = [2]string{p.Spec.Hostname, p.Spec.Subdomain}
 		res.add("Pod", p.Namespace, p.Name, "created")
 	}
 	if len(specs) > 0 {
@@ -154,6 +156,7 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 			// A pod with a readiness probe starts unready, as in a
 			// cluster; the prober makes it ready.
 			p.Ports, p.Readiness, p.Unready = ports[p.Name], probes[p.Name], probes[p.Name] != nil
+			p.Hostname, p.Subdomain = hosts[p.Name][0], hosts[p.Name][1]
 		}
 		if serve != nil {
 			for _, p := range pods {

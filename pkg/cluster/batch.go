@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -208,6 +209,11 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 	if err := c.commit(&before); err != nil {
 		// commit has put c.Lab back; undo the kernel side too.
 		return undo(err)
+	}
+	if len(nodes) > 0 {
+		if err := c.ensureDNS(); err != nil {
+			return nodes, pods, fmt.Errorf("the nodes are up, but the cluster DNS is not: %w", err)
+		}
 	}
 	return nodes, pods, nil
 }

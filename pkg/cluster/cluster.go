@@ -25,6 +25,7 @@ type Options struct {
 	UnderlayMTU  int
 	VNI          int
 	Port         int
+	DNS          bool // cluster DNS (see dns.go)
 }
 
 // withDefaults fills the zero fields with seed 003's values.
@@ -109,6 +110,11 @@ type Cluster struct {
 	// between two operations, the call rolls back what it created and
 	// returns an error wrapping ErrInterrupted (see interrupt.go).
 	Ctx context.Context
+
+	// Serve returns the command line of klab's server worker for a
+	// target (echo servers, the DNS servers, the readiness prober); the
+	// CLI sets it to its own binary.
+	Serve ServerArgv
 
 	lock   *os.File
 	states map[string]*plan.State // read since the last apply (see read)
@@ -214,7 +220,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		l = &Lab{
 			Name: lab, Backend: o.Backend, ClusterCIDR: o.ClusterCIDR, ServiceCIDR: o.ServiceCIDR,
 			UnderlayCIDR: o.UnderlayCIDR, UnderlayGateway: o.UnderlayCIDR.Addr().Next(), UnderlayMTU: o.UnderlayMTU,
-			VNI: o.VNI, Port: o.Port, Created: time.Now().UTC(),
+			VNI: o.VNI, Port: o.Port, DNS: o.DNS, Created: time.Now().UTC(),
 		}
 		err = nil
 	}
@@ -313,6 +319,7 @@ func (c *Cluster) CheckOptions(o Options, changed func(flag string) bool) error 
 		{"cluster-cidr", o.ClusterCIDR.String(), l.ClusterCIDR.String()},
 		{"underlay-cidr", o.UnderlayCIDR.String(), l.UnderlayCIDR.String()},
 		{"service-cidr", o.ServiceCIDR.String(), l.ServiceCIDR.String()},
+		{"dns", fmt.Sprint(o.DNS), fmt.Sprint(l.DNS)},
 	} {
 		if changed(f.flag) && f.want != f.has {
 			return fmt.Errorf("lab %s already uses %s %s, and --%s only applies when a lab is created: destroy the lab first (klab destroy %s) or pick another --lab", l.Name, f.flag, f.has, f.flag, l.Name)

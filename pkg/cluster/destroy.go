@@ -69,6 +69,7 @@ func PlanDestroy(stateDir, lab string) (plan.Plan, error) {
 	for _, ns := range nss {
 		p.Add(plan.Op{Verb: plan.NetnsDel, NS: ns})
 	}
+	p.Add(planEtcNetnsCleanup(lab)...)
 	if _, err := os.Stat(filepath.Join(stateDir, lab)); err == nil {
 		p.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: filepath.Join(stateDir, lab), Recurse: true}})
 	}

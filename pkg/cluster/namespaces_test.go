@@ -49,3 +49,21 @@ func TestKeys(t *testing.T) {
 		t.Errorf("endpoints by name: %v", got)
 	}
 }
+
+func TestDNSModel(t *testing.T) {
+	l := &Lab{Name: "demo", ServiceCIDR: mustPrefix("10.96.0.0/12")}
+	if got := l.DNSServiceIP().String(); got != "10.96.0.10" {
+		t.Errorf("kube-dns ClusterIP %s, want 10.96.0.10 (kubeadm's)", got)
+	}
+	if got := l.ResolvConf("other"); got != "nameserver 10.96.0.10\nsearch other.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n" {
+		t.Errorf("resolv.conf:\n%s", got)
+	}
+	l.Pods = []*Pod{{Name: "db-0", IP: mustAddr("10.244.1.5"), Labels: map[string]string{"app": "db"}, Hostname: "db-0", Subdomain: "db"},
+		{Name: "db-1", IP: mustAddr("10.244.2.5"), Labels: map[string]string{"app": "db"}, Unready: true}}
+	l.Services = []*Service{{Name: "db", Type: ServiceHeadless, Selector: map[string]string{"app": "db"}}}
+	snap := l.DNSSnapshot()
+	eps := snap.Endpoints("default", "db")
+	if len(snap.Services()) != 1 || len(eps) != 2 || !eps[0].Ready || eps[1].Ready || snap.Pods()[0].Subdomain != "db" {
+		t.Errorf("snapshot: %+v %+v %+v", snap.Services(), eps, snap.Pods())
+	}
+}

@@ -198,6 +198,9 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 		c.rollbackNode(n)
 		return nil, err
 	}
+	if err := c.ensureDNS(); err != nil {
+		return n, fmt.Errorf("node %s is up, but the cluster DNS is not: %w", n.Name, err)
+	}
 	return n, nil
 }
 

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -158,7 +159,13 @@ func (c *Cluster) podPlan(p *Pod, nst, pst *plan.State) (plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(pl, vp...), nil
+	pl = append(pl, vp...)
+	for _, op := range c.resolvConfOps(p) {
+		if old, err := os.ReadFile(op.File.Path); err != nil || !bytes.Equal(old, op.File.Data) {
+			pl.Add(op)
+		}
+	}
+	return pl, nil
 }
 
 // DelPod removes a pod: its servers, its veth pair, its namespace and its
@@ -191,6 +198,9 @@ func (c *Cluster) DelPod(name string) error {
 	}
 	if netns.Exists(c.NS(p.Name)) {
 		pl.Add(plan.Op{Verb: plan.NetnsDel, NS: c.NS(p.Name)})
+	}
+	if dir := filepath.Dir(c.resolvConfPath(p.Name)); exists(dir) {
+		pl.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: dir, Recurse: true}})
 	}
 	if n := c.Lab.Node(p.Node); n != nil {
 		rp, err := c.ipamStore(n).ReleaseOps(p.Name)
@@ -234,3 +244,5 @@ func removeAll(p string) error {
 	}
 	return nil
 }
+
+func exists(path string) bool { _, err := os.Stat(path); return err == nil }

@@ -58,6 +58,7 @@ type Lab struct {
 	UnderlayMTU     int          `json:"underlayMTU"`
 	VNI             int          `json:"vni"`
 	Port            int          `json:"port"`
+	DNS             bool         `json:"dns,omitempty"` // cluster DNS on (dns.go)
 	Created         time.Time    `json:"created"`
 	Nodes           []*Node      `json:"nodes"`
 	Namespaces      []*Namespace `json:"namespaces,omitempty"` // beyond the built-in ones
@@ -88,6 +89,10 @@ type Pod struct {
 	// Unready is set while the pod is not ready (klab pod set-ready, or a
 	// failing readinessProbe): it is no Service's endpoint then.
 	Unready bool `json:"unready,omitempty"`
+	// Hostname and Subdomain are spec.hostname and spec.subdomain, for
+	// the pod's DNS records.
+	Hostname  string `json:"hostname,omitempty"`
+	Subdomain string `json:"subdomain,omitempty"`
 	// Readiness is the pod's readinessProbe (see readiness.go).
 	Readiness *ReadinessProbe `json:"readinessProbe,omitempty"`
 }

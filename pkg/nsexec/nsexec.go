@@ -65,6 +65,13 @@ func ForTarget(c *cluster.Cluster, target string) (Spec, error) {
 		}
 		s.Binds = []Bind{{filepath.Dir(c.SubnetEnvPath(target)), cluster.RunFlannel}}
 	}
+	// A pod's /etc/netns files stand in for the host's /etc, as 'ip netns
+	// exec' does it: with cluster DNS, its resolv.conf.
+	if rc := c.ResolvConfPath(target); rc != "" {
+		if _, err := os.Stat(rc); err == nil {
+			s.Binds = append(s.Binds, Bind{rc, "/etc/resolv.conf"})
+		}
+	}
 	return s, nil
 }
 
@@ -140,8 +147,12 @@ func Enter(binds []Bind, argv []string) error {
 		}
 	}
 	for _, b := range binds {
-		if err := os.MkdirAll(b.Src, 0o755); err != nil {
-			return err
+		// A file (a pod's resolv.conf) is bound as it is; a directory is
+		// created if missing.
+		if fi, err := os.Stat(b.Src); err != nil || fi.IsDir() {
+			if err := os.MkdirAll(b.Src, 0o755); err != nil {
+				return err
+			}
 		}
 		// Dst is not created here: that would change the host's file
 		// system (see cluster.EnsureRunFlannel).
