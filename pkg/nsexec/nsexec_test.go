@@ -26,17 +26,40 @@ func TestMain(m *testing.M) {
 // enterMain is cmd/klab's __enter verb, without cobra.
 func enterMain(args []string) int {
 	var binds []Bind
-	for len(args) > 1 && args[0] == "--bind" {
-		b, err := ParseBind(args[1])
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
+	var rw []string
+	sandbox := false
+	for len(args) > 0 {
+		switch {
+		case args[0] == "--sandbox":
+			sandbox, args = true, args[1:]
+			continue
+		case len(args) > 1 && args[0] == "--rw":
+			rw, args = append(rw, args[1]), args[2:]
+			continue
+		case len(args) > 1 && args[0] == "--bind":
+			b, err := ParseBind(args[1])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+			binds, args = append(binds, b), args[2:]
+			continue
 		}
-		binds, args = append(binds, b), args[2:]
+		break
 	}
 	if len(args) == 0 || args[0] != "--" {
 		fmt.Fprintln(os.Stderr, "want -- before the command")
 		return 2
+	}
+	if sandbox {
+		code, err := EnterSandbox(binds, rw, args[1:])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			if code == 0 {
+				code = 1
+			}
+		}
+		return code
 	}
 	err := Enter(binds, args[1:])
 	fmt.Fprintln(os.Stderr, err)
