@@ -85,7 +85,7 @@ func TestRunStraight(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	want := []string{"destroy t-labs-x", "--explain node add node1", "exec node1 -- ip route", "ping pod-a pod-b"}
+	want := []string{"destroy t-labs-x --script=", "--explain node add node1", "exec node1 -- ip route", "ping pod-a pod-b"}
 	if !reflect.DeepEqual(f.calls, want) {
 		t.Errorf("calls %q, want %q", f.calls, want)
 	}
