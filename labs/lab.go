@@ -63,6 +63,10 @@ type Block struct {
 	Hint     string     // CheckBlock: the hint shown when one of its checks fails
 	Timeout  time.Duration
 	Settle   time.Duration // Action: how long a background command gets to get ready
+	// Privileged marks a klab or check block whose lesson is the privilege
+	// itself (a namespace built by hand, a CNI plugin run by hand): its
+	// commands run unsandboxed, after 'klab run' has asked (see docs/security.md).
+	Privileged bool
 }
 
 // Command is one klab invocation in a block.
@@ -71,6 +75,7 @@ type Command struct {
 	Text       string   // as written, continuation lines joined, without a trailing " &"
 	Args       []string // the words after "klab"
 	Background bool     // written with a trailing " &": runs while the block's next commands run
+	Privileged bool     // its block is marked privileged: it runs unsandboxed
 }
 
 // ExpectKind says how an expectation is matched.
@@ -156,6 +161,20 @@ func (l *Lab) Commands() []*Command {
 			out = append(out, b.Commands...)
 			for _, c := range b.Checks {
 				out = append(out, &c.Command)
+			}
+		}
+	}
+	return out
+}
+
+// PrivilegedBlocks returns the runnable blocks marked privileged, in file
+// order.
+func (l *Lab) PrivilegedBlocks() []Block {
+	var out []Block
+	for _, s := range l.Steps {
+		for _, b := range s.Blocks {
+			if b.Privileged {
+				out = append(out, b)
 			}
 		}
 	}

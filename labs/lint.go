@@ -15,8 +15,10 @@ type Validator func(args []string) error
 // (when validate is not nil), commands must not choose the lab or state
 // directory themselves (the runner does), labs cannot run labs, and the
 // backend named in the front matter must agree with the lab's node add
-// commands, and iptables commands must wait for the xtables lock (-w). It
-// returns an ErrorList, or nil.
+// commands, iptables commands must wait for the xtables lock (-w), and no
+// command may name a host file for klab to write (--script, --pcap) or
+// turn the sandbox off (--sandbox=false). What would fail inside the
+// sandbox is SandboxProblems'. It returns an ErrorList, or nil.
 func Lint(l *Lab, validate Validator) error {
 	var errs ErrorList
 	add := func(line int, format string, args ...any) {
@@ -43,6 +45,18 @@ func Lint(l *Lab, validate Validator) error {
 					add(c.Line, "%s in a lab command: the runner selects the lab (use 'klab run LAB --lab NAME' to pick another instance name)", g)
 					bad = true
 				}
+			}
+		}
+		for _, f := range flags {
+			for _, g := range []string{"--script", "--pcap"} {
+				if f == g || strings.HasPrefix(f, g+"=") {
+					add(c.Line, "%s in a lab command: a lab cannot name files on the host for klab to write (run 'klab run LAB --script FILE' to collect the lab's commands)", g)
+					bad = true
+				}
+			}
+			if f == "--sandbox=false" {
+				add(c.Line, "--sandbox=false in a lab command: a lab's commands run sandboxed; mark the block privileged (```klab privileged) if the lesson needs full root")
+				bad = true
 			}
 		}
 		if bad {

@@ -371,6 +371,9 @@ func (p *parser) fenced(line int, info string, content []string) {
 			k, v, ok := strings.Cut(opt, "=")
 			var dst *time.Duration
 			switch {
+			case opt == "privileged":
+				b.Privileged = true
+				continue
 			case ok && k == "timeout":
 				dst = &b.Timeout
 			case ok && k == "retry" && lang == "check":
@@ -384,9 +387,9 @@ func (p *parser) fenced(line int, info string, content []string) {
 				passing = v == "false"
 				continue
 			default:
-				known := "timeout=DURATION and settle=DURATION"
+				known := "timeout=DURATION, settle=DURATION and privileged"
 				if lang == "check" {
-					known = "timeout=DURATION, retry=DURATION and final=false"
+					known = "timeout=DURATION, retry=DURATION, final=false and privileged"
 				}
 				p.errorf(line, "unknown option %q for a ```%s block: the options are %s", opt, lang, known)
 				continue
@@ -400,6 +403,9 @@ func (p *parser) fenced(line int, info string, content []string) {
 		}
 		if lang == "klab" {
 			b.Commands = p.actions(line, content)
+			for _, c := range b.Commands {
+				c.Privileged = b.Privileged
+			}
 			if len(logicalLines(line, content)) == 0 {
 				p.errorf(line, "this ```klab block has no command: add lines like \"klab node add node1\"")
 			}
@@ -409,7 +415,7 @@ func (p *parser) fenced(line int, info string, content []string) {
 		}
 		b.Checks = p.checks(line, content, retry)
 		for _, c := range b.Checks {
-			c.Timeout, c.Passing = b.Timeout, passing
+			c.Timeout, c.Passing, c.Privileged = b.Timeout, passing, b.Privileged
 		}
 		if len(logicalLines(line, content)) == 0 {
 			p.errorf(line, "this ```check block has no command: add a klab command that must succeed, like \"klab ping pod-a pod-b\"")

@@ -33,6 +33,32 @@ type Executor interface {
 type ExecExecutor struct {
 	Path string
 	Env  []string
+	// Sandbox runs every command with KLAB_SANDBOX=1, so 'klab exec' and
+	// 'klab serve' sandbox what they run (see package nsexec), except the
+	// commands of blocks marked privileged (Unsandboxed(ctx)).
+	Sandbox bool
+}
+
+type unsandboxedKey struct{}
+
+// WithUnsandboxed marks ctx as that of a command of a privileged block: an
+// ExecExecutor runs it without the sandbox.
+func WithUnsandboxed(ctx context.Context) context.Context {
+	return context.WithValue(ctx, unsandboxedKey{}, true)
+}
+
+// Unsandboxed reports whether ctx is that of a privileged block's command.
+func Unsandboxed(ctx context.Context) bool {
+	v, _ := ctx.Value(unsandboxedKey{}).(bool)
+	return v
+}
+
+// commandContext is the context a lab command runs with.
+func commandContext(ctx context.Context, c *Command) context.Context {
+	if c.Privileged {
+		return WithUnsandboxed(ctx)
+	}
+	return ctx
 }
 
 // KillGrace is how long ExecExecutor waits for a cancelled command to stop
@@ -46,7 +72,11 @@ var KillGrace = 10 * time.Second
 // rolls back. Only a command still running KillGrace later is killed.
 func (e ExecExecutor) Run(ctx context.Context, lab string, args []string, out io.Writer) (int, error) {
 	cmd := exec.Command(e.Path, args...)
-	cmd.Env = append(append(os.Environ(), e.Env...), "KLAB_LAB="+lab)
+	sandbox := "KLAB_SANDBOX="
+	if e.Sandbox && !Unsandboxed(ctx) {
+		sandbox += "1"
+	}
+	cmd.Env = append(append(os.Environ(), e.Env...), "KLAB_LAB="+lab, sandbox)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// A verb that leaves a daemon behind (klab serve) must not keep us
@@ -386,7 +416,7 @@ func (r *Runner) actions(ctx context.Context, inst, step string, b Block) error 
 				defer close(j.done)
 				tctx, tcancel := context.WithTimeout(bctx, b.Timeout)
 				defer tcancel()
-				j.exit, j.err = r.Exec.Run(tctx, inst, withExplain(c.Args), &lockedWriter{w: &j.out})
+				j.exit, j.err = r.Exec.Run(commandContext(tctx, c), inst, withExplain(c.Args), &lockedWriter{w: &j.out})
 			}()
 			sleep(ctx, b.Settle)
 			continue
@@ -423,7 +453,7 @@ func (r *Runner) action(ctx context.Context, inst, step string, c *Command, time
 	}
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	exit, err := r.Exec.Run(tctx, inst, args, r.R.Output())
+	exit, err := r.Exec.Run(commandContext(tctx, c), inst, args, r.R.Output())
 	if err != nil {
 		return err
 	}
@@ -458,7 +488,7 @@ func (r *Runner) check(ctx context.Context, inst string, c *Check) CheckResult {
 			timeout = DefaultCheckTimeout
 		}
 		tctx, cancel := context.WithTimeout(ctx, timeout)
-		exit, err := r.Exec.Run(tctx, inst, c.Args, &out)
+		exit, err := r.Exec.Run(commandContext(tctx, &c.Command), inst, c.Args, &out)
 		cancel()
 		res.Output = out.String()
 		if err != nil {

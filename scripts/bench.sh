@@ -43,6 +43,7 @@ run() {
 run ./trace 'BenchmarkDecodeVsGopacket' 1s 5
 run ./pkg/cluster 'BenchmarkFlannel/2x2/' 10x 1
 run ./cmd/klab 'BenchmarkFlannel/2x2/klab-cli' 10x 1
+run ./cmd/klab 'BenchmarkExecSandbox$' 200x 1
 run ./pkg/cluster 'BenchmarkFlannel/10x10/(klab|klab-each)$' 5x 1
 run ./pkg/cluster 'BenchmarkFlannel/10x10/iproute2' 3x 1
 run ./pkg/cluster 'BenchmarkFlannel/100x10/klab$' 3x 1

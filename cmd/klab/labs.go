@@ -19,6 +19,7 @@ import (
 
 func newRunCmd() *cobra.Command {
 	var step, yes bool
+	var tf trustFlags
 	cmd := &cobra.Command{
 		Use:   "run LAB|FILE",
 		Short: "Run a guided lab: prose, each command before it runs, what it changed in the kernel, and checks",
@@ -39,11 +40,23 @@ straight through otherwise. The lab stays up afterwards: explore it with
 
 The lab instance is named after the lab; --lab NAME picks another name.
 $KLAB_LAB is deliberately ignored here, so starting a lab never destroys the
-lab you are exploring.`,
+lab you are exploring.
+
+A lab's commands run sandboxed (docs/security.md): what 'klab exec' runs in
+a node or pod, and its servers, see the host's files read-only (a private
+/tmp apart), no other namespace and no host process, and keep only the
+networking capabilities. Before a lab file that is not one of klab's own
+runs, klab shows where it comes from and what it runs inside nodes and pods,
+and asks (--yes skips the question, and still sandboxes). Blocks a lab marks
+privileged run unsandboxed: klab names them and asks once; --yes does not
+answer that, --allow-privileged does. --trust turns the sandbox off for a
+lab you wrote yourself.`,
 		Example: `  sudo klab run flannel-crossnode            # pauses between steps on a terminal
   sudo klab run flannel-crossnode --yes      # straight through (CI)
   sudo klab run ./my-lab.md --step
-  sudo klab run pod-netns --lab alice        # a second instance, named alice`,
+  sudo klab run pod-netns --lab alice        # a second instance, named alice
+  sudo klab run ./shared-lab.md --yes        # a stranger's lab: sandboxed, no question
+  sudo klab run ./my-lab.md --trust          # your own lab, with full root`,
 		Args:              exactLabArgs(1, "a lab name or a lab file"),
 		ValidArgsFunction: completeLabNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,12 +70,15 @@ lab you are exploring.`,
 			if err := labsRequireRoot("run a lab"); err != nil {
 				return err
 			}
-			r, err := newLabRunner(cmd, l)
+			r, err := newLabRunner(cmd, l, tf)
 			if err != nil {
 				return err
 			}
 			if globals.dryRun {
 				return dryRunLab(cmd, r, l)
+			}
+			if err := confirmLab(args[0], l, tf, yes, os.Stdin, os.Stdout); err != nil {
+				return err
 			}
 			if globals.script != "" {
 				abs, err := filepath.Abs(globals.script)
@@ -98,8 +114,14 @@ lab you are exploring.`,
 	}
 	planFlags(cmd)
 	cmd.Flags().BoolVar(&step, "step", false, "wait for Enter before each step (q stops)")
-	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "run every step without pausing")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "run every step without pausing, and a lab file without asking (still sandboxed)")
+	trustFlagSet(cmd, &tf)
 	return cmd
+}
+
+func trustFlagSet(cmd *cobra.Command, tf *trustFlags) {
+	cmd.Flags().BoolVar(&tf.trust, "trust", false, "run the lab's commands unsandboxed, with full root (a lab you wrote yourself)")
+	cmd.Flags().BoolVar(&tf.allowPrivileged, "allow-privileged", false, "run the blocks the lab marks privileged unsandboxed, without asking")
 }
 
 // dryRunLab lists the lab's steps with the plan of each klab action that
@@ -131,7 +153,7 @@ func isMutating(args []string) bool {
 }
 
 // newLabRunner builds a runner that re-executes this binary for each command.
-func newLabRunner(cmd *cobra.Command, l *labs.Lab) (*labs.Runner, error) {
+func newLabRunner(cmd *cobra.Command, l *labs.Lab, tf trustFlags) (*labs.Runner, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("cannot find the klab binary to run the lab's commands: %w", err)
@@ -141,7 +163,7 @@ func newLabRunner(cmd *cobra.Command, l *labs.Lab) (*labs.Runner, error) {
 		inst = globals.lab
 	}
 	return &labs.Runner{
-		Exec:     labs.ExecExecutor{Path: self, Env: []string{"KLAB_STATE_DIR=" + globals.stateDir}},
+		Exec:     labs.ExecExecutor{Path: self, Env: []string{"KLAB_STATE_DIR=" + globals.stateDir}, Sandbox: !tf.trust},
 		R:        labs.NewRenderer(os.Stdout),
 		In:       os.Stdin,
 		Instance: inst,
@@ -296,10 +318,14 @@ walkthrough and a script (docs/lab-format.md). 'klab run' runs one.`,
 func newLabLintCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "lint [LAB|FILE]...",
-		Short: "Validate labs without running them: format, verbs, flags and arguments",
+		Short: "Validate labs without running them: format, verbs, flags, arguments and the sandbox",
 		Long: `Parse each lab and validate every command in it against klab's real verbs
-and flags, without running anything. Problems are reported as FILE:LINE:
-message. With no argument, every embedded lab is linted.`,
+and flags, without running anything. Commands that would fail in the sandbox
+lab commands run in are reported too, as far as their words show (nsenter,
+unshare, mount, modprobe, chroot, ip netns, a sysctl outside net.*, a write
+outside /tmp and /run/flannel); blocks marked privileged are listed. Problems
+are reported as FILE:LINE: message. With no argument, every embedded lab is
+linted.`,
 		Example: `  klab lab lint my-lab.md
   klab lab lint labs/*.md
   klab lab lint                 # the labs klab ships`,
@@ -319,7 +345,15 @@ message. With no argument, every embedded lab is linted.`,
 					fmt.Fprintln(os.Stderr, err)
 					continue
 				}
+				if probs := labs.SandboxProblems(l); len(probs) > 0 {
+					bad++
+					fmt.Fprintln(os.Stderr, probs)
+					continue
+				}
 				fmt.Printf("%s: ok (%d steps, %d commands, %d checks)\n", l.File, len(l.Steps), len(l.Commands()), len(l.Checks()))
+				if priv := l.PrivilegedBlocks(); len(priv) > 0 {
+					fmt.Printf("%s: %d privileged block(s), run unsandboxed after 'klab run' asks: %s\n", l.File, len(priv), blockLines(priv))
+				}
 			}
 			if bad > 0 {
 				return exitError{code: 1, msg: fmt.Sprintf("%d of %d lab(s) have problems", bad, len(args))}
@@ -331,13 +365,15 @@ message. With no argument, every embedded lab is linted.`,
 
 func newLabCheckCmd() *cobra.Command {
 	var noRetry bool
+	var tf trustFlags
 	cmd := &cobra.Command{
 		Use:   "check LAB|FILE",
 		Short: "Run only a lab's checks against the lab as it is now (grading)",
 		Long: `Run every check of a lab against the running lab instance, without running
 any action: a teacher's grading of what a student built, or a re-check after
 exploring. Every check runs; the command exits 1 if any failed. -o json
-prints one record per check (step, command, passed, output, hint).
+prints one record per check (step, command, passed, output, hint). Checks
+run sandboxed, as in 'klab run'; privileged ones need --allow-privileged.
 
 The instance is the lab's name, or --lab NAME (also from $KLAB_LAB).`,
 		Example: `  sudo klab lab check flannel-crossnode
@@ -356,7 +392,10 @@ The instance is the lab's name, or --lab NAME (also from $KLAB_LAB).`,
 			if err := labsRequireRoot("check a lab"); err != nil {
 				return err
 			}
-			r, err := newLabRunner(cmd, l)
+			if err := requirePrivileged(l, tf); err != nil {
+				return err
+			}
+			r, err := newLabRunner(cmd, l, tf)
 			if err != nil {
 				return err
 			}
@@ -398,6 +437,7 @@ The instance is the lab's name, or --lab NAME (also from $KLAB_LAB).`,
 		},
 	}
 	cmd.Flags().BoolVar(&noRetry, "no-retry", false, "give each check one attempt (faster grading of a lab known to be settled)")
+	trustFlagSet(cmd, &tf)
 	return cmd
 }
 

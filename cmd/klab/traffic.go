@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/nsexec"
 	"github.com/klab-dev/klab/pkg/probe"
 	"github.com/spf13/cobra"
 )
@@ -162,7 +163,17 @@ stopped by 'klab pod del', 'klab serve --stop' and 'klab destroy'.`,
 				return err
 			}
 			argv := []string{self, "__serve", "--name", args[0], "--port", strconv.Itoa(port), "--proto", proto, "--lab", c.Lab.Name}
-			s, err := c.StartServer(args[0], proto, port, argv)
+			var clone uintptr
+			if nsexec.Sandboxed() {
+				// A lab's server runs in the sandbox its commands run in.
+				spec, err := nsexec.ForTarget(c, args[0])
+				if err != nil {
+					return err
+				}
+				spec.Sandbox = true
+				argv, clone = append([]string{self}, spec.EnterArgs(argv)...), spec.SysProcAttr().Cloneflags
+			}
+			s, err := c.StartServerWith(args[0], proto, port, argv, clone)
 			if err != nil {
 				failed(c.A)
 				return err

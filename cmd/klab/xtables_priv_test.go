@@ -66,7 +66,9 @@ func TestIptablesAlwaysWaits(t *testing.T) {
 	k.must("destroy", lab)
 	egress := testutil.LabName(t, "rlxteg")
 	k.destroyOnCleanup(egress)
-	if r := k.run(env, "run", "pod-egress", "--yes", "--lab", egress); r.code != 0 {
+	// --trust: the wrappers and their log are under /tmp, which the
+	// sandbox a lab's commands run in replaces with a private one.
+	if r := k.run(env, "run", "pod-egress", "--yes", "--trust", "--lab", egress); r.code != 0 {
 		t.Fatalf("klab run pod-egress: exit %d\n%s", r.code, r.out)
 	}
 	k.must("destroy", egress)

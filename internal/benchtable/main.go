@@ -136,6 +136,9 @@ var rows = []row{
 		target: "<= 100 ms", met: func(k, _ float64) bool { return k <= 100 }},
 	{what: "one service's endpoints changed: vs per-rule calls", klab: fig{nt + "10000x2/one-change", "klab-ms"}, base: fig{nt + "10000x2/one-change", "per-rule-ms"}, baseName: "iptables per rule", ratio: "faster"},
 	{what: "one service's endpoints changed, 1,000 x 10", klab: fig{nt + "1000x10/one-change", "klab-ms"}, base: fig{nt + "1000x10/one-change", "restore-ms"}, baseName: "iptables-restore --noflush", ratio: "of"},
+	{what: "klab exec --sandbox node1 -- true", klab: fig{"cmd/klab/BenchmarkExecSandbox", "sandbox-ms"}, base: fig{"cmd/klab/BenchmarkExecSandbox", "plain-ms"}, baseName: "klab exec (full root)", ratio: "of"},
+	{what: "klab exec: what the sandbox adds per command", klab: fig{"cmd/klab/BenchmarkExecSandbox", "added-ms"}, base: fig{"cmd/klab/BenchmarkExecSandbox", "ipnetns-ms"}, baseName: "ip netns exec (whole command)",
+		target: "< 5 ms", met: func(k, _ float64) bool { return k < 5 }},
 	{what: "decode a VXLAN frame (packets/s)", klab: fig{tr + "klab", "pkts/s"}, base: fig{tr + "dlp", "pkts/s"}, baseName: "gopacket DecodingLayerParser", ratio: "rate"},
 	{what: "decode a VXLAN frame vs gopacket.NewPacket", klab: fig{tr + "klab", "pkts/s"}, base: fig{tr + "newpacket", "pkts/s"}, baseName: "gopacket.NewPacket", ratio: "rate"},
 }

@@ -25,6 +25,13 @@ func (c *Cluster) TargetNS(target string) (string, error) {
 // to a log file in the lab's state directory) and records it, so that
 // destroy stops it. The process enters the target's namespace itself.
 func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*Server, error) {
+	return c.StartServerWith(target, proto, port, argv, 0)
+}
+
+// StartServerWith is StartServer with the process created in new
+// namespaces (clone flags, such as a sandbox's new mount and PID
+// namespaces: see nsexec.SandboxCloneflags).
+func (c *Cluster) StartServerWith(target, proto string, port int, argv []string, cloneflags uintptr) (*Server, error) {
 	target = NormalizeKey(target)
 	for _, s := range c.Lab.Servers {
 		if s.Target == target && s.Port == port && s.Proto == proto && alive(s.PID) {
@@ -34,7 +41,7 @@ func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*S
 	dir := filepath.Join(c.Dir(), "servers")
 	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", netns.Object(target), proto, port))
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: cloneflags}
 	start := func() error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err

@@ -38,11 +38,16 @@ func ParseBind(s string) (Bind, error) {
 }
 
 // Spec says where a command runs: a network namespace, the binds of its
-// mount namespace, and the variables added to its environment.
+// mount namespace, and the variables added to its environment. With
+// Sandbox, the command runs in the sandbox EnterSandbox builds, where only
+// the binds and the Writable paths (each bound read-write on itself, when
+// it exists) can be written, besides a private /tmp.
 type Spec struct {
-	NS    string
-	Binds []Bind
-	Env   []string
+	NS       string
+	Binds    []Bind
+	Env      []string
+	Sandbox  bool
+	Writable []string
 }
 
 // ForTarget returns where a command runs in target (a node, pod,
@@ -59,6 +64,10 @@ func ForTarget(c *cluster.Cluster, target string) (Spec, error) {
 		return Spec{}, fmt.Errorf("namespace %s of %s is missing (a damaged lab?): see 'klab list', or rebuild with 'klab destroy %s'", ns, target, c.Lab.Name)
 	}
 	s := Spec{NS: ns, Env: []string{"KLAB_LAB=" + c.Lab.Name, "KLAB_TARGET=" + target}}
+	// The target's own /etc/netns entries (resolv.conf, hosts), for a
+	// sandboxed command; the lab's state file stays read-only there: klab
+	// reads it back with full root, so a lab must not be able to rewrite it.
+	s.Writable = []string{filepath.Join("/etc/netns", ns)}
 	if c.Lab.Node(target) != nil {
 		if err := cluster.EnsureRunFlannel(); err != nil {
 			return Spec{}, err
@@ -77,11 +86,34 @@ func ForTarget(c *cluster.Cluster, target string) (Spec, error) {
 
 // EnterArgs is the command line of EnterCommand that runs argv with binds.
 func EnterArgs(binds []Bind, argv []string) []string {
+	return Spec{Binds: binds}.EnterArgs(argv)
+}
+
+// EnterArgs is the command line of EnterCommand that runs argv as s says:
+// "__enter [--sandbox] [--bind SRC:DST]... [--rw PATH]... -- argv".
+func (s Spec) EnterArgs(argv []string) []string {
 	out := []string{EnterCommand}
-	for _, b := range binds {
+	if s.Sandbox {
+		out = append(out, "--sandbox")
+	}
+	for _, b := range s.Binds {
 		out = append(out, "--bind", b.String())
 	}
+	if s.Sandbox {
+		for _, w := range s.Writable {
+			out = append(out, "--rw", w)
+		}
+	}
 	return append(append(out, "--"), argv...)
+}
+
+// SysProcAttr is what the process running s.EnterArgs must be started
+// with: for a sandbox, the new mount and PID namespaces EnterSandbox needs.
+func (s Spec) SysProcAttr() *syscall.SysProcAttr {
+	if !s.Sandbox {
+		return nil
+	}
+	return &syscall.SysProcAttr{Cloneflags: SandboxCloneflags}
 }
 
 // Run runs argv as s says, with the given standard input and outputs, and
@@ -94,8 +126,14 @@ func (s Spec) Run(argv []string, stdin io.Reader, stdout, stderr io.Writer) (int
 	if err != nil {
 		return 0, fmt.Errorf("find the klab binary: %w", err)
 	}
-	cmd := exec.Command(self, EnterArgs(s.Binds, argv)...)
+	cmd := exec.Command(self, s.EnterArgs(argv)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	if attr := s.SysProcAttr(); attr != nil {
+		// If this process dies, the sandbox's init dies, and with it
+		// everything in its PID namespace.
+		attr.Pdeathsig = syscall.SIGKILL
+		cmd.SysProcAttr = attr
+	}
 	cmd.Env = append(os.Environ(), s.Env...)
 	signal.Ignore(os.Interrupt, syscall.SIGQUIT)
 	defer signal.Reset(os.Interrupt, syscall.SIGQUIT)
