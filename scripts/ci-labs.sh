@@ -21,7 +21,7 @@ for lab in $labs; do
 	echo "=== lab $lab"
 	# The run's own checks, then the grading of the final state a teacher
 	# would run ('klab lab check'): both must pass.
-	if "$KLAB" run "$lab" --yes </dev/null && "$KLAB" lab check "$lab" </dev/null; then
+	if "$KLAB" run "$lab" --yes --allow-privileged </dev/null && "$KLAB" lab check "$lab" --allow-privileged </dev/null; then
 		echo "--- PASS lab $lab"
 	else
 		echo "--- FAIL lab $lab"
