@@ -13,7 +13,7 @@ import (
 // the failed checks, in order.
 func gradeLab(t *testing.T, c *cli, name, inst string) []labs.CheckResult {
 	t.Helper()
-	r := c.run(nil, "lab", "check", name, "--lab", inst, "-o", "json")
+	r := c.run(nil, "lab", "check", name, "--lab", inst, "--allow-privileged", "-o", "json")
 	var all, failed []labs.CheckResult
 	if err := json.Unmarshal([]byte(r.out[strings.Index(r.out, "["):]), &all); err != nil {
 		t.Fatalf("klab lab check -o json: %v\n%s", err, r.out)
@@ -56,7 +56,7 @@ func TestSeedLabStepsFailWhenBroken(t *testing.T) {
 		t.Run(tc.lab, func(t *testing.T) {
 			inst := testutil.LabName(t, "sfsd")
 			c.destroyOnCleanup(inst)
-			if r := c.run(nil, "run", tc.lab, "--lab", inst, "--yes"); r.code != 0 {
+			if r := c.run(nil, "run", tc.lab, "--lab", inst, "--yes", "--allow-privileged"); r.code != 0 {
 				t.Fatalf("klab run %s: exit %d\n%s", tc.lab, r.code, r.out)
 			}
 			if f := gradeLab(t, c, tc.lab, inst); len(f) > 0 {

@@ -21,20 +21,33 @@ import (
 // starts it as "klab __enter [--bind SRC:DST]... -- CMD...".
 const EnterCommand = "__enter"
 
-// Bind is a bind mount of the host's directory Src on Dst inside the
-// command's mount namespace.
-type Bind struct{ Src, Dst string }
+// Bind is a bind mount of the host's directory (or file) Src on Dst inside
+// the command's mount namespace. RO binds are for the sandbox only: the
+// lab's own state, readable where a sandbox would hide it (under /tmp).
+type Bind struct {
+	Src, Dst string
+	RO       bool
+}
 
 // String is the bind as the --bind flag of EnterCommand takes it.
-func (b Bind) String() string { return b.Src + ":" + b.Dst }
+func (b Bind) String() string {
+	if b.RO {
+		return b.Src + ":" + b.Dst + ":ro"
+	}
+	return b.Src + ":" + b.Dst
+}
 
-// ParseBind parses "SRC:DST".
+// ParseBind parses "SRC:DST" or "SRC:DST:ro".
 func ParseBind(s string) (Bind, error) {
 	src, dst, ok := strings.Cut(s, ":")
 	if !ok || src == "" || dst == "" {
 		return Bind{}, fmt.Errorf("bind %q: write it as SRC:DST", s)
 	}
-	return Bind{src, dst}, nil
+	b := Bind{Src: src, Dst: dst}
+	if d, ok := strings.CutSuffix(dst, ":ro"); ok && d != "" {
+		b.Dst, b.RO = d, true
+	}
+	return b, nil
 }
 
 // Spec says where a command runs: a network namespace, the binds of its
@@ -72,13 +85,16 @@ func ForTarget(c *cluster.Cluster, target string) (Spec, error) {
 		if err := cluster.EnsureRunFlannel(); err != nil {
 			return Spec{}, err
 		}
-		s.Binds = []Bind{{filepath.Dir(c.SubnetEnvPath(target)), cluster.RunFlannel}}
+		s.Binds = []Bind{{Src: filepath.Dir(c.SubnetEnvPath(target)), Dst: cluster.RunFlannel}}
 	}
+	// The lab's state (its host-local IPAM files, subnet.env), readable in
+	// a sandbox even where its private /tmp would hide it.
+	s.Binds = append(s.Binds, Bind{Src: c.Dir(), Dst: c.Dir(), RO: true})
 	// A pod's /etc/netns files stand in for the host's /etc, as 'ip netns
 	// exec' does it: with cluster DNS, its resolv.conf.
 	if rc := c.ResolvConfPath(target); rc != "" {
 		if _, err := os.Stat(rc); err == nil {
-			s.Binds = append(s.Binds, Bind{rc, "/etc/resolv.conf"})
+			s.Binds = append(s.Binds, Bind{Src: rc, Dst: "/etc/resolv.conf"})
 		}
 	}
 	return s, nil
@@ -97,6 +113,9 @@ func (s Spec) EnterArgs(argv []string) []string {
 		out = append(out, "--sandbox")
 	}
 	for _, b := range s.Binds {
+		if b.RO && !s.Sandbox {
+			continue // outside a sandbox the host's files are there anyway
+		}
 		out = append(out, "--bind", b.String())
 	}
 	if s.Sandbox {

@@ -79,7 +79,7 @@ func TestEnterArgs(t *testing.T) {
 		want  []string
 	}{
 		{nil, []string{"ip", "route"}, []string{"__enter", "--", "ip", "route"}},
-		{[]Bind{{"/run/klab/demo/nodes/node1/flannel", "/run/flannel"}}, []string{"cat", "--", "x"},
+		{[]Bind{{Src: "/run/klab/demo/nodes/node1/flannel", Dst: "/run/flannel"}}, []string{"cat", "--", "x"},
 			[]string{"__enter", "--bind", "/run/klab/demo/nodes/node1/flannel:/run/flannel", "--", "cat", "--", "x"}},
 	} {
 		if got := EnterArgs(tc.binds, tc.argv); !reflect.DeepEqual(got, tc.want) {
@@ -94,8 +94,9 @@ func TestParseBind(t *testing.T) {
 		want Bind
 		err  bool
 	}{
-		{"/a:/b", Bind{"/a", "/b"}, false},
-		{"/a:/b:c", Bind{"/a", "/b:c"}, false},
+		{"/a:/b", Bind{Src: "/a", Dst: "/b"}, false},
+		{"/a:/b:c", Bind{Src: "/a", Dst: "/b:c"}, false},
+		{"/a:/b:ro", Bind{Src: "/a", Dst: "/b", RO: true}, false},
 		{"/a", Bind{}, true},
 		{":/b", Bind{}, true},
 		{"/a:", Bind{}, true},
@@ -126,7 +127,7 @@ func TestRun(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "subnet.env"), []byte("FLANNEL_SUBNET=10.244.1.1/24\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	spec := Spec{NS: ns, Binds: []Bind{{src, dst}}, Env: []string{"KLAB_TARGET=n1"}}
+	spec := Spec{NS: ns, Binds: []Bind{{Src: src, Dst: dst}}, Env: []string{"KLAB_TARGET=n1"}}
 	run := func(argv ...string) (int, string, string) {
 		t.Helper()
 		var out, errb bytes.Buffer
@@ -184,7 +185,7 @@ func sandboxNS(t testing.TB) (Spec, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(src); os.Remove(dst) })
-	return Spec{NS: ns, Binds: []Bind{{src, dst}}, Sandbox: true}, src
+	return Spec{NS: ns, Binds: []Bind{{Src: src, Dst: dst}}, Sandbox: true}, src
 }
 
 // TestSandbox checks what the sandbox is made of from inside it, and that

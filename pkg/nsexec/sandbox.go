@@ -206,21 +206,24 @@ func buildSandbox(binds []Bind, writable []string) error {
 	type bindFd struct {
 		dst string
 		fd  int
+		ro  bool
 	}
 	var rw []bindFd
-	openPath := func(src, dst string) error {
+	openPath := func(src, dst string, ro bool) error {
 		fd, err := unix.Open(src, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("open %s: %w", src, err)
 		}
-		rw = append(rw, bindFd{dst, fd})
+		rw = append(rw, bindFd{dst, fd, ro})
 		return nil
 	}
 	for _, b := range binds {
-		if err := os.MkdirAll(b.Src, 0o755); err != nil {
-			return err
+		if fi, err := os.Stat(b.Src); err != nil || fi.IsDir() {
+			if err := os.MkdirAll(b.Src, 0o755); err != nil {
+				return err
+			}
 		}
-		if err := openPath(b.Src, b.Dst); err != nil {
+		if err := openPath(b.Src, b.Dst, b.RO); err != nil {
 			return err
 		}
 	}
@@ -228,12 +231,12 @@ func buildSandbox(binds []Bind, writable []string) error {
 		if _, err := os.Lstat(p); err != nil {
 			continue // nothing to make writable
 		}
-		if err := openPath(p, p); err != nil {
+		if err := openPath(p, p, false); err != nil {
 			return err
 		}
 	}
 	if _, err := os.Stat(XtablesLock); err == nil {
-		if err := openPath(XtablesLock, XtablesLock); err != nil {
+		if err := openPath(XtablesLock, XtablesLock, false); err != nil {
 			return err
 		}
 	}
@@ -293,6 +296,14 @@ func buildSandbox(binds []Bind, writable []string) error {
 	}
 	for _, b := range rw {
 		src := "/proc/self/fd/" + strconv.Itoa(b.fd)
+		if b.ro {
+			// Under the private /tmp the mount point is made there.
+			os.MkdirAll(b.dst, 0o755)
+			if err := bindReadOnly(src, b.dst); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := bindWritable(src, b.dst, unix.MS_NOSUID|unix.MS_NODEV); err != nil {
 			return err
 		}
