@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -151,45 +152,33 @@ func NFLOGPrefix(lab, dir, pod string) string {
 // and DROP, both commented DropComment: the drop is visible in counters
 // and on the NFLOG group. Every rule carries a comment saying why.
 func RenderIPTables(prev, next *Plan) string {
-	var b strings.Builder
+	return renderIPTables(prev, next, false, nil, nil)
+}
+
+// chainText is one chain of a plan as iptables-restore lines ("-A ...").
+type chainText struct {
+	name  string
+	lines []string
+}
+
+// chainsOf renders the plan's chains: DispatchChain first, then each
+// isolated pod's egress and ingress chain, in pod order.
+func chainsOf(next *Plan) []chainText {
 	lab := next.Lab
-	b.WriteString("*filter\n")
-	fmt.Fprintf(&b, ":%s - [0:0]\n", DispatchChain)
-	chains := map[string]bool{}
-	for _, p := range next.Pods {
-		for _, c := range []*Chain{p.Egress, p.Ingress} {
-			if c != nil {
-				fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
-				chains[c.Name] = true
-			}
-		}
-	}
-	var stale []string
-	if prev != nil {
-		for _, p := range prev.Pods {
-			for _, c := range []*Chain{p.Egress, p.Ingress} {
-				if c != nil && !chains[c.Name] {
-					stale = append(stale, c.Name)
-					chains[c.Name] = true
-				}
-			}
-		}
-		sort.Strings(stale)
-		for _, c := range stale {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-		}
-	}
-	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT\n", DispatchChain, comment("klab "+lab+": replies of allowed connections pass"))
+	d := chainText{name: DispatchChain}
+	d.lines = append(d.lines, fmt.Sprintf("-A %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT", DispatchChain, comment("klab "+lab+": replies of allowed connections pass")))
 	for _, p := range next.Pods {
 		if p.Egress != nil {
-			fmt.Fprintf(&b, "-A %s -s %s/32 %s -j %s\n", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: egress of %s isolated by %s", lab, p.Pod, strings.Join(p.Egress.Selecting, ","))), p.Egress.Name)
+			d.lines = append(d.lines, fmt.Sprintf("-A %s -s %s/32 %s -j %s", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: egress of %s isolated by %s", lab, p.Pod, strings.Join(p.Egress.Selecting, ","))), p.Egress.Name))
 		}
 	}
 	for _, p := range next.Pods {
 		if p.Ingress != nil {
-			fmt.Fprintf(&b, "-A %s -d %s/32 %s -j %s\n", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: ingress of %s isolated by %s", lab, p.Pod, strings.Join(p.Ingress.Selecting, ","))), p.Ingress.Name)
+			d.lines = append(d.lines, fmt.Sprintf("-A %s -d %s/32 %s -j %s", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: ingress of %s isolated by %s", lab, p.Pod, strings.Join(p.Ingress.Selecting, ","))), p.Ingress.Name))
 		}
 	}
+	out := []chainText{d}
+	var b strings.Builder
 	for _, p := range next.Pods {
 		for _, dc := range []struct {
 			dir string
@@ -198,11 +187,13 @@ func RenderIPTables(prev, next *Plan) string {
 			if dc.c == nil {
 				continue
 			}
+			ct := chainText{name: dc.c.Name}
 			setDir := "src"
 			if dc.dir == "egress" {
 				setDir = "dst"
 			}
 			for _, r := range dc.c.Rules {
+				b.Reset()
 				fmt.Fprintf(&b, "-A %s", dc.c.Name)
 				if r.Set != "" {
 					fmt.Fprintf(&b, " -m set --match-set %s %s", r.Set, setDir)
@@ -214,15 +205,74 @@ func RenderIPTables(prev, next *Plan) string {
 						fmt.Fprintf(&b, " -m %s --dport %s", proto, r.Ports)
 					}
 				}
-				fmt.Fprintf(&b, " %s -j RETURN\n", comment("klab "+lab+": "+r.Comment))
+				fmt.Fprintf(&b, " %s -j RETURN", comment("klab "+lab+": "+r.Comment))
+				ct.lines = append(ct.lines, b.String())
 			}
 			dcm := DropComment(lab, dc.dir, p.Pod)
-			fmt.Fprintf(&b, "-A %s %s -j NFLOG --nflog-group %d --nflog-prefix \"%s\"\n", dc.c.Name, comment(dcm), next.NFLOGGroup, NFLOGPrefix(lab, dc.dir, p.Pod))
-			fmt.Fprintf(&b, "-A %s %s -j DROP\n", dc.c.Name, comment(dcm))
+			ct.lines = append(ct.lines,
+				fmt.Sprintf("-A %s %s -j NFLOG --nflog-group %d --nflog-prefix \"%s\"", dc.c.Name, comment(dcm), next.NFLOGGroup, NFLOGPrefix(lab, dc.dir, p.Pod)),
+				fmt.Sprintf("-A %s %s -j DROP", dc.c.Name, comment(dcm)))
+			out = append(out, ct)
 		}
 	}
+	return out
+}
+
+// renderIPTables renders next against prev. With changedOnly (and a prev),
+// only the chains whose rules differ from prev's are declared and
+// rewritten, and "" is returned when none does and none goes; stale names
+// chains known to be in the kernel besides prev's (read back); extra lines
+// (the FORWARD jump) go at the end of the transaction.
+func renderIPTables(prev, next *Plan, changedOnly bool, stale []string, extra []string) string {
+	chains := chainsOf(next)
+	have := map[string][]string{}
+	if prev != nil {
+		for _, c := range chainsOf(prev) {
+			have[c.name] = c.lines
+			stale = append(stale, c.name)
+		}
+	}
+	want := map[string]bool{}
+	var write []chainText
+	for _, c := range chains {
+		want[c.name] = true
+		if old, ok := have[c.name]; changedOnly && prev != nil && ok && slices.Equal(old, c.lines) {
+			continue
+		}
+		write = append(write, c)
+	}
+	gone := map[string]bool{}
+	var drop []string
 	for _, c := range stale {
+		if !want[c] && !gone[c] {
+			gone[c] = true
+			drop = append(drop, c)
+		}
+	}
+	sort.Strings(drop)
+	if changedOnly && prev != nil && len(write) == 0 && len(drop) == 0 && len(extra) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	for _, c := range write {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c.name)
+	}
+	for _, c := range drop {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, c := range write {
+		for _, l := range c.lines {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+	}
+	for _, c := range drop {
 		fmt.Fprintf(&b, "-X %s\n", c)
+	}
+	for _, l := range extra {
+		b.WriteString(l)
+		b.WriteByte('\n')
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
