@@ -253,6 +253,22 @@ func TestPolicyBridgedAndExternal(t *testing.T) {
 	if _, err := Attempt(context.Background(), xa, corev1.ProtocolTCP, netip.AddrPortFrom(e2e.IPOf("x/c"), 80), time.Second); err == nil {
 		t.Error("same-node x/a -> x/c passed a deny-all ingress policy: bridged traffic is not filtered")
 	}
+	// The sysctl is what makes it work: without it the bridged frame never
+	// reaches FORWARD and passes; a resync (no plan file) sets it again.
+	if err := exec.Command("ip", "netns", "exec", c.NS("node1"), "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0").Run(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Attempt(context.Background(), xa, corev1.ProtocolTCP, netip.AddrPortFrom(e2e.IPOf("x/c"), 80), time.Second); err != nil {
+		t.Errorf("with bridge-nf-call-iptables=0, same-node x/a -> x/c should bypass FORWARD and pass: %v", err)
+	}
+	os.Remove(c.policyFile("node1"))
+	if err := c.SetPolicies(st); err != nil {
+		t.Fatal(err)
+	}
+	flushConntrack(t, c)
+	if _, err := Attempt(context.Background(), xa, corev1.ProtocolTCP, netip.AddrPortFrom(e2e.IPOf("x/c"), 80), time.Second); err == nil {
+		t.Error("after the resync, same-node x/a -> x/c still passes")
+	}
 	if name, err := Attempt(context.Background(), xa, corev1.ProtocolTCP, netip.AddrPortFrom(e2e.IPOf("z/a"), 80), time.Second); err != nil || name != "z/a" {
 		t.Errorf("x/a -> z/a (ipBlock 0.0.0.0/0): %q %v", name, err)
 	}
