@@ -36,7 +36,7 @@ func JumpRule(lab string) []string {
 // path: after a crash, a reboot of the state, or `klab repair`.
 type Kernel struct {
 	Jump     bool
-	Chains   []string // DispatchChain and pod chains (KLAB-NP*) present
+	Chains   []string // the dispatch chains and pod chains (KLAB-NP*) present
 	Sets     []string // KLAB-* sets present (a node namespace is the lab's own)
 	BridgeNF string   // BridgeNFKey's value ("" when the file is missing)
 }
@@ -70,7 +70,7 @@ func ReadKernel(ns, lab string) (*Kernel, error) {
 	for sc.Scan() {
 		l := sc.Text()
 		switch {
-		case strings.HasPrefix(l, ":"+DispatchChain+" ") || strings.HasPrefix(l, ":KLAB-NPI-") || strings.HasPrefix(l, ":KLAB-NPE-"):
+		case strings.HasPrefix(l, ":"+DispatchChain) || strings.HasPrefix(l, ":KLAB-NPI-") || strings.HasPrefix(l, ":KLAB-NPE-"):
 			k.Chains = append(k.Chains, strings.Fields(l[1:])[0])
 		case strings.HasPrefix(l, "-A FORWARD ") && strings.Contains(l, jump):
 			k.Jump = true

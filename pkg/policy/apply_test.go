@@ -59,6 +59,20 @@ func TestPlanApply(t *testing.T) {
 		t.Errorf("a new peer pod:\n%s", inc)
 	}
 
+	// A new pod the policy selects: its chain, one appended jump, no list
+	// rewritten; and when it goes, one deleted jump and its chain deleted.
+	s4 := demo(allow)
+	s4.Pods = append(s4.Pods, Pod{Namespace: "default", Name: "db2", Labels: map[string]string{"app": "db"}, IP: ip("10.244.2.9"), Node: "node2"})
+	p4 := compileNode(t, s4, "node2")
+	add := PlanApply(ns, p1, p4, nil)
+	if verbs(add) != "iptables-restore" || !strings.Contains(add[0].Rules.Input, "\n-A "+IngressChain+" -d 10.244.2.9/32 ") || strings.Contains(add[0].Rules.Input, ":"+IngressChain+" ") || strings.Contains(add[0].Rules.Input, ":"+DispatchChain+" ") {
+		t.Errorf("a new selected pod:\n%s", add)
+	}
+	del := PlanApply(ns, p4, p1, nil)
+	if verbs(del) != "iptables-restore" || !strings.Contains(del[0].Rules.Input, "\n-D "+IngressChain+" -d 10.244.2.9/32 ") || !strings.Contains(del[0].Rules.Input, "\n-X KLAB-NPI-") {
+		t.Errorf("a selected pod gone:\n%s", del)
+	}
+
 	// The policy changes its peer: the db chain is rewritten (not the
 	// dispatch chain), the new set built and swapped in first, the old one
 	// destroyed last.
