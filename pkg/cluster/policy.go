@@ -96,7 +96,17 @@ func (c *Cluster) SetPolicies(st policy.State) error {
 	}
 	c.states = nil
 	c.A.Ctx = c.Ctx
-	return c.A.ApplyAll(plans, len(plans))
+	if err := c.A.ApplyAll(plans, len(plans)); err != nil {
+		// What a failed node holds is unknown now: forget what was applied
+		// so that the next call plans against its kernel (a stale file
+		// would make every later diff fail the same way).
+		var forget plan.Plan
+		for _, n := range c.Lab.Nodes {
+			forget.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: c.policyFile(n.Name)}})
+		}
+		return errors.Join(err, c.A.Apply(forget))
+	}
+	return nil
 }
 
 // planNodePolicies plans one node's change to next, and the plan file.

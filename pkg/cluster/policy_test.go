@@ -289,6 +289,25 @@ func TestPolicyBridgedAndExternal(t *testing.T) {
 	if _, err := Attempt(context.Background(), xa, corev1.ProtocolTCP, ext, 2*time.Second); err != nil {
 		t.Errorf("x/a -> external after the except moved away: %v", err)
 	}
+	// Damage behind klab's back (the egress jumps flushed): the next diff
+	// cannot delete x/a's jump and fails; the call after it resyncs that
+	// node against its kernel and succeeds.
+	if out, err := exec.Command("ip", "netns", "exec", c.NS("node1"), "iptables", "-F", policy.EgressChain).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	only := modelState(c, e2e.Case{Policies: []*networkingv1.NetworkPolicy{deny}})
+	if err := c.SetPolicies(only); err == nil {
+		t.Log("the diff applied although its jump was gone (iptables-restore -D of a missing rule succeeded)")
+	} else if err := c.SetPolicies(only); err != nil {
+		t.Fatalf("the resync after a failed apply: %v", err)
+	}
+	flushConntrack(t, c)
+	if _, err := Attempt(context.Background(), xa, corev1.ProtocolUDP, ext, 2*time.Second); err != nil {
+		t.Errorf("x/a -> external without egress policy: %v", err)
+	}
+	if _, err := Attempt(context.Background(), xa, corev1.ProtocolTCP, netip.AddrPortFrom(e2e.IPOf("x/c"), 80), time.Second); err == nil {
+		t.Error("after the resync, x/c's ingress is no longer enforced")
+	}
 }
 
 func netnsSysctl(ns, key string) (string, error) {
