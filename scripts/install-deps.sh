@@ -2,8 +2,9 @@
 # Installs what klab needs from the distribution (Debian/Ubuntu), if missing:
 # iptables (klab's only runtime dependency) and, for the tests' cross-checks,
 # iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
-# kube-proxy's nftables table), dig/getent checks of the cluster DNS
-# (bind9-dnsutils) and traceroute (klab traceroute is compared with it).
+# kube-proxy's nftables table), ipset (NetworkPolicy peer sets), dig/getent
+# checks of the cluster DNS (bind9-dnsutils) and traceroute (klab traceroute
+# is compared with it).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
@@ -15,6 +16,7 @@ if [ "${KLAB_WITH_TSHARK:-1}" = 1 ]; then
 	command -v tshark >/dev/null 2>&1 || need="$need tshark"
 fi
 command -v nft >/dev/null 2>&1 || need="$need nftables"
+command -v ipset >/dev/null 2>&1 || need="$need ipset"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v make >/dev/null 2>&1 || need="$need make"

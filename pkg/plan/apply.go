@@ -297,6 +297,20 @@ func (a *Applier) run(p Plan) (ran []Op, err error) {
 			continue
 		}
 		op := p[i]
+		if op.Verb == IPSet && len(bg) > 0 {
+			// A set is destroyed only after the rules naming it are gone,
+			// and created before the rules naming it are loaded: ipset
+			// restores wait for the iptables-restores started before them.
+			var berr error
+			for _, c := range bg {
+				if e := <-c; berr == nil {
+					berr = e
+				}
+			}
+			if bg = nil; berr != nil {
+				return ran, berr
+			}
+		}
 		if a.Overlap && op.Verb == Restore {
 			c := make(chan error, 1)
 			go func() {

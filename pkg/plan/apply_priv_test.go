@@ -149,3 +149,35 @@ func TestDryRunChangesNothing(t *testing.T) {
 		t.Errorf("recorded %d operations, want %d", got, len(vtep(ns)))
 	}
 }
+
+// An IPSet operation runs `ipset restore` inside its namespace: the sets
+// exist there and nowhere else, and a rule loaded after them can name them.
+func TestIPSetRestoreInsideNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("ipset"); err != nil {
+		t.Skip("needs ipset (scripts/install-deps.sh installs it)")
+	}
+	ns := netns.Name(testutil.LabName(t, "t-ipset"), "node1")
+	a := &plan.Applier{}
+	defer a.Close()
+	p := plan.Plan{
+		{Verb: plan.NetnsAdd, NS: ns, New: true},
+		{Verb: plan.IPSet, NS: ns, Sets: "create KLAB-T-S hash:net family inet -exist\nadd KLAB-T-S 10.0.0.0/8\nadd KLAB-T-S 10.1.0.0/16 nomatch\n"},
+		{Verb: plan.Restore, NS: ns, Rules: &plan.Rules{NoFlush: true, Input: "*filter\n:KLAB-T - [0:0]\n-A KLAB-T -m set --match-set KLAB-T-S src -j RETURN\nCOMMIT\n"}},
+	}
+	if err := a.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "netns", "exec", ns, "ipset", "list", "KLAB-T-S").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "10.1.0.0/16 nomatch") {
+		t.Fatalf("ipset list inside %s: %v\n%s", ns, err, out)
+	}
+	if out, _ := exec.Command("ipset", "list", "-n").CombinedOutput(); strings.Contains(string(out), "KLAB-T-S") {
+		t.Fatalf("the set leaked into the host's namespace:\n%s", out)
+	}
+	// A failing input is an error naming the command and ipset's message.
+	err = a.Apply(plan.Plan{{Verb: plan.IPSet, NS: ns, Sets: "add KLAB-T-NONE 10.0.0.1\n"}})
+	if err == nil || !strings.Contains(err.Error(), "ipset restore") {
+		t.Fatalf("bad input: %v", err)
+	}
+}

@@ -64,6 +64,8 @@ func (a *Applier) do(op Op) error {
 		return restore(op.NS, op.Rules)
 	case IPTables:
 		return iptablesRule(op.NS, op.Rules)
+	case IPSet:
+		return ipsetRestore(op.NS, op.Sets)
 	}
 	h, err := a.handle(op.NS)
 	if err != nil {
@@ -282,6 +284,23 @@ func restore(ns string, r *Rules) error {
 		// Exec'd from the locked thread, the child inherits the namespace.
 		cmd := exec.Command("iptables-restore", args...)
 		cmd.Stdin = strings.NewReader(r.Input)
+		cmd.Stderr = &stderr
+		return cmd.Run()
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// ipsetRestore runs `ipset restore` with the input inside ns: one command
+// for every set change of a plan (ipset has no transaction; the input's
+// order — build in a temporary set, then swap — is what makes it atomic).
+func ipsetRestore(ns, input string) error {
+	var stderr bytes.Buffer
+	err := netns.Do(ns, func() error {
+		cmd := exec.Command("ipset", "restore")
+		cmd.Stdin = strings.NewReader(input)
 		cmd.Stderr = &stderr
 		return cmd.Run()
 	})

@@ -33,6 +33,7 @@ const (
 	Sysctl         Verb = "sysctl"           // sysctl -w KEY=VALUE (inside the namespace)
 	Restore        Verb = "iptables-restore" // iptables-restore [--noflush] --wait <<EOF
 	IPTables       Verb = "iptables"         // one rule: iptables -C ... || iptables -I/-A ...; or -D
+	IPSet          Verb = "ipset restore"    // ipset restore <<EOF (sets of addresses, inside the namespace)
 	WriteFile      Verb = "write"            // a file klab keeps (IPAM, subnet.env, state)
 	RemoveFile     Verb = "remove"           // rm -rf PATH
 	Exec           Verb = "exec"             // anything else: a process started or stopped
@@ -57,8 +58,11 @@ type Op struct {
 	Key   string // Sysctl: the key under /proc/sys, like net/ipv4/ip_forward
 	Value string // Sysctl: the value
 	Rules *Rules // Restore, IPTables
-	File  *File  // WriteFile, RemoveFile
-	Proc  *Proc  // Exec
+	// Sets is the `ipset restore` input of an IPSet operation: create,
+	// flush, add, del, swap and destroy lines, run as one command.
+	Sets string
+	File *File // WriteFile, RemoveFile
+	Proc *Proc // Exec
 
 	// Why is a short comment printed after the command ("# flannel's
 	// VTEP"); optional.
@@ -219,6 +223,8 @@ func (op Op) command() string {
 			flags = "--noflush --wait"
 		}
 		return in("iptables-restore "+flags) + " <<'EOF'\n" + withNewline(op.Rules.Input) + "EOF"
+	case IPSet:
+		return in("ipset restore") + " <<'EOF'\n" + withNewline(op.Sets) + "EOF"
 	case IPTables:
 		r := op.Rules
 		spec := r.Chain + " " + ShellJoin(r.Rule)
@@ -344,6 +350,8 @@ func (op Op) Object() string {
 		return "sysctl " + strings.ReplaceAll(op.Key, "/", ".") + where
 	case op.Rules != nil && op.Verb == Restore:
 		return "iptables rules" + where
+	case op.Verb == IPSet:
+		return "ipsets" + where
 	case op.Rules != nil:
 		return fmt.Sprintf("iptables rule in %s/%s%s", op.Rules.Table, op.Rules.Chain, where)
 	case op.File != nil:

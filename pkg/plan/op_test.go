@@ -33,6 +33,7 @@ func TestCommand(t *testing.T) {
 		{Op{Verb: FDBReplace, NS: ns, Neigh: &Neigh{Dev: "flannel.1", IP: netip.MustParseAddr("192.168.1.102"), MAC: mac}}, "bridge -n klab.demo.node1 fdb replace 0a:00:00:00:00:01 dev flannel.1 dst 192.168.1.102 self permanent"},
 		{Op{Verb: Sysctl, NS: ns, Key: "net/ipv4/ip_forward", Value: "1"}, "ip netns exec klab.demo.node1 sysctl -qw net.ipv4.ip_forward=1"},
 		{Op{Verb: Restore, NS: ns, Rules: &Rules{Input: "*nat\nCOMMIT\n", NoFlush: true}}, "ip netns exec klab.demo.node1 iptables-restore --noflush --wait <<'EOF'\n*nat\nCOMMIT\nEOF"},
+		{Op{Verb: IPSet, NS: ns, Sets: "create KLAB-P-X hash:ip family inet -exist\nadd KLAB-P-X 10.244.1.2"}, "ip netns exec klab.demo.node1 ipset restore <<'EOF'\ncreate KLAB-P-X hash:ip family inet -exist\nadd KLAB-P-X 10.244.1.2\nEOF"},
 		{Op{Verb: IPTables, NS: ns, Rules: &Rules{Table: "nat", Chain: "POSTROUTING", Action: "-A", Rule: []string{"-m", "comment", "--comment", "klab:demo flanneld masq", "-j", "FLANNEL-POSTRTG"}}},
 			"ip netns exec klab.demo.node1 iptables --wait -t nat -C POSTROUTING -m comment --comment 'klab:demo flanneld masq' -j FLANNEL-POSTRTG 2>/dev/null || ip netns exec klab.demo.node1 iptables --wait -t nat -A POSTROUTING -m comment --comment 'klab:demo flanneld masq' -j FLANNEL-POSTRTG"},
 		{Op{Verb: WriteFile, File: &File{Path: "/run/klab/demo/ipam/node1/10.244.1.2", Data: []byte("pod-a\neth0")}}, "mkdir -p /run/klab/demo/ipam/node1 && printf '%s' 'pod-a\neth0' > /run/klab/demo/ipam/node1/10.244.1.2"},
@@ -64,6 +65,7 @@ func TestScriptParses(t *testing.T) {
 	p := Plan{
 		{Verb: NetnsAdd, NS: "klab.demo.node1"},
 		{Verb: Restore, NS: "klab.demo.node1", Rules: &Rules{Input: "*nat\n-A X -m comment --comment \"it's\" -j RETURN\nCOMMIT\n"}},
+		{Verb: IPSet, NS: "klab.demo.node1", Sets: "create S hash:net family inet -exist\nadd S 10.0.0.0/8\nadd S 10.1.0.0/16 nomatch\n"},
 		{Verb: WriteFile, File: &File{Path: "/tmp/x y/it's", Data: []byte("a'b\n")}},
 		{Verb: IPTables, NS: "klab.demo.node1", Rules: &Rules{Table: "nat", Chain: "PREROUTING", Action: "-I", Rule: []string{"-m", "comment", "--comment", "a b", "-j", "KUBE-SERVICES"}}},
 	}

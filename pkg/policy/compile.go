@@ -108,7 +108,11 @@ const (
 	// DispatchChain is jumped to from FORWARD; it sends each isolated
 	// pod's traffic to its chains.
 	DispatchChain = "KLAB-NETPOL"
-	hashLen       = 16
+	// EgressChain and IngressChain hold the per-pod jumps (see
+	// RenderIPTables).
+	EgressChain  = "KLAB-NETPOL-E"
+	IngressChain = "KLAB-NETPOL-I"
+	hashLen      = 16
 )
 
 func nameHash(parts ...string) string {
@@ -129,10 +133,21 @@ func chainName(lab, dir, pod string) string {
 }
 
 type compiler struct {
-	e    *Evaluator
-	opts CompileOptions
-	sets map[string]*IPSet
-	plan *Plan
+	e     *Evaluator
+	opts  CompileOptions
+	sets  map[string]*IPSet
+	names map[string]string // kind+key -> set name (hashed once)
+	plan  *Plan
+}
+
+func (c *compiler) setName(kind byte, key string) string {
+	k := string(kind) + key
+	if n, ok := c.names[k]; ok {
+		return n
+	}
+	n := setName(c.opts.Lab, kind, key)
+	c.names[k] = n
+	return n
 }
 
 // Compile turns the state's policies into a Plan the kube-router / Felix
@@ -155,7 +170,7 @@ func (e *Evaluator) Compile(opts CompileOptions) *Plan {
 	if opts.NFLOGGroup == 0 {
 		opts.NFLOGGroup = 100
 	}
-	c := &compiler{e: e, opts: opts, sets: map[string]*IPSet{}, plan: &Plan{Lab: opts.Lab, Node: opts.Node, NFLOGGroup: opts.NFLOGGroup}}
+	c := &compiler{e: e, opts: opts, sets: map[string]*IPSet{}, names: map[string]string{}, plan: &Plan{Lab: opts.Lab, Node: opts.Node, NFLOGGroup: opts.NFLOGGroup}}
 	pods := make([]*Pod, 0, len(e.state.Pods))
 	for i := range e.state.Pods {
 		p := &e.state.Pods[i]
@@ -187,7 +202,7 @@ func (c *compiler) chain(p *Pod, ingress bool) *Chain {
 		dir, word = "I", "ingress"
 	}
 	var ch *Chain
-	for _, pol := range c.e.policies {
+	for _, pol := range c.e.byNS[p.Namespace] {
 		if pol.ns != p.Namespace || ingress && !pol.ingress || !ingress && !pol.egress || !pol.sel.Matches(labelsOf(p)) {
 			continue
 		}
@@ -340,6 +355,11 @@ func (c *compiler) peerSet(pol *policy, pe *peer) string {
 		return c.set('N', pe.key, HashNet, pe.desc, es)
 	}
 	key := pe.key // carries the policy's namespace when nsSel is nil
+	if name := c.setName('P', key); c.sets[name] != nil {
+		// The key says all the set selects: its members are computed
+		// once per compile, however many rules name it.
+		return name
+	}
 	var ips []string
 	for i := range c.e.state.Pods {
 		d := &c.e.state.Pods[i]
@@ -363,7 +383,7 @@ func hostEntries(ips []string) []Entry {
 }
 
 func (c *compiler) set(kind byte, key string, t SetType, what string, es []Entry) string {
-	name := setName(c.opts.Lab, kind, key)
+	name := c.setName(kind, key)
 	if _, ok := c.sets[name]; !ok {
 		sort.Slice(es, func(i, j int) bool { return entryLess(es[i], es[j]) })
 		c.sets[name] = &IPSet{Name: name, Type: t, Entries: es, What: what}

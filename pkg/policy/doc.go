@@ -27,18 +27,29 @@
 //
 // Applying a change without a window: sets are named by what they select,
 // not by policy, so a pod appearing or changing labels changes only set
-// membership. The applier runs (1) `ipset restore` of RenderIPSets: a new
-// set is built under a temporary name and swapped in (create T; flush T;
-// add T ...; create S -exist; swap T S; destroy T — the swap is atomic, and
-// the set is not referenced yet anyway); changes to existing sets are all
+// membership. PlanApply (apply.go) turns the previous and the next Plan of
+// a node into a plan.Plan for pkg/plan's applier: (1) sysctl
+// net.bridge.bridge-nf-call-iptables=1 in the node's namespace (per
+// namespace on current kernels), so same-node traffic bridged on cni0
+// crosses FORWARD; (2) one `ipset restore` of RenderIPSets: a new set is
+// built under a temporary name and swapped in (create T; flush T; add T
+// ...; create S -exist; swap T S; destroy T — the swap is atomic, and the
+// set is not referenced yet anyway); changes to existing sets are all
 // removals first, then all additions, so at every instant each set is a
 // subset of its old or of its new content and, sets being only peers of
 // allow rules, nothing passes that both the old and the new policies
-// refuse; (2) `iptables-restore --noflush` of RenderIPTables, one kernel
-// transaction replacing the dispatch chain and every pod chain (stale ones
-// flushed and deleted); (3) `ipset restore` of RenderIPSetDestroy for the
-// sets no rule names any more. Conntrack ESTABLISHED,RELATED is accepted
-// first, so replies and established connections never depend on a set.
+// refuse; (3) one `iptables-restore --noflush`, one kernel transaction,
+// rewriting only the pod chains whose rules changed, adding and deleting
+// single jumps in the dispatch lists (KLAB-NETPOL -> KLAB-NETPOL-E, the
+// egress jumps by source, then KLAB-NETPOL-I, the ingress jumps by
+// destination), deleting stale chains, and (when the kernel was read back
+// with ReadKernel and lacks it) inserting FORWARD -> KLAB-NETPOL at
+// position 1, ahead of kube-proxy's and flannel's accepts; otherwise the
+// jump is a go-iptables check-or-insert; (4) one `ipset restore` of the
+// destroys of sets no rule names any more. PlanRemove undoes it all; a
+// node's namespace going takes its sets and chains with it. Conntrack
+// ESTABLISHED,RELATED is accepted first, so replies and established
+// connections never depend on a set.
 // Each pod chain ends in NFLOG (a group the caller picks) and DROP, both
 // commented "klab <lab> drop ingress|egress ns/pod", so a drop is confirmed
 // from counters or NFLOG, never from the policy text alone. The plan is

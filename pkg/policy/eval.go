@@ -17,6 +17,7 @@ import (
 type Evaluator struct {
 	state    State
 	policies []*policy
+	byNS     map[string][]*policy // the policies of each namespace, in order
 	pods     map[string]*Pod
 	podByIP  map[netip.Addr]*Pod
 	nodeByIP map[netip.Addr]string
@@ -31,8 +32,11 @@ func NewEvaluator(s State) (*Evaluator, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Evaluator{state: s, policies: ps, pods: map[string]*Pod{}, podByIP: map[netip.Addr]*Pod{},
+	e := &Evaluator{state: s, policies: ps, byNS: map[string][]*policy{}, pods: map[string]*Pod{}, podByIP: map[netip.Addr]*Pod{},
 		nodeByIP: map[netip.Addr]string{}, extByIP: map[netip.Addr]string{}, nsLabels: map[string]labels.Set{}}
+	for _, p := range ps {
+		e.byNS[p.ns] = append(e.byNS[p.ns], p)
+	}
 	for _, n := range s.Namespaces {
 		l := labels.Set{}
 		for k, v := range n.Labels {
@@ -256,7 +260,7 @@ func dropReason(dir string, s Side, other, what string) string {
 func (e *Evaluator) side(p *Pod, ingress bool, other end, proto corev1.Protocol, port int32) Side {
 	s := Side{Pod: p.Key(), Node: p.Node}
 	podLabels := labels.Set(p.Labels)
-	for _, pol := range e.policies {
+	for _, pol := range e.byNS[p.Namespace] {
 		if pol.ns != p.Namespace {
 			continue
 		}

@@ -238,7 +238,9 @@ func TestCompileAndRender(t *testing.T) {
 	for _, want := range []string{
 		"*filter\n:KLAB-NETPOL - [0:0]\n",
 		`-A KLAB-NETPOL -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "klab demo: replies of allowed connections pass" -j ACCEPT`,
-		fmt.Sprintf(`-A KLAB-NETPOL -d 10.244.2.5/32 -m comment --comment "klab demo: ingress of default/db isolated by default/also-frontend,default/db-allow" -j %s`, db.Ingress.Name),
+		`-A KLAB-NETPOL -m comment --comment "klab demo: egress of isolated pods" -j KLAB-NETPOL-E` + "\n" + `-A KLAB-NETPOL -m comment --comment "klab demo: ingress of isolated pods" -j KLAB-NETPOL-I` + "\n",
+		fmt.Sprintf(`-A KLAB-NETPOL-I -d 10.244.2.5/32 -m comment --comment "klab demo: ingress of default/db isolated by default/also-frontend,default/db-allow" -j %s`, db.Ingress.Name),
+		fmt.Sprintf(`-A KLAB-NETPOL-E -s 10.244.1.5/32 -m comment --comment "klab demo: egress of default/web isolated by default/web-out" -j %s`, web.Egress.Name),
 		fmt.Sprintf(`-A %s -m set --match-set %s src -p tcp -m tcp --dport 6379 -m comment --comment "klab demo: default/db-allow ingress rule 1: podSelector role=frontend tcp/6379" -j RETURN`, db.Ingress.Name, frontendSet),
 		fmt.Sprintf(`-A %s -m set --match-set %s src -p udp -m udp --dport 53 -m comment`, db.Ingress.Name, frontendSet),
 		fmt.Sprintf(`-A %s -m comment --comment "klab demo drop ingress default/db" -j NFLOG --nflog-group 100 --nflog-prefix "klab demo I default/db"`, db.Ingress.Name),
@@ -255,8 +257,9 @@ func TestCompileAndRender(t *testing.T) {
 			t.Errorf("rule without a comment: %s", line)
 		}
 	}
-	// Egress jumps come before ingress jumps in the dispatch chain.
-	if strings.Index(ipt, "-j "+web.Egress.Name) > strings.Index(ipt, "-j "+db.Ingress.Name) {
+	// Egress is decided before ingress: the dispatch chain jumps to the
+	// egress list first.
+	if strings.Index(ipt, "-j KLAB-NETPOL-E\n") > strings.Index(ipt, "-j KLAB-NETPOL-I\n") {
 		t.Error("dispatch: egress must be checked before ingress")
 	}
 

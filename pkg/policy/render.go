@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -136,93 +137,224 @@ func NFLOGPrefix(lab, dir, pod string) string {
 // RenderIPTables returns the iptables-restore input (filter table, for
 // `iptables-restore --noflush`: one transaction) that makes the kernel's
 // policy chains those of next, deleting the pod chains of prev that next
-// no longer has. It declares (and so flushes) DispatchChain and every pod
-// chain; the jump FORWARD -> DispatchChain is the caller's (a built-in
-// chain). DispatchChain:
+// no longer has. It declares (and so flushes) the dispatch chains and
+// every pod chain; the jump FORWARD -> DispatchChain is the caller's (a
+// built-in chain). DispatchChain:
 //
 //  1. ACCEPT replies and related packets of allowed connections (conntrack
 //     ESTABLISHED,RELATED): policies are stateful;
-//  2. for each isolated pod, -s POD -> its egress chain, then -d POD -> its
-//     ingress chain; a chain RETURNs when a rule admits, so a packet passes
-//     egress of its source and then ingress of its destination, and falls
-//     through to the rest of FORWARD when both admit.
+//  2. jump to EgressChain, which holds for each pod isolated for egress
+//     -s POD -> its egress chain; then to IngressChain, -d POD -> its
+//     ingress chain for each pod isolated for ingress. A pod chain RETURNs
+//     when a rule admits, so a packet passes egress of its source and then
+//     ingress of its destination, and falls through to the rest of
+//     FORWARD when both admit.
+//
+// The per-pod jumps live in chains of their own so that a change adds and
+// deletes single jumps (-A, -D: PlanApply) instead of rewriting the list,
+// and egress is still decided before ingress whatever the order of the
+// jumps inside each.
 //
 // A pod chain ends with NFLOG (group Plan.NFLOGGroup, prefix NFLOGPrefix)
 // and DROP, both commented DropComment: the drop is visible in counters
 // and on the NFLOG group. Every rule carries a comment saying why.
 func RenderIPTables(prev, next *Plan) string {
-	var b strings.Builder
-	lab := next.Lab
-	b.WriteString("*filter\n")
-	fmt.Fprintf(&b, ":%s - [0:0]\n", DispatchChain)
-	chains := map[string]bool{}
-	for _, p := range next.Pods {
-		for _, c := range []*Chain{p.Egress, p.Ingress} {
-			if c != nil {
-				fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
-				chains[c.Name] = true
-			}
-		}
-	}
-	var stale []string
-	if prev != nil {
-		for _, p := range prev.Pods {
-			for _, c := range []*Chain{p.Egress, p.Ingress} {
-				if c != nil && !chains[c.Name] {
-					stale = append(stale, c.Name)
-					chains[c.Name] = true
-				}
-			}
-		}
-		sort.Strings(stale)
-		for _, c := range stale {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-		}
-	}
-	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT\n", DispatchChain, comment("klab "+lab+": replies of allowed connections pass"))
+	return renderIPTables(prev, next, false, nil, nil)
+}
+
+// chainText is one chain of a plan as iptables-restore lines ("-A ...").
+type chainText struct {
+	name  string
+	lines []string
+}
+
+// chainsOf renders the plan's chains: DispatchChain first, then each
+// isolated pod's egress and ingress chain, in pod order.
+func chainsOf(next *Plan) []chainText {
+	out := dispatchOf(next)
 	for _, p := range next.Pods {
 		if p.Egress != nil {
-			fmt.Fprintf(&b, "-A %s -s %s/32 %s -j %s\n", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: egress of %s isolated by %s", lab, p.Pod, strings.Join(p.Egress.Selecting, ","))), p.Egress.Name)
+			out = append(out, podChain(next, p, "egress", p.Egress))
 		}
-	}
-	for _, p := range next.Pods {
 		if p.Ingress != nil {
-			fmt.Fprintf(&b, "-A %s -d %s/32 %s -j %s\n", DispatchChain, p.IP, comment(fmt.Sprintf("klab %s: ingress of %s isolated by %s", lab, p.Pod, strings.Join(p.Ingress.Selecting, ","))), p.Ingress.Name)
+			out = append(out, podChain(next, p, "ingress", p.Ingress))
 		}
 	}
+	return out
+}
+
+// dispatchOf renders DispatchChain, EgressChain and IngressChain.
+func dispatchOf(next *Plan) []chainText {
+	lab := next.Lab
+	d := chainText{name: DispatchChain, lines: []string{
+		fmt.Sprintf("-A %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT", DispatchChain, comment("klab "+lab+": replies of allowed connections pass")),
+		fmt.Sprintf("-A %s %s -j %s", DispatchChain, comment("klab "+lab+": egress of isolated pods"), EgressChain),
+		fmt.Sprintf("-A %s %s -j %s", DispatchChain, comment("klab "+lab+": ingress of isolated pods"), IngressChain),
+	}}
+	e, in := chainText{name: EgressChain}, chainText{name: IngressChain}
 	for _, p := range next.Pods {
-		for _, dc := range []struct {
-			dir string
-			c   *Chain
-		}{{"egress", p.Egress}, {"ingress", p.Ingress}} {
-			if dc.c == nil {
-				continue
+		if p.Egress != nil {
+			e.lines = append(e.lines, fmt.Sprintf("-A %s -s %s/32 %s -j %s", EgressChain, p.IP, comment(fmt.Sprintf("klab %s: egress of %s isolated by %s", lab, p.Pod, strings.Join(p.Egress.Selecting, ","))), p.Egress.Name))
+		}
+		if p.Ingress != nil {
+			in.lines = append(in.lines, fmt.Sprintf("-A %s -d %s/32 %s -j %s", IngressChain, p.IP, comment(fmt.Sprintf("klab %s: ingress of %s isolated by %s", lab, p.Pod, strings.Join(p.Ingress.Selecting, ","))), p.Ingress.Name))
+		}
+	}
+	return []chainText{d, e, in}
+}
+
+// podChain renders one direction of one pod: its admitting rules, then
+// NFLOG and DROP. Its text depends only on the chain's name (a hash of
+// lab, direction and pod), its Rules and the NFLOG group.
+func podChain(next *Plan, p PodPlan, dir string, c *Chain) chainText {
+	lab := next.Lab
+	ct := chainText{name: c.Name, lines: make([]string, 0, len(c.Rules)+2)}
+	setDir := "src"
+	if dir == "egress" {
+		setDir = "dst"
+	}
+	var b strings.Builder
+	for _, r := range c.Rules {
+		b.Reset()
+		b.WriteString("-A " + c.Name)
+		if r.Set != "" {
+			b.WriteString(" -m set --match-set " + r.Set + " " + setDir)
+		}
+		if r.Protocol != "" {
+			proto := strings.ToLower(string(r.Protocol))
+			b.WriteString(" -p " + proto)
+			if r.Ports != "" {
+				b.WriteString(" -m " + proto + " --dport " + r.Ports)
 			}
-			setDir := "src"
-			if dc.dir == "egress" {
-				setDir = "dst"
-			}
-			for _, r := range dc.c.Rules {
-				fmt.Fprintf(&b, "-A %s", dc.c.Name)
-				if r.Set != "" {
-					fmt.Fprintf(&b, " -m set --match-set %s %s", r.Set, setDir)
+		}
+		b.WriteString(" " + comment("klab "+lab+": "+r.Comment) + " -j RETURN")
+		ct.lines = append(ct.lines, b.String())
+	}
+	dcm := DropComment(lab, dir, p.Pod)
+	ct.lines = append(ct.lines,
+		fmt.Sprintf("-A %s %s -j NFLOG --nflog-group %d --nflog-prefix \"%s\"", c.Name, comment(dcm), next.NFLOGGroup, NFLOGPrefix(lab, dir, p.Pod)),
+		fmt.Sprintf("-A %s %s -j DROP", c.Name, comment(dcm)))
+	return ct
+}
+
+// renderIPTables renders next against prev. With changedOnly (and a prev),
+// only the chains whose rules differ from prev's are declared and
+// rewritten, and "" is returned when none does and none goes; stale names
+// chains known to be in the kernel besides prev's (read back); extra lines
+// (the FORWARD jump) go at the end of the transaction.
+func renderIPTables(prev, next *Plan, changedOnly bool, stale []string, extra []string) string {
+	incremental := changedOnly && prev != nil
+	var write []chainText
+	var dels, adds []string // single dispatch jumps (incremental)
+	want := map[string]bool{}
+	if incremental && prev.Lab == next.Lab && prev.NFLOGGroup == next.NFLOGGroup {
+		// Compare the chains as data; render only those that differ.
+		old := map[string]*Chain{}
+		for _, p := range prev.Pods {
+			for _, c := range []*Chain{p.Egress, p.Ingress} {
+				if c != nil {
+					old[c.Name] = c
+					stale = append(stale, c.Name)
 				}
-				if r.Protocol != "" {
-					proto := strings.ToLower(string(r.Protocol))
-					fmt.Fprintf(&b, " -p %s", proto)
-					if r.Ports != "" {
-						fmt.Fprintf(&b, " -m %s --dport %s", proto, r.Ports)
+			}
+		}
+		od := dispatchOf(prev)
+		for i, d := range dispatchOf(next) {
+			want[d.name] = true
+			switch {
+			case slices.Equal(d.lines, od[i].lines):
+			case i == 0:
+				write = append(write, d)
+			default:
+				// Single jumps: deletions of what went, appends of what
+				// came (the order inside one list does not matter).
+				have := map[string]bool{}
+				for _, l := range od[i].lines {
+					have[l] = true
+				}
+				keep := map[string]bool{}
+				for _, l := range d.lines {
+					keep[l] = true
+					if !have[l] {
+						adds = append(adds, l)
 					}
 				}
-				fmt.Fprintf(&b, " %s -j RETURN\n", comment("klab "+lab+": "+r.Comment))
+				for _, l := range od[i].lines {
+					if !keep[l] {
+						dels = append(dels, "-D"+strings.TrimPrefix(l, "-A"))
+					}
+				}
 			}
-			dcm := DropComment(lab, dc.dir, p.Pod)
-			fmt.Fprintf(&b, "-A %s %s -j NFLOG --nflog-group %d --nflog-prefix \"%s\"\n", dc.c.Name, comment(dcm), next.NFLOGGroup, NFLOGPrefix(lab, dc.dir, p.Pod))
-			fmt.Fprintf(&b, "-A %s %s -j DROP\n", dc.c.Name, comment(dcm))
+		}
+		for _, p := range next.Pods {
+			for _, dc := range []struct {
+				dir string
+				c   *Chain
+			}{{"egress", p.Egress}, {"ingress", p.Ingress}} {
+				if dc.c == nil {
+					continue
+				}
+				want[dc.c.Name] = true
+				if o := old[dc.c.Name]; o != nil && slices.Equal(o.Rules, dc.c.Rules) {
+					continue
+				}
+				write = append(write, podChain(next, p, dc.dir, dc.c))
+			}
+		}
+	} else {
+		have := map[string][]string{}
+		if prev != nil {
+			for _, c := range chainsOf(prev) {
+				have[c.name] = c.lines
+				stale = append(stale, c.name)
+			}
+		}
+		for _, c := range chainsOf(next) {
+			want[c.name] = true
+			if old, ok := have[c.name]; incremental && ok && slices.Equal(old, c.lines) {
+				continue
+			}
+			write = append(write, c)
 		}
 	}
+	gone := map[string]bool{}
+	var drop []string
 	for _, c := range stale {
+		if !want[c] && !gone[c] {
+			gone[c] = true
+			drop = append(drop, c)
+		}
+	}
+	sort.Strings(drop)
+	if incremental && len(write) == 0 && len(drop) == 0 && len(extra) == 0 && len(dels) == 0 && len(adds) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	for _, c := range write {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c.name)
+	}
+	for _, c := range drop {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, c := range write {
+		for _, l := range c.lines {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+	}
+	for _, l := range dels {
+		b.WriteString(l + "\n")
+	}
+	for _, l := range adds {
+		b.WriteString(l + "\n")
+	}
+	for _, c := range drop {
 		fmt.Fprintf(&b, "-X %s\n", c)
+	}
+	for _, l := range extra {
+		b.WriteString(l)
+		b.WriteByte('\n')
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
