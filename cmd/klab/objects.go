@@ -101,7 +101,7 @@ func newApplyCmd() *cobra.Command {
 	var files []string
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR|-",
-		Short: "Create or update Kubernetes objects from manifests: Namespace, Pod, Deployment, Service",
+		Short: "Create or update Kubernetes objects from manifests: Namespace, Pod, Deployment, Service, NetworkPolicy",
 		Long: `Apply real Kubernetes YAML or JSON (several documents per file, a directory,
 or standard input). Every document is validated first — unknown kinds, bad
 selectors, ports out of range, missing namespaces, duplicate names are each
@@ -185,13 +185,14 @@ var getKinds = map[string]string{
 	"endpoints": "endpoints", "ep": "endpoints",
 	"namespaces": "namespaces", "namespace": "namespaces", "ns": "namespaces",
 	"nodes": "nodes", "node": "nodes", "no": "nodes",
+	"networkpolicies": "networkpolicies", "networkpolicy": "networkpolicies", "netpol": "networkpolicies",
 }
 
 func newGetCmd() *cobra.Command {
 	var namespace string
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "get pods|services|endpoints|namespaces|nodes",
+		Use:   "get pods|services|endpoints|networkpolicies|namespaces|nodes",
 		Short: "List Kubernetes objects with kubectl's columns (-o wide, json, yaml)",
 		Long: `List the lab's objects the way kubectl does. -n picks a namespace (default:
 default), -A all of them. -o wide adds columns; -o json and -o yaml print a
@@ -201,12 +202,12 @@ kubectl-style scripts work on it.`,
 		Example: "  klab get pods -A -o wide\n  klab get svc -n other -o json | jq -r '.items[].spec.clusterIP'",
 		Args:    exactArgs(1, "a kind (pods, services, endpoints, namespaces, nodes)"),
 		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-			return []string{"pods", "services", "endpoints", "namespaces", "nodes"}, cobra.ShellCompDirectiveNoFileComp
+			return []string{"pods", "services", "endpoints", "networkpolicies", "namespaces", "nodes"}, cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, ok := getKinds[args[0]]
 			if !ok {
-				return fmt.Errorf("kind %q is not one klab has: use pods, services, endpoints, namespaces or nodes", args[0])
+				return fmt.Errorf("kind %q is not one klab has: use pods, services, endpoints, networkpolicies, namespaces or nodes", args[0])
 			}
 			if all && cmd.Flags().Changed("namespace") {
 				return fmt.Errorf("give either -n NAMESPACE or -A, not both")
@@ -312,6 +313,17 @@ func getObjects(kind, ns string, all bool) error {
 				list = strings.Join(eps, ",")
 			}
 			rows = append(rows, withNS(all, s.Namespace(), []string{s.ShortName(), list, age(l)}))
+		}
+	case "networkpolicies":
+		header = []string{"NAME", "POD-SELECTOR", "AGE"}
+		for _, np := range l.Policies {
+			if !in(np.Namespace) {
+				continue
+			}
+			o := np.DeepCopy()
+			o.TypeMeta = metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"}
+			items = append(items, o)
+			rows = append(rows, withNS(all, np.Namespace, []string{np.Name, metav1.FormatLabelSelector(&np.Spec.PodSelector), age(l)}))
 		}
 	case "namespaces":
 		all = false

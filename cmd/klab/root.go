@@ -50,7 +50,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		// building by hand
 		newNodeCmd, newPodCmd, newServiceCmd, newNamespaceCmd,
 		// Kubernetes objects from manifests
-		newApplyCmd, newDeleteCmd, newGetCmd,
+		newApplyCmd, newDeleteCmd, newGetCmd, newPolicyCmd,
 		// poking at the result
 		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd,
 		// the lab's life cycle

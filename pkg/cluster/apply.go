@@ -15,6 +15,8 @@ import (
 	"github.com/klab-dev/klab/pkg/k8s"
 	"github.com/klab-dev/klab/pkg/nat"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -84,10 +86,6 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 			undo[i]()
 		}
 		return nil, err
-	}
-	if len(set.NetworkPolicies) > 0 {
-		np := set.NetworkPolicies[0]
-		return nil, fmt.Errorf("%s: NetworkPolicy %s/%s: klab apply does not program NetworkPolicies yet (their enforcement lands with the policy agent): leave them out of this apply", set.Origins[k8s.Ref{Kind: "NetworkPolicy", Namespace: np.Namespace, Name: np.Name}], np.Namespace, np.Name)
 	}
 	for _, n := range set.Namespaces {
 		if old := c.Lab.namespace(n.Name); old != nil {
@@ -204,6 +202,21 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 		}
 		undo = append(undo, func() { c.DelService(svc.Name) })
 		res.add("Service", s.Namespace, s.Name, "created")
+	}
+	// NetworkPolicies last, once every pod they select exists; the nodes'
+	// chains and sets follow the pods' and namespaces' changes too.
+	for _, np := range set.NetworkPolicies {
+		switch old := c.Lab.Policy(np.Namespace, np.Name); {
+		case old == nil:
+			res.add("NetworkPolicy", np.Namespace, np.Name, "created")
+		case equality.Semantic.DeepEqual(old.Spec, np.Spec) && maps.Equal(old.Labels, np.Labels):
+			res.add("NetworkPolicy", np.Namespace, np.Name, "unchanged")
+		default:
+			res.add("NetworkPolicy", np.Namespace, np.Name, "configured")
+		}
+	}
+	if err := c.setPolicyObjects(set.NetworkPolicies, nil); err != nil {
+		return fail(err)
 	}
 	if err := c.Save(); err != nil {
 		return fail(err)
@@ -331,6 +344,23 @@ func serviceSame(s *Service, spec ServiceSpec) bool {
 // Objects that do not exist are reported, not errors.
 func (c *Cluster) DeleteObjects(set *k8s.Set) (*ApplyResult, error) {
 	res := &ApplyResult{}
+	var gone []*networkingv1.NetworkPolicy
+	for _, np := range set.NetworkPolicies {
+		if c.Lab.Policy(np.Namespace, np.Name) == nil {
+			res.add("NetworkPolicy", np.Namespace, np.Name, "not found")
+			continue
+		}
+		gone = append(gone, np)
+		res.add("NetworkPolicy", np.Namespace, np.Name, "deleted")
+	}
+	if len(gone) > 0 {
+		if err := c.setPolicyObjects(nil, gone); err != nil {
+			return res, err
+		}
+		if err := c.Save(); err != nil {
+			return res, err
+		}
+	}
 	for _, s := range set.Services {
 		if c.Lab.Service(Key(s.Namespace, s.Name)) == nil {
 			res.add("Service", s.Namespace, s.Name, "not found")

@@ -210,6 +210,11 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		// commit has put c.Lab back; undo the kernel side too.
 		return undo(err)
 	}
+	if len(pods) > 0 {
+		if err := policyCheck("the pods are up", c.syncPolicies()); err != nil {
+			return nodes, pods, err
+		}
+	}
 	if len(nodes) > 0 {
 		if err := c.ensureDNS(); err != nil {
 			return nodes, pods, fmt.Errorf("the nodes are up, but the cluster DNS is not: %w", err)

@@ -16,6 +16,7 @@ package cluster
 
 import (
 	"fmt"
+	networkingv1 "k8s.io/api/networking/v1"
 	"slices"
 	"sort"
 	"strings"
@@ -146,7 +147,7 @@ func (c *Cluster) AddNamespace(name string, labels map[string]string) (*Namespac
 		c.Lab.Namespaces = c.Lab.Namespaces[:len(c.Lab.Namespaces)-1]
 		return nil, err
 	}
-	return n, nil
+	return n, policyCheck("namespace "+name+" exists", c.syncPolicies())
 }
 
 // DelNamespace deletes a namespace with its pods and services, as the
@@ -174,9 +175,10 @@ func (c *Cluster) DelNamespace(name string) error {
 	}
 	keep := c.Lab.Namespaces
 	c.Lab.Namespaces = slices.DeleteFunc(slices.Clone(keep), func(n *Namespace) bool { return n.Name == name })
+	c.Lab.Policies = slices.DeleteFunc(slices.Clone(c.Lab.Policies), func(np *networkingv1.NetworkPolicy) bool { return np.Namespace == name })
 	if err := c.Save(); err != nil {
 		c.Lab.Namespaces = keep
 		return err
 	}
-	return nil
+	return policyCheck("namespace "+name+" is deleted", c.syncPolicies())
 }

@@ -102,7 +102,7 @@ func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
 		c.A.RollbackTo(mark)
 		return nil, err
 	}
-	return p, nil
+	return p, policyCheck("pod "+p.Name+" is up", c.syncPolicies())
 }
 
 // podNode validates a pod request against the lab (name, node, address
@@ -216,7 +216,7 @@ func (c *Cluster) DelPod(name string) error {
 		c.Lab.Pods = keep
 		return err
 	}
-	return nil
+	return policyCheck("pod "+name+" is deleted", c.syncPolicies())
 }
 
 func (c *Cluster) nodeNames() []string {

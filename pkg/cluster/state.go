@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	networkingv1 "k8s.io/api/networking/v1"
 	"net"
 	"net/netip"
 	"os"
@@ -64,7 +65,9 @@ type Lab struct {
 	Namespaces      []*Namespace `json:"namespaces,omitempty"` // beyond the built-in ones
 	Pods            []*Pod       `json:"pods"`
 	Services        []*Service   `json:"services,omitempty"`
-	Servers         []*Server    `json:"servers,omitempty"`
+	// Policies are the NetworkPolicies applied (policies.go).
+	Policies []*networkingv1.NetworkPolicy `json:"networkPolicies,omitempty"`
+	Servers  []*Server                     `json:"servers,omitempty"`
 }
 
 // Node is a Kubernetes node: a namespace on the underlay with a pod subnet.
