@@ -12,8 +12,35 @@ import (
 
 // files holds the labs shipped with klab.
 //
-//go:embed *.md
+//go:embed *.md manifests
 var files embed.FS
+
+// WriteFiles copies the files an embedded lab ships beside it (its
+// manifests, under manifests/<lab>/) into dir, keeping their layout
+// ("manifests/<lab>/x.yaml"), so that the lab's 'klab apply -f
+// manifests/<lab>/x.yaml' finds them through $KLAB_LAB_DIR. It reports
+// whether the lab has any.
+func WriteFiles(name, dir string) (bool, error) {
+	root := path.Join("manifests", name)
+	if _, err := fs.Stat(files, root); err != nil {
+		return false, nil
+	}
+	err := fs.WalkDir(files, root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		dst := dir + "/" + p
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o755)
+		}
+		b, err := files.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o644)
+	})
+	return err == nil, err
+}
 
 // Names returns the names of the embedded labs, sorted.
 func Names() []string {

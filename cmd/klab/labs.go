@@ -77,6 +77,10 @@ lab you wrote yourself.`,
 			if globals.dryRun {
 				return dryRunLab(cmd, r, l)
 			}
+			if err := labFiles(r, args[0]); err != nil {
+				return err
+			}
+			defer os.RemoveAll(labFilesDir)
 			if err := confirmLab(args[0], l, tf, yes, os.Stdin, os.Stdout); err != nil {
 				return err
 			}
@@ -122,6 +126,36 @@ lab you wrote yourself.`,
 func trustFlagSet(cmd *cobra.Command, tf *trustFlags) {
 	cmd.Flags().BoolVar(&tf.trust, "trust", false, "run the lab's commands unsandboxed, with full root (a lab you wrote yourself)")
 	cmd.Flags().BoolVar(&tf.allowPrivileged, "allow-privileged", false, "run the blocks the lab marks privileged unsandboxed, without asking")
+}
+
+// labFilesDir is where an embedded lab's files are written for its run.
+var labFilesDir string
+
+// labFiles points $KLAB_LAB_DIR, for the lab's commands, at the directory
+// of the lab file, or at a temporary copy of an embedded lab's files.
+func labFiles(r *labs.Runner, arg string) error {
+	dir := ""
+	if fi, err := os.Stat(arg); err == nil && !fi.IsDir() {
+		dir = filepath.Dir(arg)
+	} else {
+		tmp, err := os.MkdirTemp("", "klab-lab-files-")
+		if err != nil {
+			return err
+		}
+		if ok, err := labs.WriteFiles(arg, tmp); err != nil || !ok {
+			os.RemoveAll(tmp)
+			return err
+		}
+		dir, labFilesDir = tmp, tmp
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	ex := r.Exec.(labs.ExecExecutor)
+	ex.Env = append(ex.Env, "KLAB_LAB_DIR="+abs)
+	r.Exec = ex
+	return nil
 }
 
 // dryRunLab lists the lab's steps with the plan of each klab action that

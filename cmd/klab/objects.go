@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"fmt"
 	"os"
 	"sort"
@@ -84,6 +85,13 @@ func readManifests(c *cluster.Cluster, files []string, forDelete bool) (*k8s.Set
 	}
 	var objs []k8s.Object
 	for _, f := range files {
+		// In a lab, a relative path names a file beside the lab file
+		// ($KLAB_LAB_DIR, set by 'klab run').
+		if dir := os.Getenv("KLAB_LAB_DIR"); dir != "" && f != "-" && !filepath.IsAbs(f) {
+			if _, err := os.Stat(f); err != nil {
+				f = filepath.Join(dir, f)
+			}
+		}
 		o, err := k8s.Read(f, os.Stdin)
 		if err != nil {
 			return nil, err

@@ -42,6 +42,16 @@ func resolveHost(c *cluster.Cluster, name string) (netip.Addr, error) {
 	if name == cluster.ExternalName {
 		return cluster.ExternalIP, nil
 	}
+	// NAME.NAMESPACE: a pod or service of another namespace, the way a
+	// cluster's DNS search path spells it.
+	if n, ns, ok := strings.Cut(name, "."); ok && !strings.Contains(ns, ".") {
+		if p := c.Lab.Pod(ns + "/" + n); p != nil {
+			return p.IP, nil
+		}
+		if s := c.Lab.Service(ns + "/" + n); s != nil && s.ClusterIP.IsValid() {
+			return s.ClusterIP, nil
+		}
+	}
 	for _, r := range hostResolvers {
 		if a, ok := r(c, name); ok {
 			return a, nil
