@@ -66,7 +66,7 @@ of it NAMESPACE/NAME anywhere klab takes a pod (klab pod add other/client).`,
 		Short:   "List the lab's namespaces",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return getObjects("namespaces", "", false)
+			return getObjects("namespaces", "", false, "")
 		},
 	}
 	cmd.AddCommand(add, del, list)
@@ -200,7 +200,7 @@ func newGetCmd() *cobra.Command {
 	var namespace string
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "get pods|services|endpoints|networkpolicies|namespaces|nodes",
+		Use:   "get pods|services|endpoints|networkpolicies|namespaces|nodes [NAME]",
 		Short: "List Kubernetes objects with kubectl's columns (-o wide, json, yaml)",
 		Long: `List the lab's objects the way kubectl does. -n picks a namespace (default:
 default), -A all of them. -o wide adds columns; -o json and -o yaml print a
@@ -208,7 +208,7 @@ Kubernetes List of the real object kinds with their status filled in (pods:
 status.podIP, spec.nodeName; services: spec.clusterIP, node ports), so jq- and
 kubectl-style scripts work on it.`,
 		Example: "  klab get pods -A -o wide\n  klab get svc -n other -o json | jq -r '.items[].spec.clusterIP'",
-		Args:    exactArgs(1, "a kind (pods, services, endpoints, namespaces, nodes)"),
+		Args:    cobra.RangeArgs(1, 2),
 		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 			return []string{"pods", "services", "endpoints", "networkpolicies", "namespaces", "nodes"}, cobra.ShellCompDirectiveNoFileComp
 		},
@@ -224,7 +224,11 @@ kubectl-style scripts work on it.`,
 			if all {
 				ns = ""
 			}
-			return getObjects(kind, ns, all)
+			name := ""
+			if len(args) == 2 {
+				name = args[1]
+			}
+			return getObjects(kind, ns, all, name)
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", cluster.DefaultNamespace, "the namespace to list")
@@ -232,8 +236,9 @@ kubectl-style scripts work on it.`,
 	return cmd
 }
 
-// getObjects prints one kind, in namespace ns ("" for all when all is set).
-func getObjects(kind, ns string, all bool) error {
+// getObjects prints one kind, in namespace ns ("" for all when all is set),
+// only the object called name when it is not empty.
+func getObjects(kind, ns string, all bool, name string) error {
 	switch globals.output {
 	case "text", "wide", "json", "yaml":
 	default:
@@ -248,7 +253,9 @@ func getObjects(kind, ns string, all bool) error {
 	if ns != "" && l.Namespace(ns) == nil && kind != "namespaces" && kind != "nodes" {
 		return fmt.Errorf("namespace %q does not exist in lab %s: see 'klab get namespaces'", ns, l.Name)
 	}
-	in := func(objNS string) bool { return all || ns == "" || objNS == ns }
+	inNS := func(objNS string) bool { return all || ns == "" || objNS == ns }
+	var cur string // the name of the object in hand, for the name filter
+	in := func(objNS string) bool { return inNS(objNS) && (name == "" || cur == name) }
 	var items []runtime.Object
 	var rows [][]string
 	wide := globals.output == "wide"
@@ -260,7 +267,7 @@ func getObjects(kind, ns string, all bool) error {
 			header = append(header, "IP", "NODE")
 		}
 		for _, p := range l.Pods {
-			if !in(p.Namespace()) {
+			if cur = p.ShortName(); !in(p.Namespace()) {
 				continue
 			}
 			o := l.PodObject(p)
@@ -281,7 +288,7 @@ func getObjects(kind, ns string, all bool) error {
 			header = append(header, "SELECTOR")
 		}
 		for _, s := range l.Services {
-			if !in(s.Namespace()) {
+			if cur = s.ShortName(); !in(s.Namespace()) {
 				continue
 			}
 			o := l.ServiceObject(s)
@@ -303,7 +310,7 @@ func getObjects(kind, ns string, all bool) error {
 	case "endpoints":
 		header = []string{"NAME", "ENDPOINTS", "AGE"}
 		for _, s := range l.Services {
-			if !in(s.Namespace()) {
+			if cur = s.ShortName(); !in(s.Namespace()) {
 				continue
 			}
 			o := l.EndpointsObject(s)
@@ -325,7 +332,7 @@ func getObjects(kind, ns string, all bool) error {
 	case "networkpolicies":
 		header = []string{"NAME", "POD-SELECTOR", "AGE"}
 		for _, np := range l.Policies {
-			if !in(np.Namespace) {
+			if cur = np.Name; !in(np.Namespace) {
 				continue
 			}
 			o := np.DeepCopy()
@@ -340,6 +347,9 @@ func getObjects(kind, ns string, all bool) error {
 			header = append(header, "LABELS")
 		}
 		for _, n := range l.AllNamespaces() {
+			if name != "" && n.Name != name {
+				continue
+			}
 			o := cluster.NamespaceObject(n)
 			items = append(items, &o)
 			r := []string{n.Name, "Active", age(l)}
@@ -355,6 +365,9 @@ func getObjects(kind, ns string, all bool) error {
 			header = append(header, "INTERNAL-IP", "POD-CIDR", "BACKEND")
 		}
 		for _, n := range l.Nodes {
+			if name != "" && n.Name != name {
+				continue
+			}
 			o := l.NodeObject(n)
 			items = append(items, &o)
 			r := []string{n.Name, "Ready", "<none>", age(l), "klab"}
@@ -379,6 +392,9 @@ func getObjects(kind, ns string, all bool) error {
 		}
 		_, err = os.Stdout.Write(b)
 		return err
+	}
+	if len(rows) == 0 && name != "" {
+		return fmt.Errorf("%s %q not found in lab %s", strings.TrimSuffix(kind, "s"), name, l.Name)
 	}
 	if len(rows) == 0 {
 		where := "in " + ns + " namespace"
