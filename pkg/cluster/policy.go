@@ -238,6 +238,12 @@ func (c *Cluster) ExplainPolicy(st policy.State, conn policy.Connection, timeout
 	if err != nil {
 		return nil, err
 	}
+	// A TCP attempt gives up before TCP's initial retransmission timeout
+	// (1 s): a SYN retransmitted as it gives up would reach the drop rule
+	// after the counters were read, and count against the next question.
+	if conn.Protocol != corev1.ProtocolUDP && timeout >= time.Second {
+		timeout = 900 * time.Millisecond
+	}
 	_, perr := Attempt(context.Background(), c.NS(src.Name), conn.Protocol, netip.AddrPortFrom(dstIP, uint16(conn.Port)), timeout)
 	x.Connected = perr == nil
 	after, err := count()

@@ -125,6 +125,8 @@ func measure(c *Cluster, port int32, proto corev1.Protocol, timeout time.Duratio
 	var wg sync.WaitGroup
 	for _, f := range e2e.AllPods() {
 		got[f] = map[e2e.PodString]bool{}
+	}
+	for _, f := range e2e.AllPods() {
 		for _, to := range e2e.AllPods() {
 			if f == to {
 				continue
