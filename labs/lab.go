@@ -16,6 +16,7 @@ type Lab struct {
 	Prerequisites []string      // front matter "prerequisites": labs to do first
 	Time          time.Duration // front matter "time": how long it takes a student
 	Backend       string        // front matter "backend": vxlan (default) or host-gw
+	DNS           bool          // front matter "dns: true": the lab runs cluster DNS (its first node add has --dns)
 	Intro         []Block       // prose before the first step
 	Steps         []Step
 	Source        []byte // the file as read

@@ -2,6 +2,7 @@ package labs
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -24,7 +25,7 @@ func Lint(l *Lab, validate Validator) error {
 	add := func(line int, format string, args ...any) {
 		errs = append(errs, &Error{File: l.File, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
-	hostGWNode := false
+	hostGWNode, firstNode := false, false
 	for _, c := range l.Commands() {
 		flags := c.Args
 		for i, a := range c.Args {
@@ -61,6 +62,16 @@ func Lint(l *Lab, validate Validator) error {
 		}
 		if bad {
 			continue
+		}
+		if len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {
+			dns := slices.Contains(flags, "--dns") || slices.Contains(flags, "--dns=true")
+			switch {
+			case dns && !l.DNS:
+				add(c.Line, "this node add has --dns but the front matter does not say dns: true: add it, so 'klab labs' and lint know the lab runs cluster DNS")
+			case l.DNS && !firstNode && !dns:
+				add(c.Line, "the front matter says dns: true, but the lab's first node add lacks --dns (cluster DNS is chosen when a lab is created): add --dns")
+			}
+			firstNode = true
 		}
 		if b := flagValue(flags, "--backend"); b != "" && len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {
 			want := l.Backend

@@ -84,3 +84,26 @@ func TestLintNilValidator(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// dns: true in the front matter and --dns on the first node add go
+// together.
+func TestLintDNS(t *testing.T) {
+	lab := func(front, nodes string) string {
+		return "---\nname: l\ntitle: T\nsummary: S\ntime: 5m\n" + front + "---\n# T\n\n## S\n```klab\n" + nodes + "```\n\n```check\nklab ping n1 n1\n```\n"
+	}
+	for _, tc := range []struct{ src, want string }{
+		{lab("dns: true\n", "klab node add n1 --dns\nklab node add n2\n"), ""},
+		{lab("", "klab node add n1\n"), ""},
+		{lab("dns: true\n", "klab node add n1\n"), "lacks --dns"},
+		{lab("", "klab node add n1 --dns\n"), "does not say dns: true"},
+		{lab("dns: maybe\n", "klab node add n1\n"), "neither true nor false"},
+	} {
+		l, err := Parse("l.md", []byte(tc.src))
+		if err == nil {
+			err = Lint(l, nil)
+		}
+		if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("lab:\n%s\nerr = %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}

@@ -30,7 +30,7 @@ var displayLangs = map[string]bool{
 	"iptables": true, "markdown": true, "md": true,
 }
 
-var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend"}
+var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns"}
 
 var (
 	fenceRE   = regexp.MustCompile("^( {0,3})(`{3,}|~{3,})(.*)$")
@@ -149,6 +149,14 @@ func (p *parser) frontMatter() int {
 				p.errorf(ln, "time %q is not a duration: write how long the lab takes, like 15m or 1h30m", val)
 			}
 			l.Time = d
+		case "dns":
+			switch val {
+			case "true":
+				l.DNS = true
+			case "false":
+			default:
+				p.errorf(ln, "dns %q is neither true nor false", val)
+			}
 		case "backend":
 			if val != "vxlan" && val != "host-gw" {
 				p.errorf(ln, "backend %q is not known: use vxlan or host-gw", val)

@@ -89,6 +89,9 @@ func (r *Renderer) Header(l *Lab, instance string) {
 	if l.Time > 0 {
 		facts = append(facts, "about "+fmtDuration(l.Time))
 	}
+	if l.DNS {
+		facts = append(facts, "cluster DNS")
+	}
 	if l.Backend != "" {
 		facts = append(facts, "backend "+l.Backend)
 	}
