@@ -105,6 +105,33 @@ func readManifests(c *cluster.Cluster, files []string, forDelete bool) (*k8s.Set
 	return k8s.Validate(objs, opts)
 }
 
+// manifestVerb is the body of apply and delete: read and validate every
+// manifest, then do, printing kubectl's one line per object.
+func manifestVerb(files []string, forDelete bool, do func(*cluster.Cluster, *k8s.Set) (*cluster.ApplyResult, error)) error {
+	c, err := openLab(nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	set, err := readManifests(c, files, forDelete)
+	if err != nil {
+		return err
+	}
+	defer guardBuild(c)()
+	res, err := do(c, set)
+	if err != nil {
+		failed(c.A)
+		return err
+	}
+	if err := finish(c.A); err != nil {
+		return err
+	}
+	for _, l := range res.Lines {
+		fmt.Fprintln(out(), l)
+	}
+	return nil
+}
+
 func newApplyCmd() *cobra.Command {
 	var files []string
 	cmd := &cobra.Command{
@@ -122,28 +149,7 @@ declared containerPort (TCP: HTTP answering with the pod's name; UDP: an echo).`
   kubectl create deployment web --image=nginx --replicas=3 --dry-run=client -o yaml | klab apply -f -`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			set, err := readManifests(c, files, false)
-			if err != nil {
-				return err
-			}
-			defer guardBuild(c)()
-			res, err := c.Apply(set, c.Serve)
-			if err != nil {
-				failed(c.A)
-				return err
-			}
-			if err := finish(c.A); err != nil {
-				return err
-			}
-			for _, l := range res.Lines {
-				fmt.Fprintln(out(), l)
-			}
-			return nil
+			return manifestVerb(files, false, func(c *cluster.Cluster, set *k8s.Set) (*cluster.ApplyResult, error) { return c.Apply(set, c.Serve) })
 		},
 	}
 	manifestFiles(cmd, &files)
@@ -158,28 +164,7 @@ func newDeleteCmd() *cobra.Command {
 		Example: "  klab delete -f labs/manifests/web.yaml",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			set, err := readManifests(c, files, true)
-			if err != nil {
-				return err
-			}
-			defer guardBuild(c)()
-			res, err := c.DeleteObjects(set)
-			if err != nil {
-				failed(c.A)
-				return err
-			}
-			if err := finish(c.A); err != nil {
-				return err
-			}
-			for _, l := range res.Lines {
-				fmt.Fprintln(out(), l)
-			}
-			return nil
+			return manifestVerb(files, true, (*cluster.Cluster).DeleteObjects)
 		},
 	}
 	manifestFiles(cmd, &files)

@@ -246,13 +246,8 @@ func ServeDNS(ctx context.Context, stateDir, lab string) error {
 	if err := srv.Update(l.DNSSnapshot()); err != nil {
 		return err
 	}
-	udp, err := net.ListenPacket("udp4", ":53")
+	udp, tcp, err := listen53()
 	if err != nil {
-		return err
-	}
-	tcp, err := net.Listen("tcp4", ":53")
-	if err != nil {
-		udp.Close()
 		return err
 	}
 	fmt.Printf("listening on udp and tcp :53: the cluster DNS of lab %s (zone %s)\n", lab, DNSZone)
@@ -283,15 +278,24 @@ func ServeExternalDNS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	udp, err := net.ListenPacket("udp4", ":53")
+	udp, tcp, err := listen53()
 	if err != nil {
-		return err
-	}
-	tcp, err := net.Listen("tcp4", ":53")
-	if err != nil {
-		udp.Close()
 		return err
 	}
 	fmt.Printf("listening on udp and tcp :53: authoritative for %s\n", ExternalZone)
 	return a.Serve(ctx, udp, tcp)
+}
+
+// listen53 opens UDP and TCP port 53 in the namespace the process runs in.
+func listen53() (net.PacketConn, net.Listener, error) {
+	udp, err := net.ListenPacket("udp4", ":53")
+	if err != nil {
+		return nil, nil, err
+	}
+	tcp, err := net.Listen("tcp4", ":53")
+	if err != nil {
+		udp.Close()
+		return nil, nil, err
+	}
+	return udp, tcp, nil
 }
