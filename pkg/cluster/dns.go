@@ -299,3 +299,42 @@ func listen53() (net.PacketConn, net.Listener, error) {
 	}
 	return udp, tcp, nil
 }
+
+// ServiceEnv is the environment the kubelet gives a pod's containers for
+// the Services of its namespace (kubernetes/kubernetes
+// pkg/kubelet/envvars/envvars.go, FromServices): for each Service with a
+// ClusterIP, <NAME>_SERVICE_HOST and _SERVICE_PORT (and _SERVICE_PORT_<PORT
+// NAME> for named ports), and the Docker-links-style <NAME>_PORT,
+// <NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]. NAME is the service name
+// upper-cased with '-' as '_'. The kubelet takes the services that exist
+// when the pod starts; klab, when the command starts.
+func (l *Lab) ServiceEnv(p *Pod) []string {
+	var out []string
+	for _, s := range l.Services {
+		if s.Namespace() != p.Namespace() || !s.proxied() || !s.ClusterIP.IsValid() || len(s.Ports) == 0 {
+			continue
+		}
+		name := strings.ToUpper(strings.ReplaceAll(s.ShortName(), "-", "_"))
+		host := s.ClusterIP.String()
+		out = append(out, name+"_SERVICE_HOST="+host, fmt.Sprintf("%s_SERVICE_PORT=%d", name, s.Ports[0].Port))
+		for _, sp := range s.Ports {
+			if sp.Name != "" {
+				out = append(out, fmt.Sprintf("%s_SERVICE_PORT_%s=%d", name, strings.ToUpper(strings.ReplaceAll(sp.Name, "-", "_")), sp.Port))
+			}
+		}
+		proto := func(sp nat.ServicePort) string {
+			if sp.Protocol == nat.UDP {
+				return "udp"
+			}
+			return "tcp"
+		}
+		first := s.Ports[0]
+		out = append(out, fmt.Sprintf("%s_PORT=%s://%s:%d", name, proto(first), host, first.Port))
+		for _, sp := range s.Ports {
+			pre := fmt.Sprintf("%s_PORT_%d_%s", name, sp.Port, strings.ToUpper(proto(sp)))
+			out = append(out, fmt.Sprintf("%s=%s://%s:%d", pre, proto(sp), host, sp.Port),
+				pre+"_PROTO="+proto(sp), fmt.Sprintf("%s_PORT=%d", pre, sp.Port), pre+"_ADDR="+host)
+		}
+	}
+	return out
+}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"github.com/klab-dev/klab/pkg/nat"
 	"strings"
 	"testing"
 )
@@ -65,5 +66,27 @@ func TestDNSModel(t *testing.T) {
 	eps := snap.Endpoints("default", "db")
 	if len(snap.Services()) != 1 || len(eps) != 2 || !eps[0].Ready || eps[1].Ready || snap.Pods()[0].Subdomain != "db" {
 		t.Errorf("snapshot: %+v %+v %+v", snap.Services(), eps, snap.Pods())
+	}
+}
+
+// The kubelet's service environment variables, in its format.
+func TestServiceEnv(t *testing.T) {
+	l := &Lab{Pods: []*Pod{{Name: "client"}, {Name: "other/c"}}, Services: []*Service{
+		{Name: "web-svc", ClusterIP: mustAddr("10.96.0.11"), Ports: []nat.ServicePort{{Name: "http", Port: 80}, {Name: "dns", Port: 53, Protocol: nat.UDP}}},
+		{Name: "other/db", ClusterIP: mustAddr("10.96.0.12"), Ports: []nat.ServicePort{{Port: 5432}}},
+		{Name: "headless", Type: ServiceHeadless, Ports: []nat.ServicePort{{Port: 80}}},
+	}}
+	got := strings.Join(l.ServiceEnv(l.Pods[0]), "\n")
+	want := strings.Join([]string{
+		"WEB_SVC_SERVICE_HOST=10.96.0.11", "WEB_SVC_SERVICE_PORT=80", "WEB_SVC_SERVICE_PORT_HTTP=80", "WEB_SVC_SERVICE_PORT_DNS=53",
+		"WEB_SVC_PORT=tcp://10.96.0.11:80",
+		"WEB_SVC_PORT_80_TCP=tcp://10.96.0.11:80", "WEB_SVC_PORT_80_TCP_PROTO=tcp", "WEB_SVC_PORT_80_TCP_PORT=80", "WEB_SVC_PORT_80_TCP_ADDR=10.96.0.11",
+		"WEB_SVC_PORT_53_UDP=udp://10.96.0.11:53", "WEB_SVC_PORT_53_UDP_PROTO=udp", "WEB_SVC_PORT_53_UDP_PORT=53", "WEB_SVC_PORT_53_UDP_ADDR=10.96.0.11",
+	}, "\n")
+	if got != want {
+		t.Errorf("env of default/client:\n%s\nwant:\n%s", got, want)
+	}
+	if got := l.ServiceEnv(l.Pods[1]); len(got) == 0 || got[0] != "DB_SERVICE_HOST=10.96.0.12" {
+		t.Errorf("env of other/c: %v", got)
 	}
 }

@@ -90,6 +90,11 @@ func ForTarget(c *cluster.Cluster, target string) (Spec, error) {
 	// The lab's state (its host-local IPAM files, subnet.env), readable in
 	// a sandbox even where its private /tmp would hide it.
 	s.Binds = append(s.Binds, Bind{Src: c.Dir(), Dst: c.Dir(), RO: true})
+	// A pod's command sees its namespace's Services in its environment, as
+	// the kubelet sets it.
+	if p := c.Lab.Pod(target); p != nil {
+		s.Env = append(s.Env, c.Lab.ServiceEnv(p)...)
+	}
 	// A pod's /etc/netns files stand in for the host's /etc, as 'ip netns
 	// exec' does it: with cluster DNS, its resolv.conf.
 	if rc := c.ResolvConfPath(target); rc != "" {
