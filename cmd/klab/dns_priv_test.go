@@ -73,6 +73,12 @@ func TestClusterDNS(t *testing.T) {
 	if got := run("dig", "nope.default.svc.cluster.local"); !strings.Contains(got, "status: NXDOMAIN") || !strings.Contains(got, "IN\tSOA") {
 		t.Errorf("NXDOMAIN without SOA:\n%s", got)
 	}
+	// klab curl resolves through the cluster DNS too: a fully qualified
+	// service name, which only the DNS knows, reaches the pod.
+	k.must("--lab", lab, "serve", "other/web-1", "--port", "80")
+	if out := k.must("--lab", lab, "curl", "client", "http://web.other.svc.cluster.local/"); !strings.HasPrefix(out, "other/web-1") {
+		t.Errorf("klab curl by DNS name: %s", out)
+	}
 	// A new service is answered within a second.
 	k.must("--lab", lab, "service", "add", "db", "--port", "5432", "--cluster-ip", "10.96.0.81", "--endpoints", "client")
 	dig("db.default.svc.cluster.local", "10.96.0.81")

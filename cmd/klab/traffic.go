@@ -60,6 +60,30 @@ func resolveHost(c *cluster.Cluster, name string) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("%q is not an IPv4 address nor a pod, node or service of lab %s: use one of %v or an address", name, c.Lab.Name, c.Lab.Names())
 }
 
+// resolveFrom resolves a URL's host for a client in target: with cluster
+// DNS on, a name goes through the cluster DNS from the client's namespace,
+// as the client's own resolver would ask it (the same answers as dig
+// there), and klab's names (pods, nodes, external) are the fallback.
+func resolveFrom(c *cluster.Cluster, target, name string) (netip.Addr, error) {
+	if _, err := netip.ParseAddr(name); err == nil || !c.Lab.DNS {
+		return resolveHost(c, name)
+	}
+	ns, err := c.TargetNS(target)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	podNS := cluster.DefaultNamespace
+	if p := c.Lab.Pod(target); p != nil {
+		podNS = p.Namespace()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if a, ok, err := c.Lab.LookupHost(ctx, ns, podNS, name); err == nil && ok {
+		return a, nil
+	}
+	return resolveHost(c, name)
+}
+
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
@@ -292,7 +316,7 @@ served them. udp://HOST:PORT sends one datagram to a UDP echo server.`,
 				return err
 			}
 			host, port := u.Hostname(), u.Port()
-			addr, err := resolveHost(c, host)
+			addr, err := resolveFrom(c, args[0], host)
 			c.Close()
 			if err != nil {
 				return err

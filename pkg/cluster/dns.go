@@ -27,6 +27,8 @@ import (
 	"strings"
 	"time"
 
+	miekg "github.com/miekg/dns"
+
 	"github.com/klab-dev/klab/pkg/dns"
 	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/klab-dev/klab/pkg/nat"
@@ -337,4 +339,42 @@ func (l *Lab) ServiceEnv(p *Pod) []string {
 		}
 	}
 	return out
+}
+
+// LookupHost resolves name from the namespace ns of a pod of namespace
+// podNS the way the pod's resolver does with the kubelet's resolv.conf: a
+// name with fewer than five dots is tried with each search domain first,
+// then as it is; the queries go to the kube-dns ClusterIP over UDP from
+// inside ns (so through kube-proxy's DNAT), and the first A record wins.
+// ok is false when no name of the sequence has an address.
+func (l *Lab) LookupHost(ctx context.Context, ns, podNS, name string) (addr netip.Addr, ok bool, err error) {
+	names := []string{}
+	if strings.Count(name, ".") < 5 && !strings.HasSuffix(name, ".") {
+		for _, d := range []string{podNS + ".svc." + DNSZone, "svc." + DNSZone, DNSZone} {
+			names = append(names, name+"."+d+".")
+		}
+	}
+	names = append(names, strings.TrimSuffix(name, ".")+".")
+	server := net.JoinHostPort(l.DNSServiceIP().String(), "53")
+	for _, n := range names {
+		q := new(miekg.Msg)
+		q.SetQuestion(n, miekg.TypeA)
+		var r *miekg.Msg
+		err = netns.Do(ns, func() error {
+			c := &miekg.Client{Net: "udp", Timeout: time.Second}
+			var e error
+			r, _, e = c.ExchangeContext(ctx, q, server)
+			return e
+		})
+		if err != nil {
+			return netip.Addr{}, false, fmt.Errorf("look up %s at %s: %w", n, server, err)
+		}
+		for _, rr := range r.Answer {
+			if a, isA := rr.(*miekg.A); isA {
+				ip, _ := netip.AddrFromSlice(a.A.To4())
+				return ip, true, nil
+			}
+		}
+	}
+	return netip.Addr{}, false, nil
 }
