@@ -257,6 +257,12 @@ func TestApplyNetworkPolicy(t *testing.T) {
 	if r := k.run(nil, "--lab", lab, "curl", "other/client", "http://"+web+":8080/"); r.code != 0 {
 		t.Errorf("other/client is refused: %s", r.out)
 	}
+	// The journey of a dropped probe names the verdict, confirmed by the
+	// drop rule's counter it raised.
+	r := k.run(nil, "--lab", lab, "trace", "journey", "intruder", web, "--port", "8080")
+	if !strings.Contains(r.out, "policy: dropped at ") || !strings.Contains(r.out, "(confirmed: drop rule ") {
+		t.Errorf("journey of a dropped probe:\n%s", r.out)
+	}
 	out := string(k.stdout(t, "--lab", lab, "get", "netpol", "-o", "json"))
 	if !strings.Contains(out, `"kind": "NetworkPolicy"`) || !strings.Contains(out, `"apiVersion": "networking.k8s.io/v1"`) {
 		t.Errorf("get netpol -o json:\n%s", out)

@@ -204,7 +204,7 @@ func diffCounters(before, after map[string]counters) []RuleHit {
 			}
 			table, rule, _ := strings.Cut(k, "\x00")
 			chain := strings.Fields(rule)[1]
-			if table != "nat" && !strings.HasPrefix(chain, "KUBE-") && !strings.HasPrefix(chain, "FLANNEL-") {
+			if table != "nat" && !strings.HasPrefix(chain, "KUBE-") && !strings.HasPrefix(chain, "FLANNEL-") && !strings.HasPrefix(chain, "KLAB-N") {
 				continue
 			}
 			out = append(out, RuleHit{Node: node, Table: table, Chain: chain, Rule: rule, Packets: n.packets - b[k].packets, pos: n.pos})

@@ -35,6 +35,9 @@ func (r *Report) String() string {
 			fmt.Fprintf(&b, "  %s\n", f)
 		}
 	}
+	if r.Policy != "" {
+		b.WriteString(r.Policy + "\n")
+	}
 	if len(r.Rules) > 0 {
 		b.WriteString("iptables rules the probe hit (packet counters before -> after):\n")
 		for _, h := range r.Rules {

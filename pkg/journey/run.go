@@ -48,6 +48,9 @@ type Report struct {
 	Rules []RuleHit `json:"rules"`
 	// Captured is the number of packets captured at all points.
 	Captured int `json:"captured"`
+	// Policy is the NetworkPolicy verdict for the probe, confirmed (or
+	// not) by the kernel; empty when the lab has no policy.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Run captures at plan.Points, sends one probe from plan.From, and follows
@@ -116,6 +119,7 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 		}
 		rep.Conntrack = conntrackFor(lab, plan, rep.Src, first)
 		rep.Rules = diffCounters(before, readCounters(lab))
+		rep.Policy = policyVerdict(lab, plan, rep)
 	}
 	return rep, nil
 }
