@@ -49,6 +49,9 @@ func TestSeedLabStepsFailWhenBroken(t *testing.T) {
 		// The sticky Service without affinity.
 		{"service-clusterip", []string{"exec", "node1", "--", "sh", "-c", "iptables-save -t nat | grep -v -- '-m recent --rcheck' | iptables-restore"},
 			"http://sticky/", "web-[1-6] +30"},
+		// web-2 left unready: it is no endpoint, the curl loop misses it.
+		{"service-clusterip", []string{"pod", "set-ready", "web-2", "false"},
+			"http://web/", "web-2"},
 		// The REJECT of the Service without endpoints deleted on node2.
 		{"service-nodeport", []string{"exec", "node2", "--", "sh", "-c", "iptables-save -t filter | grep -v 'default/empty has no endpoints' | iptables-restore"},
 			"klab curl node2 http://empty/", "connection refused"},
