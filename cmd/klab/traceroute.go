@@ -35,18 +35,8 @@ the inner one's. Exits 0 when the target answered, 1 when it did not.`,
 			if o.MaxHops < 1 || o.MaxHops > 255 {
 				return fmt.Errorf("--max-hops %d is out of range: use 1-255", o.MaxHops)
 			}
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			ns, err := c.TargetNS(args[0])
-			if err != nil {
-				c.Close()
-				return err
-			}
-			dst, err := resolveHost(c, args[1])
-			names := hopNames(c)
-			c.Close() // do not hold the lab lock while probing
+			var names map[netip.Addr]string
+			ns, dst, err := sourceAndTarget(args[0], args[1], func(c *cluster.Cluster) { names = hopNames(c) })
 			if err != nil {
 				return err
 			}

@@ -84,6 +84,30 @@ func resolveFrom(c *cluster.Cluster, target, name string) (netip.Addr, error) {
 	return resolveHost(c, name)
 }
 
+// sourceAndTarget opens the lab just long enough to find the namespace of
+// the traffic's source and the address of its target (resolveFrom), and to
+// run also (when not nil) on it: the lab lock is not held while traffic
+// flows.
+func sourceAndTarget(from, to string, also func(*cluster.Cluster)) (string, netip.Addr, error) {
+	c, err := openLab(nil)
+	if err != nil {
+		return "", netip.Addr{}, err
+	}
+	defer c.Close()
+	ns, err := c.TargetNS(from)
+	if err != nil {
+		return "", netip.Addr{}, err
+	}
+	dst, err := resolveFrom(c, from, to)
+	if err != nil {
+		return "", netip.Addr{}, err
+	}
+	if also != nil {
+		also(c)
+	}
+	return ns, dst, nil
+}
+
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
@@ -104,17 +128,7 @@ reply came back, 1 if none did.`,
 		Args:              exactArgs(2, "FROM and TARGET"),
 		ValidArgsFunction: completeTargets,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			ns, err := c.TargetNS(args[0])
-			if err != nil {
-				c.Close()
-				return err
-			}
-			dst, err := resolveHost(c, args[1])
-			c.Close() // do not hold the lab lock while waiting for replies
+			ns, dst, err := sourceAndTarget(args[0], args[1], nil)
 			if err != nil {
 				return err
 			}
@@ -306,18 +320,8 @@ served them. udp://HOST:PORT sends one datagram to a UDP echo server.`,
 			if u.Scheme != "http" && u.Scheme != "udp" {
 				return fmt.Errorf("URL scheme %q is not supported: use http:// or udp://", u.Scheme)
 			}
-			c, err := openLab(nil)
-			if err != nil {
-				return err
-			}
-			ns, err := c.TargetNS(args[0])
-			if err != nil {
-				c.Close()
-				return err
-			}
 			host, port := u.Hostname(), u.Port()
-			addr, err := resolveFrom(c, args[0], host)
-			c.Close()
+			ns, addr, err := sourceAndTarget(args[0], host, nil)
 			if err != nil {
 				return err
 			}
