@@ -39,7 +39,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 	// Cached handles may point at namespaces deleted behind klab's back.
 	c.A.ForgetAll()
 	c.states = nil
-	known := map[string]bool{UnderlayName: true, ExternalName: true}
+	known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil}
 	for _, n := range l.Names() {
 		known[netns.Object(n)] = true
 	}
