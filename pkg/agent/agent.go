@@ -208,6 +208,20 @@ func (ag *Agent) ensureDevice(sn netip.Prefix) error {
 	if ag.cfg.Backend == "vxlan" {
 		p.Add(vxlan.PlanDevice(vxlan.Config{NS: ag.cfg.NS, VNI: ag.cfg.VNI, Port: ag.cfg.Port, Local: ag.cfg.PublicIP, Underlay: ag.cfg.Underlay,
 			MTU: ag.cfg.MTU, MAC: ag.cfg.VtepMAC, Subnet: sn, Miss: ag.cfg.Miss}, st)...)
+		if ag.cfg.Miss {
+			// The device's sysctl exists once the device does.
+			if err := ag.apply("ensure", p); err != nil {
+				return err
+			}
+			p = nil
+			a := &plan.Applier{}
+			st, err := a.Read(ag.cfg.NS, vxlan.AppSolicitKey(ag.cfg.VNI))
+			a.Close()
+			if err != nil {
+				return err
+			}
+			p.Add(vxlan.PlanAppSolicit(ag.cfg.NS, ag.cfg.VNI, st)...)
+		}
 	}
 	if ag.cfg.SubnetEnv != "" {
 		env := vxlan.WriteSubnetEnv(ag.cfg.SubnetEnv, ag.cfg.Network, sn, ag.cfg.MTU, true)

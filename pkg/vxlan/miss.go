@@ -78,3 +78,18 @@ func PlanDelMissPeer(ns string, vni int, peer Peer, st *plan.State) plan.Plan {
 	}
 	return p
 }
+
+// AppSolicitKey is the sysctl that makes the kernel ask userspace: with
+// app_solicit N, the first N probes for an unresolved neighbour on the
+// device are RTM_GETNEIGH notifications instead of ARP requests. That is
+// the L3MISS of routed traffic (the device's own l3miss fires only for
+// ARP requests it proxies with no entry at all); old flannel set it to 3.
+func AppSolicitKey(vni int) string { return "net/ipv4/neigh/" + DeviceName(vni) + "/app_solicit" }
+
+// PlanAppSolicit sets app_solicit to 3 on flannel.<VNI> unless st has it.
+func PlanAppSolicit(ns string, vni int, st *plan.State) plan.Plan {
+	if st.Sysctls[AppSolicitKey(vni)] == "3" {
+		return nil
+	}
+	return plan.Plan{{Verb: plan.Sysctl, NS: ns, Key: AppSolicitKey(vni), Value: "3"}}
+}
