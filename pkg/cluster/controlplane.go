@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -339,16 +340,19 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	return (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR)
+	if err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR); err != nil {
+		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
+	}
+	return c.WaitConverged(5*time.Second, n.PodCIDR)
 }
 
 // WaitConverged waits until every node whose agent runs has a route to
-// every other node's subnet, and none to a subnet no node has, read
-// back from the kernel; after timeout it says which nodes lag.
-func (c *Cluster) WaitConverged(timeout time.Duration) error {
+// every other node's subnet, read back from the kernel, and none to the
+// subnets in gone (deleted nodes); after timeout it says which nodes lag.
+func (c *Cluster) WaitConverged(timeout time.Duration, gone ...netip.Prefix) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		lag := c.lagging()
+		lag := c.lagging(gone)
 		if len(lag) == 0 {
 			return nil
 		}
@@ -359,11 +363,7 @@ func (c *Cluster) WaitConverged(timeout time.Duration) error {
 	}
 }
 
-func (c *Cluster) lagging() []string {
-	subnets := map[netip.Prefix]bool{}
-	for _, n := range c.Lab.Nodes {
-		subnets[n.PodCIDR] = true
-	}
+func (c *Cluster) lagging(gone []netip.Prefix) []string {
 	var lag []string
 	a := &plan.Applier{}
 	defer a.Close()
@@ -376,17 +376,18 @@ func (c *Cluster) lagging() []string {
 			lag = append(lag, n.Name)
 			continue
 		}
-		have := 0
 		ok := true
-		for _, r := range st.Routes {
-			if r.Dst.IsValid() && r.Dst != n.PodCIDR && c.Lab.ClusterCIDR.Contains(r.Dst.Addr()) && r.Dst.Bits() > c.Lab.ClusterCIDR.Bits() {
-				if !subnets[r.Dst] {
-					ok = false
-				}
-				have++
+		for _, o := range c.Lab.Nodes {
+			if o != n && !slices.Contains(gone, o.PodCIDR) && st.RouteTo(o.PodCIDR) == nil {
+				ok = false
 			}
 		}
-		if !ok || have != len(c.Lab.Nodes)-1 {
+		for _, g := range gone {
+			if g != n.PodCIDR && st.RouteTo(g) != nil {
+				ok = false
+			}
+		}
+		if !ok {
 			lag = append(lag, n.Name)
 		}
 	}
