@@ -200,7 +200,10 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 	if v := l.etcdctl("get", "--print-value-only", "/coreos.com/network/subnets/"+agent.SubnetKey(n3.PodCIDR)); !strings.Contains(v, n3.IP.String()) {
 		t.Fatalf("restarted node3 did not lease %s again: %q", n3.PodCIDR, v)
 	}
-	waitFor(t, time.Second, "node3 peered again", func() bool { r, a, f := l.peerEntries("node1", n3.PodCIDR.String(), n3.VtepMAC, n3.IP.String()); return r && a && f })
+	waitFor(t, time.Second, "node3 peered again", func() bool {
+		r, a, f := l.peerEntries("node1", n3.PodCIDR.String(), n3.VtepMAC, n3.IP.String())
+		return r && a && f
+	})
 
 	// etcd stopped: the data plane keeps forwarding; when it comes back
 	// the agents watch again and program new leases.

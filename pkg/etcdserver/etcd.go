@@ -40,7 +40,10 @@ func Serve(ctx context.Context, dir string, ip netip.Addr, ready func(url string
 	cfg.Dir = filepath.Join(dir, "data")
 	cu, _ := url.Parse(ClientURL(ip))
 	pu, _ := url.Parse(fmt.Sprintf("http://%s:%d", ip, PeerPort))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	// Also on the namespace's loopback, as on a kubeadm control-plane
+	// node: a plain 'etcdctl' there finds it.
+	lo, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ClientPort))
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu, *lo}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.InitialClusterToken = "klab"
