@@ -44,8 +44,10 @@ func newAgentStartStopCmd(verb string) *cobra.Command {
 			defer c.Close()
 			if verb == "stop" {
 				err = c.StopAgent(args[0])
-			} else {
-				err = c.StartAgent(args[0])
+			} else if err = c.StartAgent(args[0]); err == nil && !globals.dryRun {
+				// Return once every agent has programmed every peer (or
+				// say which lag).
+				err = c.WaitConverged(5 * time.Second)
 			}
 			if err != nil {
 				failed(c.A)
