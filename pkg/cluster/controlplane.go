@@ -508,3 +508,29 @@ func (l *Lab) flannelMode() string {
 	}
 	return l.ControlPlane.FlannelMode
 }
+
+// cpPrepareBuild makes sure of the control plane before Build adds nodes.
+func (c *Cluster) cpPrepareBuild() error {
+	if !c.agentsProgram() {
+		return nil
+	}
+	return c.ensureControlPlane()
+}
+
+// cpStartAgents starts the agents of nodes Build added and waits until
+// every agent has programmed every peer (a bound that grows with the
+// lab: each agent programs every other node).
+func (c *Cluster) cpStartAgents(nodes []*Node) error {
+	if !c.agentsProgram() || len(nodes) == 0 {
+		return nil
+	}
+	for _, n := range nodes {
+		if err := c.StartAgent(n.Name); err != nil {
+			return err
+		}
+	}
+	if c.A.DryRun {
+		return nil
+	}
+	return c.WaitConverged(5*time.Second + time.Duration(len(c.Lab.Nodes))*100*time.Millisecond)
+}
