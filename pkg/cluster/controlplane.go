@@ -524,13 +524,77 @@ func (c *Cluster) cpStartAgents(nodes []*Node) error {
 	if !c.agentsProgram() || len(nodes) == 0 {
 		return nil
 	}
-	for _, n := range nodes {
-		if err := c.StartAgent(n.Name); err != nil {
-			return err
-		}
-	}
 	if c.A.DryRun {
+		for _, n := range nodes {
+			if err := c.StartAgent(n.Name); err != nil {
+				return err
+			}
+		}
 		return nil
 	}
+	if err := c.spawnAgents(nodes); err != nil {
+		return err
+	}
 	return c.WaitConverged(5*time.Second + time.Duration(len(c.Lab.Nodes))*100*time.Millisecond)
+}
+
+// spawnAgents starts many agents at once (StartServer, one after the
+// other, waits for each): each is forked inside its node's namespace as
+// StartServer does, then all are waited for, and the state saved once.
+func (c *Cluster) spawnAgents(nodes []*Node) error {
+	dir := filepath.Join(c.Dir(), "servers")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var started []*Server
+	fail := func(err error) error {
+		for _, s := range started {
+			stopPID(s.PID, c.NS(s.Target))
+		}
+		return err
+	}
+	for _, n := range nodes {
+		if c.serving(n.Name, "agent") {
+			continue
+		}
+		argv := c.Serve(n.Name, "agent", 0)
+		logPath, _ := c.AgentLog(n.Name)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		ns := c.NS(n.Name)
+		op := plan.Op{Verb: plan.Exec, NS: ns, Proc: &plan.Proc{
+			Cmd: fmt.Sprintf("ip netns exec %s setsid %s > %s 2>&1 &", ns, plan.ShellJoin(argv), plan.Quote(logPath)),
+			Run: func() error {
+				return netns.Do(ns, func() error {
+					lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+					if err != nil {
+						return err
+					}
+					defer lf.Close()
+					cmd.Stdout, cmd.Stderr = lf, lf
+					return cmd.Start()
+				})
+			},
+		}}
+		if err := c.apply(plan.Plan{op}); err != nil {
+			return fail(fmt.Errorf("start the agent of %s: %w", n.Name, err))
+		}
+		go cmd.Wait()
+		started = append(started, &Server{Target: n.Name, Proto: "agent", Port: 0, PID: cmd.Process.Pid, Log: logPath})
+	}
+	deadline := time.Now().Add(5*time.Second + time.Duration(len(started))*50*time.Millisecond)
+	for _, s := range started {
+		for {
+			b, _ := os.ReadFile(s.Log)
+			if containsLine(string(b), "listening") {
+				break
+			}
+			if !alive(s.PID) || time.Now().After(deadline) {
+				return fail(fmt.Errorf("the agent of %s did not start: %s", s.Target, strings.TrimSpace(string(b))))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	c.Lab.Servers = append(c.Lab.Servers, started...)
+	return c.Save()
 }
