@@ -141,6 +141,14 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 		}
 	}
 	l.must("ping", "pa", "pb", "-c", "2", "--lab", l.lab)
+	// klab list sees no problem, and repair changes nothing (the agents own
+	// flannel.1 and the peers; their processes are known).
+	if infos := l.list(l.lab); len(infos) != 1 || len(infos[0].Problems) > 0 {
+		t.Fatalf("klab list: %+v", infos)
+	}
+	if out := l.must("repair", "--explain", "--lab", l.lab); strings.Contains(out, "kill") || strings.Contains(out, "flannel.1") {
+		t.Errorf("repair of a healthy control-plane lab changed something:\n%s", out)
+	}
 
 	// A lease written by hand reaches every node within 1 s; deleting it
 	// removes the entries again.

@@ -315,7 +315,22 @@ func (ag *Agent) watchLoop(ctx context.Context, renewNow chan<- struct{}) error 
 				break
 			}
 			d = 100 * time.Millisecond
-			for _, ev := range wr.Events {
+			// Leases come in bursts (a lab's nodes start together): take
+			// what arrives within 10 ms into one sync, one plan.
+			events := wr.Events
+		burst:
+			for {
+				select {
+				case more, ok := <-ch:
+					if !ok || more.Err() != nil {
+						break burst
+					}
+					events = append(events, more.Events...)
+				case <-time.After(10 * time.Millisecond):
+					break burst
+				}
+			}
+			for _, ev := range events {
 				sn, ok := ParseSubnetKey(string(ev.Kv.Key))
 				if !ok {
 					continue
