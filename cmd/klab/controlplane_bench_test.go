@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -82,7 +82,6 @@ func BenchmarkControlPlane(b *testing.B) {
 		}
 	}
 }
-
 
 func median(xs []float64) float64 {
 	if len(xs) == 0 {

@@ -16,7 +16,7 @@ func TestSubnetKey(t *testing.T) {
 		{"/coreos.com/network/subnets/10.244.1.0-24", "10.244.1.0/24"},
 		{"10.244.77.0-24", "10.244.77.0/24"},
 		{"/coreos.com/network/subnets/10.244.1.0-24&fd00::-64", "10.244.1.0/24"}, // dual stack: the v4 part
-		{"/coreos.com/network/subnets/10.244.1.1-24", ""},                      // host bits
+		{"/coreos.com/network/subnets/10.244.1.1-24", ""},                        // host bits
 		{"/coreos.com/network/config", ""},
 		{"/coreos.com/network/subnets/fd00::-64", ""},
 	} {
