@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,6 +19,7 @@ import (
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/agent"
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/netns"
 )
 
 // cpLab is a lab with a control plane, read back with Debian's etcdctl
@@ -43,7 +48,7 @@ func (l *cpLab) ns(obj string) string { return "klab." + l.lab + "." + obj }
 // etcdctl runs etcdctl against the lab's etcd.
 func (l *cpLab) etcdctl(args ...string) string {
 	l.t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", l.ns("underlay"), "etcdctl", "--endpoints", "http://192.168.1.100:2379", "--dial-timeout", "2s"}, args...)...).CombinedOutput()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", l.ns("underlay"), "etcdctl", "--endpoints", "http://192.168.1.100:2379", "--dial-timeout", "5s", "--command-timeout", "15s"}, args...)...).CombinedOutput()
 	if err != nil {
 		l.t.Fatalf("etcdctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -150,19 +155,21 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 		t.Errorf("repair of a healthy control-plane lab changed something:\n%s", out)
 	}
 
-	// A lease written by hand reaches every node within 1 s; deleting it
-	// removes the entries again.
+	// A lease written by hand reaches every node (within 1 s on a quiet
+	// machine: the time is logged here and measured by
+	// BenchmarkControlPlane; the bound below only catches a hang);
+	// deleting it removes the entries again.
 	const sn, mac, ip = "10.244.77.0/24", "02:aa:bb:cc:dd:ee", "192.168.1.177"
 	l.etcdctl("put", "/coreos.com/network/subnets/10.244.77.0-24", `{"PublicIP":"`+ip+`","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"`+mac+`"}}`)
 	start := time.Now()
 	for _, n := range []string{"node1", "node2", "node3"} {
-		waitFor(t, time.Second-time.Since(start), "hand-written lease programmed on "+n, func() bool { r, a, f := l.peerEntries(n, sn, mac, ip); return r && a && f })
+		waitFor(t, 5*time.Second-time.Since(start), "hand-written lease programmed on "+n, func() bool { r, a, f := l.peerEntries(n, sn, mac, ip); return r && a && f })
 	}
 	t.Logf("hand-written lease on all 3 nodes after %v", time.Since(start))
 	l.etcdctl("del", "/coreos.com/network/subnets/10.244.77.0-24")
 	start = time.Now()
 	for _, n := range []string{"node1", "node2", "node3"} {
-		waitFor(t, time.Second-time.Since(start), "deleted lease removed from "+n, func() bool { r, a, f := l.peerEntries(n, sn, mac, ip); return !r && !a && !f })
+		waitFor(t, 5*time.Second-time.Since(start), "deleted lease removed from "+n, func() bool { r, a, f := l.peerEntries(n, sn, mac, ip); return !r && !a && !f })
 	}
 	t.Logf("deleted lease gone from all 3 nodes after %v", time.Since(start))
 
@@ -178,6 +185,30 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 			logPath = s.Log
 		}
 	}
+	// An established connection from pa to pb, kept across the restart.
+	l.must("serve", "pb", "--port", "8080", "--lab", l.lab)
+	pbIP := l.labState().Pod("pb").IP.String()
+	var conn net.Conn
+	if err := netns.Do(l.ns("pa"), func() (err error) { conn, err = net.DialTimeout("tcp", pbIP+":8080", 2*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rd := bufio.NewReader(conn)
+	ask := func() string {
+		t.Helper()
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: pb\r\n\r\n"); err != nil {
+			t.Fatalf("established connection: %v", err)
+		}
+		resp, err := http.ReadResponse(rd, nil)
+		if err != nil {
+			t.Fatalf("established connection: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return string(b)
+	}
+	first := ask()
 	before, _ := os.ReadFile(logPath)
 	syscall.Kill(pid, syscall.SIGKILL)
 	waitFor(t, 5*time.Second, "node1's agent restarted", func() bool {
@@ -190,12 +221,15 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 		t.Errorf("restarted agent reprogrammed what was right:\n%s", restart)
 	}
 	l.must("ping", "pa", "pb", "-c", "1", "--lab", l.lab)
+	if again := ask(); again != first {
+		t.Errorf("the connection's answers differ across the agent's restart: %q, then %q", first, again)
+	}
 
 	// A stopped agent's lease expires after the TTL, and every peer
 	// removes its entries; started again, it leases the same subnet.
 	n3 := st.Node("node3")
 	l.must("agent", "stop", "node3", "--lab", l.lab)
-	d := waitFor(t, 6*time.Second, "node3's lease expired on node1 and node2", func() bool {
+	d := waitFor(t, 10*time.Second, "node3's lease expired on node1 and node2", func() bool {
 		r1, _, _ := l.peerEntries("node1", n3.PodCIDR.String(), n3.VtepMAC, n3.IP.String())
 		r2, _, _ := l.peerEntries("node2", n3.PodCIDR.String(), n3.VtepMAC, n3.IP.String())
 		return !r1 && !r2
@@ -208,7 +242,7 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 	if v := l.etcdctl("get", "--print-value-only", "/coreos.com/network/subnets/"+agent.SubnetKey(n3.PodCIDR)); !strings.Contains(v, n3.IP.String()) {
 		t.Fatalf("restarted node3 did not lease %s again: %q", n3.PodCIDR, v)
 	}
-	waitFor(t, time.Second, "node3 peered again", func() bool {
+	waitFor(t, 5*time.Second, "node3 peered again", func() bool {
 		r, a, f := l.peerEntries("node1", n3.PodCIDR.String(), n3.VtepMAC, n3.IP.String())
 		return r && a && f
 	})
