@@ -247,6 +247,20 @@ func TestControlPlaneLeasesWatchExpiry(t *testing.T) {
 		return r && a && f
 	})
 
+	// A supervisor killed with its agent: repair starts the agent again
+	// (the supervisor covers a dying agent; repair a dying supervisor).
+	sup := l.serverPID("node2", "agent")
+	syscall.Kill(sup, syscall.SIGKILL)
+	waitFor(t, 5*time.Second, "node2's agent dies with its supervisor", func() bool {
+		return exec.Command("pgrep", "-f", "__agent --node node2 --lab "+l.lab).Run() != nil
+	})
+	if out := l.must("repair", "--lab", l.lab); !strings.Contains(out, "started agent of node2 again") {
+		t.Errorf("repair after a killed supervisor: %s", out)
+	}
+	if exec.Command("pgrep", "-f", "__agent --node node2 --lab "+l.lab).Run() != nil {
+		t.Error("repair did not start node2's agent")
+	}
+
 	// etcd stopped: the data plane keeps forwarding; when it comes back
 	// the agents watch again and program new leases.
 	etcd := l.serverPID("control-plane", "etcd")

@@ -598,3 +598,27 @@ func (c *Cluster) spawnAgents(nodes []*Node) error {
 	c.Lab.Servers = append(c.Lab.Servers, started...)
 	return c.Save()
 }
+
+// cpRepair starts again what a control-plane lab lost: etcd (its data is
+// in the state directory) and the agents of nodes whose agent no longer
+// runs (a supervisor killed with its agent); repair has just forgotten the
+// dead servers. Nothing is started in a healthy lab.
+func (c *Cluster) cpRepair(rep *RepairReport) error {
+	if !c.agentsProgram() || len(c.Lab.Nodes) == 0 {
+		return nil
+	}
+	if !c.serving(ControlPlaneName, "etcd") {
+		rep.Started = append(rep.Started, "etcd on "+ControlPlaneName)
+	}
+	if err := c.ensureControlPlane(); err != nil {
+		return err
+	}
+	var missing []*Node
+	for _, n := range c.Lab.Nodes {
+		if !c.serving(n.Name, "agent") {
+			missing = append(missing, n)
+			rep.Started = append(rep.Started, "agent of "+n.Name)
+		}
+	}
+	return c.cpStartAgents(missing)
+}
