@@ -37,10 +37,19 @@ network (10.244.1.0/24, 10.244.2.0/24, ...), gets a cni0 bridge holding the
 subnet's .1 (the pods' gateway) and, with the vxlan backend, a flannel.1 VTEP
 (VNI 1, UDP 8472, MTU 1450) plus an ARP entry, an FDB entry and a route for
 every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
-'klab exec NAME'.`,
+'klab exec NAME'.
+
+With --control-plane etcd (chosen by a lab's first node add) the lab runs
+flannel's control plane instead of klab programming every node: etcd on a
+control-plane node (192.168.1.100) and an agent per node in flanneld's role,
+which leases the subnet in etcd (/coreos.com/network/subnets/...), creates
+flannel.1 and programs every peer from the leases it watches ('klab agent
+log NAME' shows what it did). --flannel-mode miss is old flannel's mode: no
+entries in advance, the kernel's L3MISS/L2MISS answered from the leases.`,
 		Example: `  klab node add node1
   klab node add node2 --ip 192.168.1.102 --pod-cidr 10.244.2.0/24 --explain
-  klab node add node1 --lab hostgw --backend host-gw`,
+  klab node add node1 --lab hostgw --backend host-gw
+  klab node add node1 --lab cp --control-plane etcd --lease-ttl 10s`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL}

@@ -152,6 +152,7 @@ func (c *Cluster) ensureControlPlane() error {
 		return err
 	}
 	if !c.serving(ControlPlaneName, "etcd") {
+		c.forgetDead(ControlPlaneName, "etcd")
 		// etcd reads its address from the lab's state.
 		if err := c.Save(); err != nil {
 			return err
@@ -289,6 +290,7 @@ func (c *Cluster) StartAgent(node string) error {
 	if c.serving(node, "agent") {
 		return fmt.Errorf("the agent of node %s already runs: stop it first with 'klab agent stop %s'", node, node)
 	}
+	c.forgetDead(node, "agent")
 	_, err := c.StartServer(node, "agent", 0, c.Serve(node, "agent", 0))
 	if err != nil {
 		return fmt.Errorf("agent of node %s: %w", node, err)
@@ -557,6 +559,7 @@ func (c *Cluster) spawnAgents(nodes []*Node) error {
 		if c.serving(n.Name, "agent") {
 			continue
 		}
+		c.forgetDead(n.Name, "agent")
 		argv := c.Serve(n.Name, "agent", 0)
 		logPath, _ := c.AgentLog(n.Name)
 		cmd := exec.Command(argv[0], argv[1:]...)
@@ -621,4 +624,16 @@ func (c *Cluster) cpRepair(rep *RepairReport) error {
 		}
 	}
 	return c.cpStartAgents(missing)
+}
+
+// forgetDead drops the records of target's proto servers that no longer
+// run, before one is started again.
+func (c *Cluster) forgetDead(target, proto string) {
+	keep := c.Lab.Servers[:0]
+	for _, s := range c.Lab.Servers {
+		if s.Target != target || s.Proto != proto || alive(s.PID) {
+			keep = append(keep, s)
+		}
+	}
+	c.Lab.Servers = keep
 }
