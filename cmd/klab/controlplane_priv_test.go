@@ -379,6 +379,17 @@ func TestControlPlaneBadInput(t *testing.T) {
 		t.Errorf("node1's lease was overwritten: %s", v)
 	}
 
+	// A stopped node's subnet leased by another node meanwhile: its agent
+	// does not move to another subnet (its pods live in this one), and
+	// says so.
+	n2 := l.labState().Node("node2")
+	l.must("agent", "stop", "node2", "--lab", l.lab)
+	l.etcdctl("del", "/coreos.com/network/subnets/"+agent.SubnetKey(n2.PodCIDR))
+	l.etcdctl("put", "/coreos.com/network/subnets/"+agent.SubnetKey(n2.PodCIDR), `{"PublicIP":"192.168.1.222","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:de"}}`)
+	if r := l.run(nil, "agent", "start", "node2", "--lab", l.lab); r.code == 0 || !strings.Contains(r.out, "is leased by 192.168.1.222") || strings.Count(strings.TrimSpace(r.out), "\n") > 0 {
+		t.Errorf("agent start with its subnet taken: exit %d %q", r.code, r.out)
+	}
+
 	// etcd holding another network's config.
 	l.etcdctl("put", "/coreos.com/network/config", `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`)
 	r := l.run(nil, "node", "add", "node4", "--lab", l.lab)

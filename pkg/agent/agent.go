@@ -34,7 +34,10 @@ type Config struct {
 	VtepMAC   net.HardwareAddr
 	// Prefer is the subnet to lease if it is free (flanneld reads it from
 	// the subnet.env a previous run left).
-	Prefer    netip.Prefix
+	Prefer netip.Prefix
+	// Fixed leases Prefer or nothing (Registry.Claim): the node's pods
+	// live in it already.
+	Fixed     bool
 	LeaseTTL  time.Duration
 	Miss      bool   // old flannel's L2MISS/L3MISS mode (miss.go)
 	SubnetEnv string // path of subnet.env
@@ -148,13 +151,25 @@ func (ag *Agent) Run(ctx context.Context) error {
 		ag.cfg.Ready(sn)
 	}
 	renewNow := make(chan struct{}, 1)
-	go ag.renewLoop(ctx, renewNow)
+	lost := make(chan error, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go ag.renewLoop(ctx, renewNow, lost)
 	if ag.cfg.Miss {
 		if err := ag.listenMisses(ctx); err != nil {
 			return err
 		}
 	}
-	return ag.watchLoop(ctx, renewNow)
+	werr := make(chan error, 1)
+	go func() { werr <- ag.watchLoop(ctx, renewNow) }()
+	select {
+	case err := <-lost:
+		cancel()
+		<-werr
+		return err
+	case err := <-werr:
+		return err
+	}
 }
 
 // acquire checks the config and takes the lease.
@@ -166,7 +181,14 @@ func (ag *Agent) acquire(ctx context.Context, out *netip.Prefix) error {
 	if c.Network != ag.cfg.Network.String() {
 		return fmt.Errorf("%w: %s/config says Network %s, but this node is in %s", ErrWrongNetwork, ag.cfg.Prefix, c.Network, ag.cfg.Network)
 	}
-	sn, id, err := ag.reg.Acquire(ctx, ag.cfg.Network, ag.cfg.Prefer, ag.cfg.PublicIP, ag.value, ag.cfg.LeaseTTL)
+	var sn netip.Prefix
+	var id clientv3.LeaseID
+	if ag.cfg.Fixed {
+		sn = ag.cfg.Prefer
+		id, err = ag.reg.Claim(ctx, sn, ag.cfg.PublicIP, ag.value, ag.cfg.LeaseTTL)
+	} else {
+		sn, id, err = ag.reg.Acquire(ctx, ag.cfg.Network, ag.cfg.Prefer, ag.cfg.PublicIP, ag.value, ag.cfg.LeaseTTL)
+	}
 	if err != nil {
 		return err
 	}
@@ -254,30 +276,52 @@ func renewInterval(ttl time.Duration) time.Duration {
 	return ttl * 2 / 3
 }
 
-func (ag *Agent) renewLoop(ctx context.Context, now <-chan struct{}) {
+// renewLoop renews the lease before it expires. Told (now) that the
+// key is gone - it expired while etcd or this agent was away, or someone
+// deleted it - it takes the subnet back only if nobody else has it (in a
+// transaction, like the first lease); if another node holds it now, the
+// agent gives up (lost), as flanneld exits when its lease is gone, and its
+// supervisor starts it again to lease a subnet afresh.
+func (ag *Agent) renewLoop(ctx context.Context, now <-chan struct{}, lost chan<- error) {
 	every := renewInterval(ag.cfg.LeaseTTL)
 	t := time.NewTimer(every)
 	defer t.Stop()
+	missing := false // kept until the subnet is taken again
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-now:
+			missing = true
 		}
 		sn := ag.Subnet()
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		id, err := ag.reg.Renew(rctx, sn, ag.value, ag.cfg.LeaseTTL)
+		var id clientv3.LeaseID
+		var err error
+		if missing {
+			id, err = ag.reg.create(rctx, sn, ag.value, ag.cfg.LeaseTTL)
+			if errors.Is(err, errSubnetTaken) {
+				cancel()
+				ag.logf("lease %s is gone and another node holds the subnet now: giving it up", SubnetKey(sn))
+				lost <- fmt.Errorf("lease %s lost to another node", SubnetKey(sn))
+				return
+			}
+			if err == nil {
+				missing = false
+				ag.logf("lease %s was gone: taken again (etcd lease %x)", SubnetKey(sn), int64(id))
+			}
+		} else {
+			id, err = ag.reg.Renew(rctx, sn, ag.value, ag.cfg.LeaseTTL)
+		}
 		cancel()
 		next := every
 		if err != nil {
 			ag.logf("renew %s: %v; retrying", SubnetKey(sn), err)
 			next = min(every, time.Second)
-		} else if every < time.Minute {
-			// Short lab TTLs renew often: log only long-lived renewals
-			// (flanneld logs each one) and the first after an error.
-			_ = id
-		} else {
+		} else if every >= time.Minute {
+			// Short lab TTLs renew every few seconds: only long-lived
+			// renewals are logged, as flanneld logs each one.
 			ag.logf("lease renewed: %s (etcd lease %x)", SubnetKey(sn), int64(id))
 		}
 		t.Reset(next)

@@ -276,3 +276,30 @@ func freeSubnet(network netip.Prefix, taken map[netip.Prefix]bool) (netip.Prefix
 	}
 	return netip.Prefix{}, false
 }
+
+// Claim leases exactly sn: renewed if it already holds our PublicIP,
+// created (if absent, in a transaction) otherwise; held by another node,
+// it fails. A klab node's cni0 and pods are built on its subnet, so its
+// agent may not move to another one, as flanneld would on a fresh node.
+func (r *Registry) Claim(ctx context.Context, sn netip.Prefix, publicIP netip.Addr, value []byte, ttl time.Duration) (clientv3.LeaseID, error) {
+	resp, err := r.Cli.Get(ctx, r.subnetKey(sn))
+	if err != nil {
+		return 0, err
+	}
+	if len(resp.Kvs) > 0 {
+		l, err := parseLease(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+		if err == nil && l.PublicIP == publicIP {
+			return r.Renew(ctx, sn, value, ttl)
+		}
+		holder := "a value that is not a lease"
+		if err == nil {
+			holder = l.PublicIP.String()
+		}
+		return 0, fmt.Errorf("this node's subnet %s is leased by %s (%s): delete that key, or the node", sn, holder, r.subnetKey(sn))
+	}
+	id, err := r.create(ctx, sn, value, ttl)
+	if errors.Is(err, errSubnetTaken) {
+		return 0, fmt.Errorf("this node's subnet %s was just leased by another node (%s)", sn, r.subnetKey(sn))
+	}
+	return id, err
+}

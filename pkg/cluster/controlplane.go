@@ -10,7 +10,6 @@ package cluster
 // agents, and waits (bounded) until they have converged.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -291,11 +290,26 @@ func (c *Cluster) StartAgent(node string) error {
 		return fmt.Errorf("the agent of node %s already runs: stop it first with 'klab agent stop %s'", node, node)
 	}
 	c.forgetDead(node, "agent")
-	_, err := c.StartServer(node, "agent", 0, c.Serve(node, "agent", 0))
-	if err != nil {
-		return fmt.Errorf("agent of node %s: %w", node, err)
+	if _, err := c.StartServer(node, "agent", 0, c.Serve(node, "agent", 0)); err != nil {
+		if last := c.lastAgentLine(node); last != "" {
+			return fmt.Errorf("the agent of %s did not start: %s", node, last)
+		}
+		return fmt.Errorf("the agent of %s: %w", node, err)
 	}
 	return nil
+}
+
+// lastAgentLine is the last line of a node's agent log, without its
+// timestamp: what the agent said last, for an error message.
+func (c *Cluster) lastAgentLine(node string) string {
+	path, _ := c.AgentLog(node)
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	last := lines[len(lines)-1]
+	if _, rest, ok := strings.Cut(last, " "); ok && len(last) > 12 && last[2] == ':' {
+		last = rest
+	}
+	return strings.TrimSpace(last)
 }
 
 // StopAgent stops a node's agent (klab agent stop): its lease stays in
@@ -468,20 +482,11 @@ func RunAgent(ctx context.Context, stateDir, lab, node string, log io.Writer) er
 	}
 	c := &Cluster{StateDir: stateDir, Lab: l}
 	mac, _ := parseMAC(n.VtepMAC)
+	// flanneld takes the subnet its previous run wrote to subnet.env; a
+	// klab node keeps the one its cni0 and pods were built on (the CLI
+	// checked it against the leases before building the node).
 	prefer := n.PodCIDR
-	// flanneld takes the subnet its previous run wrote to subnet.env.
-	if f, err := os.Open(c.SubnetEnvPath(node)); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "FLANNEL_SUBNET="); ok {
-				if p, err := netip.ParsePrefix(v); err == nil {
-					prefer = p.Masked()
-				}
-			}
-		}
-		f.Close()
-	}
-	ag := agent.New(agent.Config{
+	ag := agent.New(agent.Config{Fixed: true,
 		NS: c.NS(node), Endpoints: l.ControlPlane.Endpoints, Network: l.ClusterCIDR, Backend: l.Backend,
 		PublicIP: n.IP, Underlay: NodeUplink, VNI: l.VNI, Port: l.Port, MTU: l.MTU(), VtepMAC: mac,
 		Prefer: prefer, LeaseTTL: l.ControlPlane.LeaseTTL, Miss: l.ControlPlane.FlannelMode == FlannelModeMiss,
@@ -593,7 +598,7 @@ func (c *Cluster) spawnAgents(nodes []*Node) error {
 				break
 			}
 			if !alive(s.PID) || time.Now().After(deadline) {
-				return fail(fmt.Errorf("the agent of %s did not start: %s", s.Target, strings.TrimSpace(string(b))))
+				return fail(fmt.Errorf("the agent of %s did not start: %s", s.Target, c.lastAgentLine(s.Target)))
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
