@@ -48,7 +48,11 @@ func FromReport(r *journey.Report) *Journey {
 				hop.Outer = fmt.Sprintf("%s vni %d", h.Packet.Outer.Summary(), h.Packet.VNI)
 			}
 			for _, c := range h.Changes {
-				hop.Changes = append(hop.Changes, c.Kind+" "+c.Detail)
+				d := c.Detail
+				if !strings.HasPrefix(d, c.Kind+" ") {
+					d = c.Kind + " " + d
+				}
+				hop.Changes = append(hop.Changes, d)
 			}
 			out = append(out, hop)
 		}
@@ -158,6 +162,20 @@ func JourneySVG(w io.Writer, t *topo.Topology, j *Journey) error {
 		}
 	}
 	panelY := L.H
+	// The panel's lines are monospace: widen the picture to hold them.
+	width := len(j.title())
+	for _, hs := range [][]Hop{j.Hops, j.Reply} {
+		for _, h := range hs {
+			width = max(width, len(h.Point)+len(h.Packet)+12, len(h.Outer)+14)
+			for _, c := range h.Changes {
+				width = max(width, len(c)+8)
+			}
+		}
+	}
+	for _, v := range j.Verdicts {
+		width = max(width, len(v))
+	}
+	L.W = max(L.W, float64(width)*7.3+2*margin)
 	extra := float64(lines*15 + 2*margin)
 	var s svgWriter
 	L.draw(&s, extra)

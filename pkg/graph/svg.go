@@ -123,7 +123,7 @@ func (w *svgWriter) box(x, y, wd, h float64, class, text, title string, attrs st
 func attr(k, v string) string { return fmt.Sprintf(` %s="%s"`, k, esc(v)) }
 
 const style = `<style>
-text{font:12px monospace;fill:#222}
+text{font:12px monospace;fill:#222;white-space:pre}
 .underlay rect{fill:#cfd8dc;stroke:#455a64}
 .node>rect{fill:#f5f5f5;stroke:#455a64;stroke-width:1.5}
 .node>text{font-weight:bold}
