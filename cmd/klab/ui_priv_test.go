@@ -252,4 +252,3 @@ func subsequence(want, got []string) bool {
 }
 
 func jsString(s string) string { return "'" + strings.ReplaceAll(s, "'", `\'`) + "'" }
-
