@@ -23,7 +23,7 @@ const chromiumPath = "/usr/bin/chromium"
 
 // startUI starts 'klab ui' on lab and returns its URL (with the token);
 // the process is stopped when the test ends.
-func startUI(t *testing.T, c *cli, lab string) string {
+func startUI(t testing.TB, c *cli, lab string) string {
 	t.Helper()
 	cmd := c.cmd(nil, "ui", "--lab", lab)
 	out, err := cmd.StdoutPipe()

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -44,8 +45,9 @@ type Server struct {
 	Token    string
 	Journey  JourneyFunc
 	// Poll is how often the state file is checked (default 200ms); the
-	// kernel is read again every KernelPoll (default 1s) to catch damage
-	// made behind klab's back.
+	// whole kernel is read again every KernelPoll (default 1s, or five
+	// times as long as the last full read took) to catch damage made
+	// behind klab's back.
 	Poll, KernelPoll time.Duration
 
 	loopback bool
@@ -56,6 +58,8 @@ type Server struct {
 	topo    *topo.Topology
 	svg     string
 	subs    map[chan int]bool
+	snaps   map[string]*inspect.Snapshot // by namespace, as last read
+	sigs    map[string]string            // each object's state, as last read
 	probing sync.Mutex
 }
 
@@ -80,7 +84,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.loopback = a.IP.IsLoopback()
 	}
 	s.subs = map[chan int]bool{}
-	if err := s.refresh(); err != nil {
+	if err := s.refresh(true); err != nil {
 		return err
 	}
 	go s.watch(ctx)
@@ -99,13 +103,55 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // refresh reads the lab from its state and the kernel, and bumps the
-// version when the picture changed.
-func (s *Server) refresh() error {
+// version when the picture changed. A full refresh reads every namespace;
+// otherwise only the namespaces of objects whose state changed (a new pod
+// and its node, a new node and the underlay) are read again, so a pod
+// added to a 1000-pod lab shows at once, and the periodic full read still
+// catches what changed behind klab's back.
+func (s *Server) refresh(full bool) error {
 	l, err := cluster.Load(s.StateDir, s.Lab)
 	if err != nil {
 		return err
 	}
-	t := topo.Read(l)
+	sigs := map[string]string{}
+	sig := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+	under, ext := netns.Name(l.Name, cluster.UnderlayName), netns.Name(l.Name, cluster.ExternalName)
+	all := []string{under, ext}
+	for _, n := range l.Nodes {
+		ns := netns.Name(l.Name, n.Name)
+		all, sigs[ns] = append(all, ns), sig(n)
+	}
+	for _, p := range l.Pods {
+		ns := netns.Name(l.Name, p.Name)
+		all, sigs[ns] = append(all, ns), sig(p)
+	}
+	read := all
+	if !full && s.snaps != nil {
+		set := map[string]bool{under: true, ext: true}
+		for _, p := range l.Pods {
+			if ns := netns.Name(l.Name, p.Name); s.sigs[ns] != sigs[ns] {
+				set[ns], set[netns.Name(l.Name, p.Node)] = true, true
+			}
+		}
+		for _, n := range l.Nodes {
+			if ns := netns.Name(l.Name, n.Name); s.sigs[ns] != sigs[ns] {
+				set[ns] = true
+			}
+		}
+		read = nil
+		for ns := range set {
+			read = append(read, ns)
+		}
+	}
+	fresh := topo.Snapshots(read, 16)
+	snaps := make(map[string]*inspect.Snapshot, len(all))
+	for _, ns := range all {
+		snaps[ns] = s.snaps[ns]
+	}
+	for _, ns := range read {
+		snaps[ns] = fresh[ns] // nil: gone
+	}
+	t := topo.Build(l, snaps)
 	var b strings.Builder
 	if err := graph.SVG(&b, t); err != nil {
 		return err
@@ -114,6 +160,7 @@ func (s *Server) refresh() error {
 	h := hex.EncodeToString(sum[:])
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.snaps, s.sigs = snaps, sigs
 	if h == s.hash {
 		return nil
 	}
@@ -134,7 +181,7 @@ func (s *Server) watch(ctx context.Context) {
 	var last string
 	tick := time.NewTicker(s.Poll)
 	defer tick.Stop()
-	lastKernel := time.Now()
+	lastKernel, every := time.Now(), s.KernelPoll
 	for {
 		select {
 		case <-ctx.Done():
@@ -146,9 +193,16 @@ func (s *Server) watch(ctx context.Context) {
 		if err == nil {
 			cur = fmt.Sprint(st.ModTime().UnixNano(), st.Size())
 		}
-		if cur != last || time.Since(lastKernel) >= s.KernelPoll {
+		switch {
+		case time.Since(lastKernel) >= every:
 			last, lastKernel = cur, time.Now()
-			s.refresh()
+			s.refresh(true)
+			// A big lab takes a while to read: leave the machine (and
+			// the incremental refreshes) at least four times that.
+			every = max(s.KernelPoll, 5*time.Since(lastKernel))
+		case cur != last:
+			last = cur
+			s.refresh(false)
 		}
 	}
 }
@@ -164,6 +218,7 @@ func (s *Server) Handler() http.Handler {
 		w.Write(b)
 	})
 	mux.HandleFunc("GET /api/topology", s.topology)
+	mux.HandleFunc("GET /api/svg", s.picture)
 	mux.HandleFunc("GET /api/events", s.events)
 	mux.HandleFunc("GET /api/object", s.object)
 	mux.HandleFunc("POST /api/journey", s.journey)
@@ -241,13 +296,26 @@ func sameOrigin(r *http.Request) bool {
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
 }
 
 func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	writeJSON(w, map[string]any{"version": s.version, "topology": s.topo, "svg": s.svg})
+	writeJSON(w, map[string]any{"version": s.version, "topology": s.topo})
+}
+
+// picture is the SVG of the version asked for (the current one).
+func (s *Server) picture(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	svg, v := s.svg, s.version
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Klab-Version", fmt.Sprint(v))
+	io.WriteString(w, svg)
 }
 
 // events pushes the topology's version whenever it changes.

@@ -17,8 +17,11 @@ async function get(url) {
 let selected = null;
 async function draw() {
   const t0 = performance.now();
-  const d = await get("/api/topology");
-  $("#picture").innerHTML = d.svg;
+  const [d, svg] = await Promise.all([get("/api/topology"), fetch("/api/svg", { credentials: "same-origin" }).then(r => {
+    if (!r.ok) throw new Error("the picture could not be read");
+    return r.text();
+  })]);
+  $("#picture").innerHTML = svg;
   window.klab.version = d.version;
   window.klab.topology = d.topology;
   $("#lab").textContent = "lab " + d.topology.lab + " (" + d.topology.backend + ")";
