@@ -64,7 +64,7 @@ func BenchmarkGraph100x10(b *testing.B) {
 		if _, err := exec.LookPath(chromiumPath); err != nil {
 			b.Skip("chromium is not installed")
 		}
-		full := startUI(b, &cli{t: b, bin: bin, state: state}, lab)
+		full, _ := startUI(b, &cli{t: b, bin: bin, state: state}, lab)
 		opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromiumPath), chromedp.NoSandbox)
 		actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
 		defer cancel()

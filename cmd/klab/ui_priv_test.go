@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,9 +22,9 @@ import (
 
 const chromiumPath = "/usr/bin/chromium"
 
-// startUI starts 'klab ui' on lab and returns its URL (with the token);
-// the process is stopped when the test ends.
-func startUI(t testing.TB, c *cli, lab string) string {
+// startUI starts 'klab ui' on lab and returns its URL (with the token)
+// and a func stopping it; it is stopped when the test ends at the latest.
+func startUI(t testing.TB, c *cli, lab string) (string, func()) {
 	t.Helper()
 	cmd := c.cmd(nil, "ui", "--lab", lab)
 	out, err := cmd.StdoutPipe()
@@ -34,17 +35,21 @@ func startUI(t testing.TB, c *cli, lab string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cmd.Process.Signal(os.Interrupt)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
+	t.Cleanup(stop)
 	urlc := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -57,11 +62,11 @@ func startUI(t testing.TB, c *cli, lab string) string {
 	}()
 	select {
 	case u := <-urlc:
-		return u
+		return u, stop
 	case <-time.After(10 * time.Second):
 		t.Fatal("klab ui printed no URL")
 	}
-	return ""
+	return "", stop
 }
 
 // labFingerprint is what must not change while the page is used: the
@@ -87,6 +92,7 @@ func TestUIInBrowser(t *testing.T) {
 	}
 	t.Parallel()
 	lab := testutil.LabName(t, "gr")
+	c.destroyOnCleanup(lab) // its server process too
 	for _, step := range crossnodeBuild {
 		c.must(append(step, "--lab", lab)...)
 	}
@@ -107,7 +113,7 @@ func TestUIInBrowser(t *testing.T) {
 		t.Logf("screenshot %s", p)
 	}
 
-	full := startUI(t, c, lab)
+	full, stopUI := startUI(t, c, lab)
 	u, _ := url.Parse(full)
 	base := u.Scheme + "://" + u.Host
 
@@ -237,6 +243,11 @@ func TestUIInBrowser(t *testing.T) {
 	}
 	if after := labFingerprint(t, c, lab); after != before {
 		t.Errorf("using the page changed the lab:\nbefore %s\nafter %s", before, after)
+	}
+	stopUI()
+	c.must("destroy", lab)
+	if left := c.leftovers(lab); len(left) > 0 {
+		t.Errorf("left on the host after destroy: %v", left)
 	}
 }
 
