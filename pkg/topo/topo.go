@@ -268,7 +268,11 @@ func Build(l *cluster.Lab, snaps map[string]*inspect.Snapshot) *Topology {
 		return a.From+"\x00"+a.To < b.From+"\x00"+b.To
 	})
 	for _, sv := range l.Services {
-		out := Service{Name: sv.Name, Type: sv.Type, Endpoints: append([]string(nil), sv.Endpoints...)}
+		// The ready pods it selects (or names): kube-proxy's endpoints.
+		out := Service{Name: sv.Name, Type: sv.Type, Endpoints: []string{}}
+		for _, p := range l.EndpointPods(sv) {
+			out.Endpoints = append(out.Endpoints, p.Name)
+		}
 		if sv.ClusterIP.IsValid() {
 			out.ClusterIP = sv.ClusterIP.String()
 		}
