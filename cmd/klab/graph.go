@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -46,7 +47,7 @@ Graphviz needed); -o json is the topology read back.`,
   sudo klab graph -o svg > lab.svg
   sudo klab graph -o mermaid >> notes.md
   sudo klab graph journey pod-a pod-c -o svg > journey.svg`,
-		Args: exactArgs(0, ""),
+		Args: unknownSubcommand, // 'klab graph journy' is a typo, not an argument
 		RunE: func(cmd *cobra.Command, args []string) error {
 			render, ok := graphFormats[globals.output]
 			if !ok {
@@ -79,6 +80,9 @@ func readTopology() (*topo.Topology, error) {
 		return nil, err
 	}
 	l, err := cluster.Load(globals.stateDir, name)
+	if errors.Is(err, cluster.ErrNoLab) {
+		return nil, exitError{code: 1, msg: fmt.Sprintf("lab %s does not exist: 'klab list' shows the labs that do (choose one with --lab), or build one with 'klab run flannel-crossnode'", name)}
+	}
 	if err != nil {
 		return nil, err
 	}

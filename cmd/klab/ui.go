@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/graph"
 	"github.com/klab-dev/klab/pkg/ui"
 	"github.com/spf13/cobra"
@@ -33,7 +32,7 @@ the probe also needs a same-origin request, so no other web site can start it.
 Ctrl-C.`,
 		Example: `  sudo klab ui                          # prints http://127.0.0.1:PORT/?token=...
   sudo klab ui --listen 127.0.0.1:8478 --lab flannel`,
-		Args: exactArgs(0, ""),
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := needRoot(); err != nil {
 				return err
@@ -42,7 +41,7 @@ Ctrl-C.`,
 			if err != nil {
 				return err
 			}
-			if _, err := cluster.Load(globals.stateDir, name); err != nil {
+			if _, err := readTopology(); err != nil {
 				return err
 			}
 			globals.lab = name // the probes act on this lab
