@@ -24,6 +24,9 @@ const (
 	svcH     = 40
 	svcW     = 220
 	fontSize = 12
+	// bigLab is the node count above which tunnels are drawn plainly
+	// (one arc per pair, no labels, no tooltips).
+	bigLab = 12
 )
 
 // Point is a position in the drawing.
@@ -176,8 +179,20 @@ func (L *Layout) draw(s *svgWriter, extraH float64) {
 		s.box(x, L.nodeY, colW, boxH*2, "external", "external "+strings.Join(t.External.Addrs, " "), t.External.NS, attr("id", "external")+attr("data-name", "external")+attr("data-ns", t.External.NS)+attr("data-point", "external/eth0"))
 	}
 	// Tunnels, as arcs in the band above the nodes, drawn before the nodes.
+	// A big lab's full mesh (100 nodes: 9,900 tunnels) draws each pair of
+	// opposite tunnels as one arc, without a tooltip element, so that a
+	// browser redraws it quickly; data-reverse names the second one.
+	big := len(t.Nodes) > bigLab
+	have := map[string]bool{}
+	for _, tn := range t.Tunnels {
+		have[tn.From+"\x00"+tn.To+"\x00"+tn.Kind] = true
+	}
 	labelled := map[string]bool{}
 	for _, tn := range t.Tunnels {
+		reverse := have[tn.To+"\x00"+tn.From+"\x00"+tn.Kind]
+		if big && reverse && tn.From > tn.To {
+			continue // drawn with its opposite
+		}
 		a, b := L.Points[tn.From+"/eth0"], L.Points[tn.To+"/eth0"]
 		cls := "route"
 		if tn.Kind == topo.TunnelVXLAN {
@@ -192,10 +207,19 @@ func (L *Layout) draw(s *svgWriter, extraH float64) {
 		y0 := L.nodeY
 		h := math.Min(tunBand-14, 18+math.Abs(a.X-b.X)/colW*14)
 		mx := (a.X + b.X) / 2
+		id := esc("tunnel-" + tn.From + "-" + tn.To)
+		if big {
+			rev := ""
+			if reverse {
+				rev = fmt.Sprintf(` data-reverse="%s"`, esc("tunnel-"+tn.To+"-"+tn.From))
+			}
+			s.f(`<path class="%s" id="%s"%s d="M%.0f %.0f Q%.0f %.0f %.0f %.0f"/>`+"\n", cls, id, rev, a.X+40, y0, mx+40, y0-2*h, b.X+40, y0)
+			continue
+		}
 		s.f(`<path class="%s" id="%s" data-from="%s" data-to="%s" d="M%.0f %.0f Q%.0f %.0f %.0f %.0f"><title>%s</title></path>`+"\n",
-			cls, esc("tunnel-"+tn.From+"-"+tn.To), esc(tn.From), esc(tn.To), a.X+40+off, y0, mx+40, y0-2*h+off, b.X+40+off, y0, esc(tn.From+" → "+tn.To+": "+tunnelText(tn)))
+			cls, id, esc(tn.From), esc(tn.To), a.X+40+off, y0, mx+40, y0-2*h+off, b.X+40+off, y0, esc(tn.From+" → "+tn.To+": "+tunnelText(tn)))
 		pair := min(tn.From, tn.To) + "\x00" + max(tn.From, tn.To)
-		if !labelled[pair] && len(t.Nodes) <= 12 {
+		if !labelled[pair] {
 			labelled[pair] = true
 			txt := fmt.Sprintf("vxlan VNI %d :%d", tn.VNI, tn.Port)
 			if tn.Kind != topo.TunnelVXLAN {

@@ -18,6 +18,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -59,8 +60,14 @@ type Server struct {
 	svg     string
 	subs    map[chan int]bool
 	snaps   map[string]*inspect.Snapshot // by namespace, as last read
-	sigs    map[string]string            // each object's state, as last read
-	probing sync.Mutex
+	readAt  map[string]time.Time         // when each snapshot's read started
+	lab     *cluster.Lab                 // the newest state loaded
+	sigs    map[string]string            // each object's state in lab
+	// loadedAt is when lab was loaded; fullEvery the pause between two
+	// full kernel reads.
+	loadedAt  time.Time
+	fullEvery time.Duration
+	probing   sync.Mutex
 }
 
 // NewToken returns a random token (128 bits, hex).
@@ -106,9 +113,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // version when the picture changed. A full refresh reads every namespace;
 // otherwise only the namespaces of objects whose state changed (a new pod
 // and its node, a new node and the underlay) are read again, so a pod
-// added to a 1000-pod lab shows at once, and the periodic full read still
-// catches what changed behind klab's back.
+// added to a 1000-pod lab shows at once. A full refresh runs beside the
+// incremental ones (see watch); a namespace's snapshot is replaced only by
+// one read after it, and the picture always uses the newest state loaded.
 func (s *Server) refresh(full bool) error {
+	start := time.Now()
 	l, err := cluster.Load(s.StateDir, s.Lab)
 	if err != nil {
 		return err
@@ -126,15 +135,18 @@ func (s *Server) refresh(full bool) error {
 		all, sigs[ns] = append(all, ns), sig(p)
 	}
 	read := all
-	if !full && s.snaps != nil {
+	s.mu.Lock()
+	old := s.sigs
+	s.mu.Unlock()
+	if !full && old != nil {
 		set := map[string]bool{under: true, ext: true}
 		for _, p := range l.Pods {
-			if ns := netns.Name(l.Name, p.Name); s.sigs[ns] != sigs[ns] {
+			if ns := netns.Name(l.Name, p.Name); old[ns] != sigs[ns] {
 				set[ns], set[netns.Name(l.Name, p.Node)] = true, true
 			}
 		}
 		for _, n := range l.Nodes {
-			if ns := netns.Name(l.Name, n.Name); s.sigs[ns] != sigs[ns] {
+			if ns := netns.Name(l.Name, n.Name); old[ns] != sigs[ns] {
 				set[ns] = true
 			}
 		}
@@ -144,23 +156,27 @@ func (s *Server) refresh(full bool) error {
 		}
 	}
 	fresh := topo.Snapshots(read, 16)
-	snaps := make(map[string]*inspect.Snapshot, len(all))
-	for _, ns := range all {
-		snaps[ns] = s.snaps[ns]
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.snaps == nil {
+		s.snaps, s.readAt = map[string]*inspect.Snapshot{}, map[string]time.Time{}
 	}
 	for _, ns := range read {
-		snaps[ns] = fresh[ns] // nil: gone
+		if start.After(s.readAt[ns]) {
+			s.snaps[ns], s.readAt[ns] = fresh[ns], start // nil: gone
+		}
 	}
-	t := topo.Build(l, snaps)
+	if start.After(s.loadedAt) {
+		s.lab, s.sigs, s.loadedAt = l, sigs, start
+	}
+	t := topo.Build(s.lab, s.snaps)
 	var b strings.Builder
 	if err := graph.SVG(&b, t); err != nil {
 		return err
 	}
 	sum := sha256.Sum256([]byte(b.String()))
 	h := hex.EncodeToString(sum[:])
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.snaps, s.sigs = snaps, sigs
 	if h == s.hash {
 		return nil
 	}
@@ -175,12 +191,15 @@ func (s *Server) refresh(full bool) error {
 	return nil
 }
 
-// watch polls the state file cheaply (its modification time and size)
-// and the kernel less often, refreshing on any change.
+// watch polls the state file cheaply (its modification time and size),
+// refreshing the changed objects at once, and reads the whole kernel
+// every KernelPoll in the background, to catch what changed behind
+// klab's back.
 func (s *Server) watch(ctx context.Context) {
 	var last string
 	tick := time.NewTicker(s.Poll)
 	defer tick.Stop()
+	var fullRunning atomic.Bool
 	lastKernel, every := time.Now(), s.KernelPoll
 	for {
 		select {
@@ -193,17 +212,28 @@ func (s *Server) watch(ctx context.Context) {
 		if err == nil {
 			cur = fmt.Sprint(st.ModTime().UnixNano(), st.Size())
 		}
-		switch {
-		case time.Since(lastKernel) >= every:
-			last, lastKernel = cur, time.Now()
-			s.refresh(true)
-			// A big lab takes a while to read: leave the machine (and
-			// the incremental refreshes) at least four times that.
-			every = max(s.KernelPoll, 5*time.Since(lastKernel))
-		case cur != last:
+		if cur != last {
 			last = cur
 			s.refresh(false)
 		}
+		if time.Since(lastKernel) >= every && fullRunning.CompareAndSwap(false, true) {
+			lastKernel = time.Now()
+			go func() {
+				defer fullRunning.Store(false)
+				t0 := time.Now()
+				s.refresh(true)
+				// A big lab takes a while to read: leave the machine
+				// at least four times that between two full reads.
+				s.mu.Lock()
+				s.fullEvery = max(s.KernelPoll, 5*time.Since(t0))
+				s.mu.Unlock()
+			}()
+		}
+		s.mu.Lock()
+		if s.fullEvery > 0 {
+			every = s.fullEvery
+		}
+		s.mu.Unlock()
 	}
 }
 
