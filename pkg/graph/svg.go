@@ -171,12 +171,12 @@ func (L *Layout) draw(s *svgWriter, extraH float64) {
 	if !t.Underlay.Exists || len(t.Problems) > 0 {
 		ucls += " damaged"
 	}
-	s.box(margin, ulY, L.W-2*margin, ulH, ucls, fmt.Sprintf("%s (underlay switch) %s", t.Underlay.Bridge, t.Underlay.CIDR), strings.Join(append([]string{t.Underlay.NS}, t.Problems...), "\n"), attr("id", "underlay")+attr("data-name", "underlay")+attr("data-ns", t.Underlay.NS))
+	s.box(margin, ulY, L.W-2*margin, ulH, ucls, fmt.Sprintf("%s (underlay switch) %s", t.Underlay.Bridge, t.Underlay.CIDR), strings.Join(append([]string{t.Underlay.NS}, t.Problems...), "\n"), attr("id", "underlay")+attr("data-name", "underlay")+attr("data-kind", "underlay")+attr("data-ns", t.Underlay.NS))
 	if t.External != nil {
 		x := float64(margin)
 		p := L.Points["external/eth0"]
 		s.f(`<line class="wire" x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f"/>`+"\n", p.X, float64(ulY+ulH), p.X, L.nodeY)
-		s.box(x, L.nodeY, colW, boxH*2, "external", "external "+strings.Join(t.External.Addrs, " "), t.External.NS, attr("id", "external")+attr("data-name", "external")+attr("data-ns", t.External.NS)+attr("data-point", "external/eth0"))
+		s.box(x, L.nodeY, colW, boxH*2, "external", "external "+strings.Join(t.External.Addrs, " "), t.External.NS, attr("id", "external")+attr("data-name", "external")+attr("data-kind", "external")+attr("data-ns", t.External.NS)+attr("data-point", "external/eth0"))
 	}
 	// Tunnels, as arcs in the band above the nodes, drawn before the nodes.
 	// A big lab's full mesh (100 nodes: 9,900 tunnels) draws each pair of
