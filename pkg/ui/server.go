@@ -66,6 +66,7 @@ type Server struct {
 	// loadedAt is when lab was loaded; fullEvery the pause between two
 	// full kernel reads.
 	loadedAt  time.Time
+	problem   string // why the state cannot be read now (the lab is gone)
 	fullEvery time.Duration
 	probing   sync.Mutex
 }
@@ -120,6 +121,14 @@ func (s *Server) refresh(full bool) error {
 	start := time.Now()
 	l, err := cluster.Load(s.StateDir, s.Lab)
 	if err != nil {
+		// The lab was destroyed (or its state broke) under the page:
+		// say so, keeping the last picture.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if msg := err.Error(); s.problem != msg && s.topo != nil {
+			s.problem, s.hash = msg, ""
+			s.bump()
+		}
 		return err
 	}
 	sigs := map[string]string{}
@@ -180,7 +189,13 @@ func (s *Server) refresh(full bool) error {
 	if h == s.hash {
 		return nil
 	}
-	s.hash, s.topo, s.svg = h, t, b.String()
+	s.hash, s.topo, s.svg, s.problem = h, t, b.String(), ""
+	s.bump()
+	return nil
+}
+
+// bump publishes a new version to the pages listening (s.mu held).
+func (s *Server) bump() {
 	s.version++
 	for c := range s.subs {
 		select {
@@ -188,7 +203,6 @@ func (s *Server) refresh(full bool) error {
 		default:
 		}
 	}
-	return nil
 }
 
 // watch polls the state file cheaply (its modification time and size),
@@ -334,7 +348,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	writeJSON(w, map[string]any{"version": s.version, "topology": s.topo})
+	writeJSON(w, map[string]any{"version": s.version, "topology": s.topo, "problem": s.problem})
 }
 
 // picture is the SVG of the version asked for (the current one).

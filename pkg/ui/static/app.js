@@ -35,7 +35,7 @@ async function draw() {
   const ms = performance.now() - t0;
   if (window.klab.drawMs === null) window.klab.drawMs = ms;
   window.klab.lastDrawMs = ms;
-  $("#status").textContent = "live · version " + d.version + " · drawn in " + ms.toFixed(0) + " ms";
+  $("#status").textContent = d.problem ? "the lab cannot be read: " + d.problem : "live · version " + d.version + " · drawn in " + ms.toFixed(0) + " ms";
 }
 
 function fillSources(t) {
