@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/netns"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -213,6 +216,20 @@ func TestUIInBrowser(t *testing.T) {
 	routes, _ := chromedp.Run(ctx, chromedp.Text(`#object pre[data-section="routes"]`))
 	if !strings.Contains(routes, "10.244.2.0/24 via 10.244.2.0 dev flannel.1") {
 		t.Errorf("node1's routes on the page lack flannel's route to node2's pods:\n%s", routes)
+	}
+	// Every route iproute2 reads in node1 is on the page.
+	ipOut, err := exec.Command("ip", "-n", netns.Name(lab, "node1"), "-j", "route", "show").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ipRoutes []struct{ Dst, Dev string }
+	if err := json.Unmarshal(ipOut, &ipRoutes); err != nil || len(ipRoutes) == 0 {
+		t.Fatalf("ip -j route: %v %s", err, ipOut)
+	}
+	for _, r := range ipRoutes {
+		if !strings.Contains(routes, r.Dst+" ") || !strings.Contains(routes, "dev "+r.Dev) {
+			t.Errorf("ip route has %s dev %s, the page does not:\n%s", r.Dst, r.Dev, routes)
+		}
 	}
 	shot(ctx, "node1")
 
