@@ -30,6 +30,9 @@ type Hop struct {
 	Outer   string   `json:"outer,omitempty"`
 	TTL     int      `json:"ttl"`
 	Changes []string `json:"changes,omitempty"`
+	// Rules are the iptables rules that made this hop's rewrite (a
+	// KUBE-SEP DNAT, a MASQUERADE), from the node the hop is in.
+	Rules []string `json:"rules,omitempty"`
 }
 
 // FromReport reduces a journey report.
@@ -60,6 +63,7 @@ func FromReport(r *journey.Report) *Journey {
 	}
 	if r.Journey != nil {
 		j.Hops, j.Reply = conv(r.Journey.Hops), conv(r.Journey.Reply)
+		explain(j.Hops, r.Rules)
 	}
 	if r.Policy != "" {
 		j.Verdicts = append(j.Verdicts, r.Policy)
@@ -101,6 +105,9 @@ func JourneyASCII(w io.Writer, j *Journey) error {
 			}
 			for _, c := range h.Changes {
 				fmt.Fprintf(&b, "  | %-22s   ^ %s\n", "", c)
+			}
+			for _, r := range h.Rules {
+				fmt.Fprintf(&b, "  | %-22s     by %s\n", "", r)
 			}
 		}
 		b.WriteString("  v\n")
@@ -155,7 +162,7 @@ func JourneySVG(w io.Writer, t *topo.Topology, j *Journey) error {
 	lines := 3 + len(j.Verdicts) + len(j.Missing)
 	for _, hs := range [][]Hop{j.Hops, j.Reply} {
 		for _, h := range hs {
-			lines += 1 + len(h.Changes)
+			lines += 1 + len(h.Changes) + len(h.Rules)
 			if h.Outer != "" {
 				lines++
 			}
@@ -169,6 +176,9 @@ func JourneySVG(w io.Writer, t *topo.Topology, j *Journey) error {
 			width = max(width, len(h.Point)+len(h.Packet)+12, len(h.Outer)+14)
 			for _, c := range h.Changes {
 				width = max(width, len(c)+8)
+			}
+			for _, r := range h.Rules {
+				width = max(width, len(r)+13)
 			}
 		}
 	}
@@ -222,6 +232,9 @@ func JourneySVG(w io.Writer, t *topo.Topology, j *Journey) error {
 			for _, c := range h.Changes {
 				line("change", "        "+c)
 			}
+			for _, r := range h.Rules {
+				line("change", "          by "+r)
+			}
 		}
 	}
 	if len(j.Missing) > 0 {
@@ -233,4 +246,35 @@ func JourneySVG(w io.Writer, t *topo.Topology, j *Journey) error {
 	s.f("</svg>\n")
 	_, err := w.Write(s.b.Bytes())
 	return err
+}
+
+// explain puts beside each rewrite of the probe the rules that made it:
+// a DNAT rule of the hop's node next to its dnat, a MASQUERADE or SNAT
+// rule next to its snat, each once.
+func explain(hops []Hop, rules []journey.RuleHit) {
+	used := map[int]bool{}
+	for i := range hops {
+		h := &hops[i]
+		node, _, _ := strings.Cut(h.Point, "/")
+		for _, c := range h.Changes {
+			var targets []string
+			switch {
+			case strings.HasPrefix(c, journey.ChangeDNAT+" "):
+				targets = []string{"-j DNAT"}
+			case strings.HasPrefix(c, journey.ChangeSNAT+" "):
+				targets = []string{"-j MASQUERADE", "-j SNAT"}
+			}
+			for k, rh := range rules {
+				if used[k] || rh.Node != node {
+					continue
+				}
+				for _, tg := range targets {
+					if strings.Contains(rh.Rule, tg) {
+						used[k] = true
+						h.Rules = append(h.Rules, rh.Table+": "+rh.Rule)
+					}
+				}
+			}
+		}
+	}
 }

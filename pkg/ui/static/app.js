@@ -125,7 +125,8 @@ $("#journey-form").addEventListener("submit", async ev => {
     window.klab.journey = j;
     const li = (h, kind) => `<li data-point="${esc(h.point)}" data-dir="${kind}"><b>${esc(h.point)}</b> ${esc(h.packet)}` +
       (h.outer ? `<span class=chg>outer ${esc(h.outer)}</span>` : "") +
-      (h.changes || []).map(c => `<span class=chg>${esc(c)}</span>`).join("") + "</li>";
+      (h.changes || []).map(c => `<span class=chg>${esc(c)}</span>`).join("") +
+      (h.rules || []).map(r => `<span class="chg rule">by ${esc(r)}</span>`).join("") + "</li>";
     box.innerHTML = `<h2>${esc(from)} → ${esc(target)}: ${esc(j.probe)}</h2><p class=note>${esc(j.describe || "")}</p>` +
       `<ol id="hops">${j.hops.map(h => li(h, "probe")).join("")}${(j.reply || []).map(h => li(h, "reply")).join("")}</ol>` +
       ((j.verdicts || []).length ? `<pre>${esc(j.verdicts.join("\n"))}</pre>` : "");
