@@ -13,17 +13,16 @@ import (
 
 // Layout sizes, in SVG user units (pixels).
 const (
-	margin   = 20
-	colW     = 240 // a node's column
-	colGap   = 30
-	boxH     = 26 // one device row
-	rowGap   = 8
-	ulY      = 40 // the underlay bar
-	ulH      = 28
-	tunBand  = 90 // the band between the underlay and the nodes, for arcs
-	svcH     = 40
-	svcW     = 220
-	fontSize = 12
+	margin  = 20
+	colW    = 240 // a node's column
+	colGap  = 30
+	boxH    = 26 // one device row
+	rowGap  = 8
+	ulY     = 40 // the underlay bar
+	ulH     = 28
+	tunBand = 90 // the band between the underlay and the nodes, for arcs
+	svcH    = 40
+	svcW    = 220
 	// bigLab is the node count above which tunnels are drawn plainly
 	// (one arc per pair, no labels, no tooltips).
 	bigLab = 12
@@ -36,16 +35,16 @@ type Point struct{ X, Y float64 }
 // capture point label ("node1/eth0", "pod-a/eth0", "underlay/node1") to
 // the centre of its interface, for journeys.
 type Layout struct {
-	W, H   float64
-	Points map[string]Point
-	t      *topo.Topology
-	nodeX  map[string]float64
-	nodeY  float64
-	nodeH  float64
-	podPos map[string]Point
-	vtep   map[string]Point
-	svcY   float64
-	svcW   float64
+	W, H    float64
+	Points  map[string]Point
+	t       *topo.Topology
+	nodeX   map[string]float64
+	nodeY   float64
+	nodeH   float64
+	podPos  map[string]Point
+	vtep    map[string]Point
+	svcY    float64
+	svcCols int // services per row
 }
 
 // Lay computes the layout: a column per node, in the topology's order.
@@ -98,7 +97,7 @@ func Lay(t *topo.Topology) *Layout {
 		}
 		x += colW + colGap
 	}
-	L.svcW = float64(svcCols)
+	L.svcCols = svcCols
 	return L
 }
 
@@ -232,7 +231,7 @@ func (L *Layout) draw(s *svgWriter, extraH float64) {
 		L.drawNode(s, n)
 	}
 	// Services, in rows, with a line to each endpoint.
-	cols := int(L.svcW)
+	cols := L.svcCols
 	for i, sv := range t.Services {
 		x := float64(margin) + float64(i%cols)*(svcW+colGap)
 		y := L.svcY + float64(i/cols)*(svcH+rowGap)
