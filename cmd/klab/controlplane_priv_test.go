@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -311,7 +312,18 @@ func TestControlPlaneMissMode(t *testing.T) {
 	if r := sh(t, "ip", "-n", l.ns("node1"), "route", "show", n2.PodCIDR.String()); !strings.Contains(r, "dev flannel.1 scope link") {
 		t.Fatalf("route to node2's subnet: %q", r)
 	}
+	// klab agent log -f shows the misses live.
+	follow := l.cmd(nil, "agent", "log", "node1", "-f", "--lab", l.lab)
+	live := &syncWriter{b: &strings.Builder{}}
+	follow.Stdout = live
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { follow.Process.Kill(); follow.Wait() }()
 	out := l.run(nil, "ping", "pa", "pb", "-c", "4", "--lab", l.lab)
+	waitFor(t, 5*time.Second, "klab agent log -f printing the L2MISS", func() bool { return strings.Contains(live.String(), "L2MISS #1") })
+	follow.Process.Signal(syscall.SIGINT)
+	follow.Wait()
 	if !strings.Contains(out.out, "reply from "+pb.IP.String()) {
 		t.Fatalf("no reply after the misses were answered:\n%s", out.out)
 	}
@@ -412,4 +424,22 @@ func TestControlPlaneBadInput(t *testing.T) {
 		}
 	}
 	l.must("destroy", l.lab)
+}
+
+// syncWriter is a strings.Builder safe to read while a command writes.
+type syncWriter struct {
+	mu sync.Mutex
+	b  *strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }
