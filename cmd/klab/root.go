@@ -57,8 +57,10 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		newListCmd, newRepairCmd, newDestroyCmd,
 		// tools around them
 		newDoctorCmd, newBenchCmd,
-		// hidden: the background server 'klab serve' starts
-		newServeWorkerCmd,
+		// the control plane's node agents
+		newAgentCmd,
+		// hidden: the background server 'klab serve' starts, and the agent
+		newServeWorkerCmd, newAgentWorkerCmd,
 	} {
 		root.AddCommand(newVerb())
 	}
@@ -83,7 +85,7 @@ var mutating = []string{
 	"node add", "node del", "pod add", "pod del", "pod set-ready",
 	"service add", "service del", "service set-endpoints",
 	"namespace add", "namespace del", "apply", "delete",
-	"serve", "repair", "destroy",
+	"serve", "repair", "destroy", "agent start", "agent stop",
 }
 
 func envOr(k, def string) string {
