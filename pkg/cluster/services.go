@@ -289,7 +289,7 @@ func (c *Cluster) commit(before *Lab) error {
 		*c.Lab = *before
 		return err
 	}
-	return nil
+	return c.takeProxyLag()
 }
 
 // syncRules reprograms every node of after from the rendering of before to
@@ -300,6 +300,9 @@ func (c *Cluster) commit(before *Lab) error {
 // an exec); the ones that succeeded are rolled back when one fails. When no
 // service's endpoints or ports changed it touches nothing.
 func (c *Cluster) syncRules(before, after *Lab) error {
+	if c.agentsProgram() && !c.agentProxy {
+		return c.publishServices(before, after) // the agents sync (controlplane_proxy.go)
+	}
 	if len(after.Nodes) == 0 || servicesEqual(before.natServices(), after.natServices()) {
 		return nil
 	}
@@ -359,7 +362,7 @@ func servicesEqual(a, b []nat.Service) bool {
 // exist yet gets them in one iptables-restore; an existing one is compared
 // with what its kernel holds (see nat.Plan).
 func (c *Cluster) planNodeRules(n *Node, st *plan.State) (plan.Plan, error) {
-	rs, err := c.Lab.Rules(n)
+	rs, err := c.proxyLab().Rules(n)
 	if err != nil {
 		return nil, err
 	}
