@@ -1,0 +1,183 @@
+package main
+
+import (
+	"encoding/json"
+	"os/exec"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klab-dev/klab/internal/testutil"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// newKPLab is newCPLab under this file's lab prefix.
+func newKPLab(t *testing.T, args ...string) *cpLab {
+	t.Helper()
+	c := newCLI(t)
+	if _, err := exec.LookPath("etcdctl"); err != nil {
+		t.Skip("needs etcdctl (Debian etcd-client: scripts/install-deps.sh installs it)")
+	}
+	l := &cpLab{cli: c, lab: testutil.LabName(t, "kp")}
+	t.Cleanup(func() { c.assertClean(l.lab, "after destroy") })
+	c.destroyOnCleanup(l.lab)
+	l.must(append([]string{"node", "add", "node1", "--lab", l.lab, "--control-plane", "etcd"}, args...)...)
+	return l
+}
+
+// dnatTargets is the sorted set of endpoints the node's kernel DNATs the
+// lab's service to, read back with iptables-save.
+func (l *cpLab) dnatTargets(node, svc string) []string {
+	out := sh(l.t, "ip", "netns", "exec", l.ns(node), "iptables-save", "-t", "nat")
+	re := regexp.MustCompile(`default/` + svc + `" .*-j DNAT --to-destination (\S+)`)
+	var got []string
+	for _, m := range re.FindAllStringSubmatch(out, -1) {
+		got = append(got, m[1])
+	}
+	sort.Strings(got)
+	return slices.Compact(got)
+}
+
+// spread is which pods answer n requests to url, curled from pod from.
+func (l *cpLab) spread(from, url string, n int) map[string]int {
+	seen := map[string]int{}
+	for range n {
+		out, _ := exec.Command("ip", "netns", "exec", l.ns(from), "curl", "-s", "-m", "2", url).Output()
+		name := strings.Fields(string(out) + " -")[0]
+		seen[name]++
+	}
+	return seen
+}
+
+func keysOf(m map[string]int) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestControlPlaneProxy: kube-proxy's role over etcd. The CLI writes the
+// Service and its EndpointSlice where the API server keeps them; the
+// agents sync every node's rules from etcd. Read back with etcdctl,
+// iptables-save and curl.
+func TestControlPlaneProxy(t *testing.T) {
+	t.Parallel()
+	l := newKPLab(t)
+	l.must("node", "add", "node2", "--lab", l.lab)
+	l.must("node", "add", "node3", "--lab", l.lab)
+	for _, p := range [][2]string{{"client", "node1"}, {"a", "node1"}, {"b", "node2"}, {"c", "node3"}} {
+		l.must("pod", "add", p[0], "--node", p[1], "--lab", l.lab)
+	}
+	for _, p := range []string{"a", "b", "c"} {
+		l.must("serve", p, "--port", "8080", "--lab", l.lab)
+	}
+	l.must("service", "add", "web", "--endpoints", "a,b", "--port", "80", "--target-port", "8080", "--lab", l.lab)
+	st := l.labState()
+	ip := st.Service("web").ClusterIP.String()
+	ep := func(p string) string { return st.Pod(p).IP.String() + ":8080" }
+	nodes := []string{"node1", "node2", "node3"}
+	everyNode := func(what string, want ...string) {
+		t.Helper()
+		sort.Strings(want)
+		d := waitFor(t, time.Second, what, func() bool {
+			for _, n := range nodes {
+				if !slices.Equal(l.dnatTargets(n, "web"), want) {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("%s: every node in %v", what, d)
+	}
+
+	// The objects are under the API server's keys, as the official types.
+	var svc corev1.Service
+	if err := json.Unmarshal([]byte(l.etcdctl("get", "--print-value-only", "/registry/services/specs/default/web")), &svc); err != nil || svc.Spec.ClusterIP != ip || svc.Spec.Ports[0].Port != 80 || svc.Spec.Ports[0].TargetPort.IntVal != 8080 {
+		t.Fatalf("service in etcd: %+v %v", svc.Spec, err)
+	}
+	sliceKey := "/registry/endpointslices/default/web"
+	var es discoveryv1.EndpointSlice
+	if err := json.Unmarshal([]byte(l.etcdctl("get", "--print-value-only", sliceKey)), &es); err != nil || len(es.Endpoints) != 2 || es.Labels["kubernetes.io/service-name"] != "web" {
+		t.Fatalf("endpointslice in etcd: %+v %v", es, err)
+	}
+	// The verb returned once every agent synced: no wait needed here.
+	for _, n := range nodes {
+		if got := l.dnatTargets(n, "web"); !slices.Equal(got, []string{ep("a"), ep("b")}) {
+			t.Fatalf("%s DNATs web to %v right after service add", n, got)
+		}
+	}
+	if got := keysOf(l.spread("client", "http://"+ip+"/", 16)); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("curl to the ClusterIP reached %v, want a and b", got)
+	}
+
+	// An endpoint written by hand with etcdctl: every node follows, and
+	// traffic goes only where the slice says.
+	es.Endpoints = es.Endpoints[:1]
+	cIP := st.Pod("c").IP.String()
+	es.Endpoints[0].Addresses = []string{cIP}
+	es.Endpoints[0].TargetRef.Name = "c"
+	b, _ := json.Marshal(es)
+	l.etcdctl("put", sliceKey, string(b))
+	everyNode("a slice put by hand", ep("c"))
+	if got := keysOf(l.spread("client", "http://"+ip+"/", 6)); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("curl after the hand edit reached %v, want only c", got)
+	}
+	l.etcdctl("del", sliceKey)
+	everyNode("the slice deleted by hand")
+
+	// Readiness goes through etcd too: an unready pod leaves every node.
+	l.must("service", "set-endpoints", "web", "a,b,c", "--lab", l.lab)
+	everyNode("set-endpoints", ep("a"), ep("b"), ep("c"))
+	start := time.Now()
+	l.must("pod", "set-ready", "b", "false", "--lab", l.lab)
+	everyNode("pod b unready", ep("a"), ep("c"))
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("an unready pod took %v to leave every node", d)
+	}
+	if !strings.Contains(l.etcdctl("get", "--print-value-only", sliceKey), `"ready":false`) {
+		t.Error("the slice in etcd does not mark b unready")
+	}
+	l.must("pod", "set-ready", "b", "true", "--lab", l.lab)
+	everyNode("pod b ready again", ep("a"), ep("b"), ep("c"))
+
+	// An agent stopped during a service change catches up when started.
+	l.must("agent", "stop", "node2", "--lab", l.lab)
+	l.must("service", "set-endpoints", "web", "c", "--lab", l.lab)
+	if got := l.dnatTargets("node2", "web"); !slices.Equal(got, []string{ep("a"), ep("b"), ep("c")}) {
+		t.Fatalf("node2's rules changed with its agent stopped: %v", got)
+	}
+	if got := l.dnatTargets("node1", "web"); !slices.Equal(got, []string{ep("c")}) {
+		t.Fatalf("node1 did not follow while node2's agent was stopped: %v", got)
+	}
+	l.must("agent", "start", "node2", "--lab", l.lab) // returns once it synced
+	if got := l.dnatTargets("node2", "web"); !slices.Equal(got, []string{ep("c")}) {
+		t.Fatalf("node2 after its agent started again: %v", got)
+	}
+
+	// etcd paused: the data plane keeps forwarding; when it is back the
+	// agents reconcile a change written then.
+	etcd := l.serverPID("control-plane", "etcd")
+	syscall.Kill(etcd, syscall.SIGSTOP)
+	if got := keysOf(l.spread("client", "http://"+ip+"/", 3)); !slices.Equal(got, []string{"c"}) {
+		syscall.Kill(etcd, syscall.SIGCONT)
+		t.Fatalf("with etcd paused, curl to the ClusterIP reached %v, want c", got)
+	}
+	time.Sleep(3 * time.Second) // long enough for the agents' keepalives to give up
+	syscall.Kill(etcd, syscall.SIGCONT)
+	l.must("service", "set-endpoints", "web", "a", "--lab", l.lab)
+	everyNode("a change after etcd came back", ep("a"))
+
+	l.must("service", "del", "web", "--lab", l.lab)
+	if keys := l.etcdctl("get", "--prefix", "--keys-only", "/registry/"); strings.TrimSpace(keys) != "" {
+		t.Fatalf("deleted service still in etcd: %s", keys)
+	}
+	everyNode("service deleted")
+	l.must("destroy", l.lab)
+}
