@@ -130,8 +130,8 @@ type Cluster struct {
 	lock   *os.File
 	states map[string]*plan.State // read since the last apply (see read)
 
-	agentProxy bool  // a node agent's view: it renders the services from etcd (controlplane_proxy.go)
-	proxyLag   error // the agents the last publish waited for in vain (controlplane_proxy.go)
+	agentProxy *proxyView // a node agent's view: it renders the services from etcd (controlplane_proxy.go)
+	proxyLag   error      // the agents the last publish waited for in vain (controlplane_proxy.go)
 }
 
 // Dir is the lab's state directory.

@@ -54,6 +54,7 @@ const (
 	EndpointSlicesPrefix = "/registry/endpointslices/"
 	ProxyAckPrefix       = "/klab/proxy/nodes/"
 	serviceNameLabel     = discoveryv1.LabelServiceName
+	maxTxnOps            = 128 // etcd's default --max-txn-ops
 	// ProxyConvergeTimeout bounds how long a verb waits for the agents.
 	ProxyConvergeTimeout = 5 * time.Second
 )
@@ -163,11 +164,15 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 			defer cli.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			r, err := cli.Txn(ctx).Then(ops...).Commit()
-			if err != nil {
-				return fmt.Errorf("write the services to etcd: %v: is etcd up? ('klab repair' starts it again)", err)
+			// etcd caps a transaction at 128 operations (--max-txn-ops):
+			// a bigger change (an apply of many services) is several.
+			for i := 0; i < len(ops); i += maxTxnOps {
+				r, err := cli.Txn(ctx).Then(ops[i:min(i+maxTxnOps, len(ops))]...).Commit()
+				if err != nil {
+					return fmt.Errorf("write the services to etcd: %v: is etcd up? ('klab repair' starts it again)", err)
+				}
+				rev = r.Header.Revision
 			}
-			rev = r.Header.Revision
 			return nil
 		},
 	}}
@@ -178,7 +183,8 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 	if c.A.DryRun || rev == 0 {
 		return nil
 	}
-	c.proxyLag = c.waitProxyAcks(rev, ProxyConvergeTimeout)
+	// Each agent renders every service: the bound grows with them.
+	c.proxyLag = c.waitProxyAcks(rev, ProxyConvergeTimeout+time.Duration(len(after.Services))*2*time.Millisecond)
 	return nil
 }
 
@@ -244,37 +250,23 @@ func (l *Lab) withoutServices() *Lab {
 // endpoint becomes a pod named by its targetRef (or by its address, for
 // one written by hand without), so the rendering is the CLI's own
 // (planNodeRules), from the same kind of input.
-func labFromObjects(base *Lab, objs map[string][]byte, log func(string, ...any)) *Lab {
+func labFromObjects(base *Lab, objs map[string]any) *Lab {
 	l := *base
 	l.Services, l.Pods = nil, nil
-	slicesBySvc := map[string][]discoveryv1.EndpointSlice{}
-	var svcs []corev1.Service
-	for k, v := range objs {
-		switch {
-		case strings.HasPrefix(k, EndpointSlicesPrefix):
-			var o discoveryv1.EndpointSlice
-			if err := json.Unmarshal(v, &o); err != nil {
-				log("ignoring %s: %v", k, err)
-				continue
-			}
-			svc := o.Labels[serviceNameLabel]
-			slicesBySvc[Key(o.Namespace, svc)] = append(slicesBySvc[Key(o.Namespace, svc)], o)
-		case strings.HasPrefix(k, ServicesPrefix):
-			var o corev1.Service
-			if err := json.Unmarshal(v, &o); err != nil {
-				log("ignoring %s: %v", k, err)
-				continue
-			}
+	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
+	var svcs []*corev1.Service
+	for _, v := range objs {
+		switch o := v.(type) {
+		case *discoveryv1.EndpointSlice:
+			svc := Key(o.Namespace, o.Labels[serviceNameLabel])
+			slicesBySvc[svc] = append(slicesBySvc[svc], o)
+		case *corev1.Service:
 			svcs = append(svcs, o)
 		}
 	}
 	pods := map[string]*Pod{}
 	for _, o := range svcs {
 		s := serviceFromObject(o)
-		if s == nil {
-			log("ignoring service %s/%s: no usable clusterIP %q", o.Namespace, o.Name, o.Spec.ClusterIP)
-			continue
-		}
 		sl := slicesBySvc[s.Name]
 		sort.Slice(sl, func(i, j int) bool { return sl[i].Name < sl[j].Name })
 		for _, es := range sl {
@@ -282,8 +274,7 @@ func labFromObjects(base *Lab, objs map[string][]byte, log func(string, ...any))
 				for _, a := range ep.Addresses {
 					ip, err := netip.ParseAddr(a)
 					if err != nil {
-						log("ignoring endpoint %q of %s: not an address", a, s.Name)
-						continue
+						continue // decodeObject logged it
 					}
 					name := "ip-" + strings.ReplaceAll(a, ".", "-")
 					if ep.TargetRef != nil && ep.TargetRef.Name != "" && len(ep.Addresses) == 1 {
@@ -314,9 +305,47 @@ func labFromObjects(base *Lab, objs map[string][]byte, log func(string, ...any))
 	return &l
 }
 
+// decodeObject decodes a stored Service or EndpointSlice once, when it
+// arrives (not at every sync: 2,000 objects are 100 ms of JSON), or
+// returns nil, logging why, for one the proxy cannot use.
+func decodeObject(k string, v []byte, log func(string, ...any)) any {
+	switch {
+	case strings.HasPrefix(k, EndpointSlicesPrefix):
+		var o discoveryv1.EndpointSlice
+		if err := json.Unmarshal(v, &o); err != nil {
+			log("ignoring %s: %v", k, err)
+			return nil
+		}
+		if o.Labels[serviceNameLabel] == "" {
+			log("ignoring %s: no %s label names its service", k, serviceNameLabel)
+			return nil
+		}
+		for _, ep := range o.Endpoints {
+			for _, a := range ep.Addresses {
+				if _, err := netip.ParseAddr(a); err != nil {
+					log("%s: ignoring endpoint %q: not an IP address", k, a)
+				}
+			}
+		}
+		return &o
+	case strings.HasPrefix(k, ServicesPrefix):
+		var o corev1.Service
+		if err := json.Unmarshal(v, &o); err != nil {
+			log("ignoring %s: %v", k, err)
+			return nil
+		}
+		if serviceFromObject(&o) == nil {
+			log("ignoring %s: clusterIP %q is not an address", k, o.Spec.ClusterIP)
+			return nil
+		}
+		return &o
+	}
+	return nil
+}
+
 // serviceFromObject is a stored v1 Service as the lab's Service (its
 // endpoints are filled from the slices).
-func serviceFromObject(o corev1.Service) *Service {
+func serviceFromObject(o *corev1.Service) *Service {
 	s := &Service{Name: Key(o.Namespace, o.Name), Affinity: nat.AffinityNone}
 	switch {
 	case o.Spec.Type == corev1.ServiceTypeExternalName:
@@ -371,7 +400,7 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 			}
 			defer cli.Close()
 		}
-		objs := map[string][]byte{}
+		objs := map[string]any{}
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var rev int64
 		for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix} {
@@ -381,7 +410,9 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 			}
 			rev = r.Header.Revision
 			for _, kv := range r.Kvs {
-				objs[string(kv.Key)] = kv.Value
+				if o := decodeObject(string(kv.Key), kv.Value, logf); o != nil {
+					objs[string(kv.Key)] = o
+				}
 			}
 		}
 		cancel()
@@ -391,7 +422,12 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 			d = min(2*d, 5*time.Second)
 			continue
 		}
-		proxySync(ctx, c, n, cli, objs, rev, "sync", logf)
+		// After a (re)list the plan compares with the kernel (iptables-save:
+		// drift and what changed while etcd was away); then with the last
+		// rendering, as kube-proxy keeps it, so a one-service change
+		// rewrites that service's chains only.
+		view := &proxyView{}
+		proxySync(ctx, c, n, view, cli, objs, rev, "sync", logf)
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		// One watch over /registry/ from the list's revision, filtered to
 		// the two prefixes: one ordered stream, one revision to ack.
@@ -422,14 +458,15 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 					continue
 				}
 				changed = true
-				if ev.Type == clientv3.EventTypeDelete {
-					delete(objs, k)
-				} else {
-					objs[k] = ev.Kv.Value
+				delete(objs, k)
+				if ev.Type != clientv3.EventTypeDelete {
+					if o := decodeObject(k, ev.Kv.Value, logf); o != nil {
+						objs[k] = o
+					}
 				}
 			}
 			if changed {
-				proxySync(ctx, c, n, cli, objs, rev, "watch", logf)
+				proxySync(ctx, c, n, view, cli, objs, rev, "watch", logf)
 			}
 		}
 		wcancel()
@@ -445,8 +482,10 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 // planNodeRules, against the kernel's state, applies the plan (one
 // iptables-restore or nft transaction: only the chains that changed), and
 // acks the revision.
-func proxySync(ctx context.Context, c *Cluster, n *Node, cli *clientv3.Client, objs map[string][]byte, rev int64, why string, logf func(string, ...any)) {
-	ac := &Cluster{StateDir: c.StateDir, Lab: labFromObjects(c.Lab, objs, logf), agentProxy: true}
+func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *clientv3.Client, objs map[string]any, rev int64, why string, logf func(string, ...any)) {
+	t0 := time.Now()
+	ac := &Cluster{StateDir: c.StateDir, Lab: labFromObjects(c.Lab, objs), agentProxy: view}
+	t1 := time.Now()
 	a := &plan.Applier{}
 	defer a.Close()
 	st, err := a.Read(c.NS(n.Name))
@@ -455,16 +494,20 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, cli *clientv3.Client, o
 		return
 	}
 	p, err := ac.planNodeRules(n, st)
+	t2 := time.Now()
 	if err == nil {
 		err = a.Apply(p)
 	}
+	t3 := time.Now()
 	for _, op := range a.Ran() {
 		logf("%s: %s", why, firstLine(op.Command()))
 	}
 	if err != nil {
+		view.prev = nil // unknown now: the next sync reads the kernel
 		logf("%s: %v", why, err)
 		return
 	}
+	view.prev = view.cur
 	b, _ := json.Marshal(ProxyAck{Node: n.Name, Revision: rev, Services: len(ac.Lab.Services), Time: time.Now().UTC().Format(time.RFC3339Nano)})
 	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -473,7 +516,8 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, cli *clientv3.Client, o
 		return
 	}
 	if len(p) > 0 {
-		logf("%s: %d services synced (revision %d)", why, len(ac.Lab.Services), rev)
+		logf("%s: %d services synced (revision %d) in %v: decode %v, plan against the kernel %v, apply %v", why, len(ac.Lab.Services), rev,
+			time.Since(t0).Round(time.Millisecond), t1.Sub(t0).Round(time.Millisecond), t2.Sub(t1).Round(time.Millisecond), t3.Sub(t2).Round(time.Millisecond))
 	}
 }
 
@@ -494,7 +538,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // proxyLab is the lab whose services the CLI renders into a node: in a
 // control-plane lab none (the node's agent syncs them from etcd), else all.
 func (c *Cluster) proxyLab() *Lab {
-	if c.agentsProgram() && !c.agentProxy {
+	if c.agentsProgram() && c.agentProxy == nil {
 		return c.Lab.withoutServices()
 	}
 	return c.Lab
@@ -526,4 +570,22 @@ func (c *Cluster) proxyWaiter() (func() []string, func()) {
 	}
 	rev := proxyTarget(cli)
 	return func() []string { return c.proxyLagging(cli, rev) }, func() { cli.Close() }
+}
+
+// proxyView is what a node's agent keeps between syncs: the ruleset it
+// applied last (prev, nil to compare with the kernel instead) and the one
+// planNodeRules rendered now (cur). Nil for the CLI.
+type proxyView struct{ prev, cur *nat.Ruleset }
+
+func (v *proxyView) last() *nat.Ruleset {
+	if v == nil {
+		return nil
+	}
+	return v.prev
+}
+
+func (v *proxyView) rendered(rs *nat.Ruleset) {
+	if v != nil {
+		v.cur = rs
+	}
 }
