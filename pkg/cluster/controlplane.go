@@ -359,6 +359,7 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	if err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR); err != nil {
 		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
 	}
+	cli.Delete(ctx, ProxyAckPrefix+n.Name) // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
 	return c.WaitConverged(5*time.Second, n.PodCIDR)
 }
 

@@ -36,6 +36,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -133,7 +134,7 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 	for _, k := range keys {
 		if old[k] != cur[k] {
 			ops = append(ops, clientv3.OpPut(k, cur[k]))
-			fmt.Fprintf(&script, "put %s %s\n", k, plan.Quote(cur[k]))
+			fmt.Fprintf(&script, "put %s %s\n", k, strconv.Quote(cur[k])) // etcdctl unquotes "..." as Go does
 		}
 	}
 	keys = keys[:0]
@@ -154,8 +155,9 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 	cp := c.Lab.ControlPlane
 	op := plan.Op{Verb: plan.Exec, NS: c.NS(ControlPlaneName), Proc: &plan.Proc{
 		// etcdctl txn reads compares, a blank line, the requests on
-		// success, a blank line, those on failure: no compare, all puts.
-		Cmd: fmt.Sprintf("ip netns exec %s etcdctl --endpoints %s txn <<'EOF'\n\n%s\nEOF", c.NS(ControlPlaneName), strings.Join(cp.Endpoints, ","), script.String()),
+		// success, a blank line, those on failure and a blank line: no
+		// compare, every request on success, none on failure.
+		Cmd: fmt.Sprintf("ip netns exec %s etcdctl --endpoints %s txn <<'EOF'\n\n%s\n\nEOF", c.NS(ControlPlaneName), strings.Join(cp.Endpoints, ","), script.String()),
 		Run: func() error {
 			cli, err := c.etcd()
 			if err != nil {
