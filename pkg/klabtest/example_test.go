@@ -17,10 +17,15 @@ func exampleT(fn func(t *testing.T)) {
 		// built by the privileged run.
 		return
 	}
+	// The inner run's progress lines go to stderr, not into the
+	// example's checked output.
+	stdout := os.Stdout
+	os.Stdout = os.Stderr
+	defer func() { os.Stdout = stdout }()
 	ok := testing.RunTests(func(string, string) (bool, error) { return true, nil },
 		[]testing.InternalTest{{Name: "klabtest-example", F: fn}})
 	if !ok {
-		fmt.Println("the example's lab failed (see above)")
+		fmt.Fprintln(stdout, "the example's lab failed (see above)")
 	}
 }
 

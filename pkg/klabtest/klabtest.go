@@ -374,7 +374,9 @@ func (p *Pod) Get(url string) (string, error) {
 }
 
 // URL is http://<pod ip>:<port>/.
-func (p *Pod) URL(port int) string { return fmt.Sprintf("http://%s/", netip.AddrPortFrom(p.IP, uint16(port))) }
+func (p *Pod) URL(port int) string {
+	return fmt.Sprintf("http://%s/", netip.AddrPortFrom(p.IP, uint16(port)))
+}
 
 // String names the pod and its address.
 func (p *Pod) String() string { return p.Name + " (" + p.IP.String() + ")" }
