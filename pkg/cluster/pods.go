@@ -189,6 +189,7 @@ func (c *Cluster) DelPod(name string) error {
 		return err
 	}
 	var pl plan.Plan
+	pl.Add(c.cniDelOps(p)...) // a CNI-wired pod: DEL first (cni.go)
 	if nst, err := c.read(p.Node); err != nil {
 		return err
 	} else if vp, err := veth.PlanDelete(c.NS(p.Node), p.HostVeth, nst); err != nil {
