@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/klab-dev/klab/labs"
+	"github.com/klab-dev/klab/pkg/doctor"
 	"github.com/spf13/cobra"
 )
 
@@ -208,6 +209,9 @@ func labsRequireRoot(what string) error {
 	if os.Geteuid() != 0 {
 		return exitError{code: 1, msg: fmt.Sprintf("klab needs root to %s (its commands create namespaces and links): run it with sudo", what)}
 	}
+	if err := doctor.MissingCapability(); err != nil {
+		return exitError{code: 1, msg: err.Error()}
+	}
 	return nil
 }
 
@@ -329,7 +333,7 @@ func newLabsCmd() *cobra.Command {
 			for _, l := range all {
 				fmt.Printf("%s: %s\n", l.Name, l.Summary)
 			}
-			fmt.Println("\nRun one with: sudo klab run LAB   (read it first with: klab lab show LAB)")
+			fmt.Printf("\nRun one with: %sklab run LAB   (read it first with: klab lab show LAB)\n", doctor.Sudo())
 			return nil
 		},
 	}

@@ -34,14 +34,8 @@ import (
 // one file per address): CNI-wired and natively wired pods on one node
 // never get the same address.
 
-// CNIPaths are the directories searched for CNI plugins (CNI_PATH);
-// KLAB_CNI_PATH (colon-separated) overrides the default.
-func CNIPaths() []string {
-	if v := os.Getenv("KLAB_CNI_PATH"); v != "" {
-		return strings.Split(v, ":")
-	}
-	return []string{cni.DefaultPluginDir}
-}
+// CNIPaths are the directories searched for CNI plugins (cni.Paths).
+func CNIPaths() []string { return cni.Paths() }
 
 func (c *Cluster) cniDir(node string) string { return filepath.Join(c.Dir(), "cni", node) }
 

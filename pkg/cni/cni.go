@@ -23,6 +23,15 @@ import (
 // the plugins (upstream's default is /opt/cni/bin).
 const DefaultPluginDir = "/usr/lib/cni"
 
+// Paths are the directories searched for plugins (CNI_PATH):
+// KLAB_CNI_PATH (colon-separated) if set, else DefaultPluginDir.
+func Paths() []string {
+	if v := os.Getenv("KLAB_CNI_PATH"); v != "" {
+		return strings.Split(v, ":")
+	}
+	return []string{DefaultPluginDir}
+}
+
 // NetworkName is kube-flannel's network name; host-local keeps its files in
 // <dataDir>/cbr0.
 const NetworkName = "cbr0"
