@@ -89,6 +89,11 @@ func (c *Cluster) cniNodeOps(node string, list []byte) (plan.Plan, error) {
 	for t, b := range confs {
 		files[filepath.Join(c.cniDir(node), "conf", t+".json")] = b
 	}
+	lo, err := cni.PluginConfs(cni.LoopbackConf())
+	if err != nil {
+		return nil, err
+	}
+	files[filepath.Join(c.Dir(), "cni", "loopback.json")] = lo["loopback"]
 	paths := make([]string, 0, len(files))
 	for p := range files {
 		paths = append(paths, p)
@@ -161,14 +166,22 @@ func (c *Cluster) AddPodCNI(s PodSpec) (*Pod, error) {
 	run := c.cniRunner()
 	var res *cni.Result
 	result := &plan.File{Path: c.CNIResultPath(p.Name), Mode: 0o644}
-	pl.Add(plan.Op{Verb: plan.Exec, NS: "", Why: "CNI ADD through libcni: bridge (host-local), then portmap; result in " + result.Path,
-		Proc: &plan.Proc{Cmd: cni.ShellCommand("ADD", filepath.Join(c.cniDir(n.Name), "conf"), list, a, run.Paths), Run: func() error {
+	pl.Add(plan.Op{Verb: plan.Exec, NS: "", Why: "CNI ADD through libcni: loopback (as containerd), then bridge (host-local) and portmap; result in " + result.Path,
+		Proc: &plan.Proc{Cmd: c.loopbackCommand("ADD", a, run.Paths) + "\n" + cni.ShellCommand("ADD", filepath.Join(c.cniDir(n.Name), "conf"), list, a, run.Paths), Run: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
+			// containerd's order: the loopback network, then the pod's.
+			if _, err := run.Add(ctx, cni.LoopbackConf(), a); err != nil {
+				return err
+			}
 			r, err := run.Add(ctx, list, a)
+			if err == nil && (!r.Addr.IsValid() || r.HostVeth == "") {
+				err = fmt.Errorf("the CNI result names no IPv4 address or host interface: %s", r.JSON)
+			}
 			if err != nil {
 				// The spec: a runtime calls DEL after a failed ADD.
 				run.Del(ctx, list, a)
+				run.Del(ctx, cni.LoopbackConf(), a)
 				return err
 			}
 			res = r
@@ -233,13 +246,16 @@ func (c *Cluster) cniDelOps(p *Pod) plan.Plan {
 	run := c.cniRunner()
 	var pl plan.Plan
 	pl.Add(plan.Op{Verb: plan.Exec, Why: "CNI DEL through libcni: portmap, then bridge (host-local)",
-		Proc: &plan.Proc{Cmd: cni.ShellCommand("DEL", filepath.Join(c.cniDir(p.Node), "conf"), list, a, run.Paths), Run: func() error {
+		Proc: &plan.Proc{Cmd: cni.ShellCommand("DEL", filepath.Join(c.cniDir(p.Node), "conf"), list, a, run.Paths) + "\n" + c.loopbackCommand("DEL", a, run.Paths), Run: func() error {
 			if !netns.Exists(c.NS(p.Node)) {
 				return nil
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			return run.Del(ctx, list, a)
+			if err := run.Del(ctx, list, a); err != nil {
+				return err
+			}
+			return run.Del(ctx, cni.LoopbackConf(), a)
 		}}})
 	if exists(c.CNIResultPath(p.Name)) {
 		pl.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: c.CNIResultPath(p.Name)}})
@@ -309,4 +325,9 @@ func shareIPAMDir(dir, link string) error {
 		return err
 	}
 	return os.Symlink(dir, link)
+}
+
+// loopbackCommand is the loopback plugin's call by hand.
+func (c *Cluster) loopbackCommand(command string, a cni.Attachment, paths []string) string {
+	return cni.ShellCommand(command, filepath.Join(c.Dir(), "cni"), cni.LoopbackConf(), a, paths)
 }
