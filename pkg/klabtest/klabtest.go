@@ -29,6 +29,7 @@ type config struct {
 	opts        cluster.Options
 	services    []cluster.ServiceSpec
 	klab        string // klab binary, for servers run as processes (DNS)
+	cni         bool   // pods wired by the real CNI plugins (cni.go)
 	stateDir    string
 }
 
@@ -128,6 +129,9 @@ func New(t testing.TB, opts ...Option) *Lab {
 	if cfg.nodes < 1 {
 		t.Fatalf("klabtest: %d nodes: a lab needs at least one", cfg.nodes)
 	}
+	if cfg.cni {
+		RequireCNIPlugins(t)
+	}
 	if cfg.stateDir == "" {
 		cfg.stateDir = t.TempDir()
 	}
@@ -155,8 +159,20 @@ func New(t testing.TB, opts ...Option) *Lab {
 	}
 	o := cfg.opts
 	err := l.open(&o, func(c *cluster.Cluster) error {
+		pods := spec.Pods
+		if cfg.cni {
+			spec.Pods = nil
+		}
 		if _, _, err := c.Build(spec); err != nil {
 			return err
+		}
+		for _, p := range pods {
+			if !cfg.cni {
+				break
+			}
+			if _, err := c.AddPodCNI(p); err != nil {
+				return fmt.Errorf("CNI pod %s: %w", p.Name, err)
+			}
 		}
 		for _, s := range cfg.services {
 			if _, err := c.AddService(s); err != nil {
