@@ -331,3 +331,21 @@ func shareIPAMDir(dir, link string) error {
 func (c *Cluster) loopbackCommand(command string, a cni.Attachment, paths []string) string {
 	return cni.ShellCommand(command, filepath.Join(c.Dir(), "cni"), cni.LoopbackConf(), a, paths)
 }
+
+// CNINodeConflist prepares a node for CNI calls (its files, host-local's
+// directory shared with klab's allocator) and returns the chain: what a
+// test runs its own plugins against (klabtest's Sandbox).
+func (c *Cluster) CNINodeConflist(node string) ([]byte, error) {
+	if c.Lab.Node(node) == nil {
+		return nil, fmt.Errorf("node %q does not exist in lab %s", node, c.Lab.Name)
+	}
+	list, err := c.cniConflist(node)
+	if err != nil {
+		return nil, err
+	}
+	ops, err := c.cniNodeOps(node, list)
+	if err != nil {
+		return nil, err
+	}
+	return list, c.apply(ops)
+}

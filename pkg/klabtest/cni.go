@@ -2,7 +2,6 @@ package klabtest
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -41,21 +40,17 @@ func (l *Lab) AddPodCNI(name, node string) *Pod {
 
 // Conflist is the chain klab runs for CNI-wired pods on this node:
 // flannel's delegate config rendered from the node's subnet.env
-// (cni.DelegateList), with host-local's files under the lab's state. A
-// plugin author can splice their own plugin into it.
+// (cni.DelegateList), host-local's files shared with klab's allocator, so
+// addresses never collide with the lab's pods. A plugin author can splice
+// their own plugin into it.
 func (n *Node) Conflist() []byte {
 	t := n.lab.t
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(n.lab.StateDir, n.lab.Name, "nodes", n.Name, "flannel", "subnet.env"))
-	if err != nil {
-		t.Fatalf("klabtest: %v", err)
-	}
-	env, err := cni.ParseSubnetEnv(b)
-	if err != nil {
-		t.Fatalf("klabtest: %v", err)
-	}
-	list, err := cni.DelegateList(env, filepath.Join(n.lab.StateDir, n.lab.Name, "cni", n.Name, "sandboxes"))
-	if err != nil {
+	var list []byte
+	if err := n.lab.Update(func(c *cluster.Cluster) (err error) {
+		list, err = c.CNINodeConflist(n.Name)
+		return err
+	}); err != nil {
 		t.Fatalf("klabtest: %v", err)
 	}
 	return list

@@ -112,3 +112,36 @@ func TestStateDir(t *testing.T) {
 		}
 	}
 }
+
+// A plugin chain run by hand against a node, as a plugin author would run
+// theirs: the sandbox gets eth0 and an address from the node's subnet,
+// reaches a pod on the other node, passes CHECK; after DEL its veth is
+// gone from cni0 (read back with ip).
+func TestSandbox(t *testing.T) {
+	klabtest.RequireCNIPlugins(t)
+	t.Parallel()
+	lab := klabtest.New(t)
+	n := lab.Node("node1")
+	list := n.Conflist()
+	sb := n.Sandbox("plugin-test")
+	res, err := sb.Add(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.PodCIDR.Contains(res.Addr.Addr()) || res.Addr.Addr() == lab.Pod("pod-a").IP {
+		t.Fatalf("sandbox address %s: want a free one in %s", res.Addr, n.PodCIDR)
+	}
+	if err := sb.Pod().Ping(lab.Pod("pod-b").IP); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Check(list); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Del(list); err != nil {
+		t.Fatal(err)
+	}
+	out, err := n.Exec("ip", "-o", "link", "show", "dev", res.HostVeth)
+	if err == nil {
+		t.Fatalf("%s still exists after DEL: %s", res.HostVeth, out)
+	}
+}
