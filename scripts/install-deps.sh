@@ -19,6 +19,10 @@ command -v nft >/dev/null 2>&1 || need="$need nftables"
 command -v ipset >/dev/null 2>&1 || need="$need ipset"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
+# klab pod add --cni runs the real CNI plugins; capsh and unshare for the container tests.
+[ -x /usr/lib/cni/bridge ] || need="$need containernetworking-plugins"
+command -v capsh >/dev/null 2>&1 || need="$need libcap2-bin"
+command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v make >/dev/null 2>&1 || need="$need make"
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
