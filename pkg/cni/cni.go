@@ -270,9 +270,10 @@ func parseResult(out types.Result, a Attachment) (*Result, error) {
 
 // ShellCommand is the equivalent of a chain call by hand, cnitool-style:
 // each plugin run from the host namespace with the CNI_* environment and
-// its config on stdin (the bridge's result feeding portmap as prevResult
-// needs jq, so the rendering runs the plugins in order with their configs
-// as files written next to the conflist).
+// its config (a file under confDir, see PluginConfs) on stdin. For ADD and
+// CHECK each plugin after the first gets the previous result spliced into
+// its config as prevResult (the file minus its closing brace), as libcni
+// does; the last result is printed.
 func ShellCommand(command, confDir string, list []byte, a Attachment, paths []string) string {
 	if len(paths) == 0 {
 		paths = []string{DefaultPluginDir}
@@ -294,16 +295,25 @@ func ShellCommand(command, confDir string, list []byte, a Attachment, paths []st
 	for _, kv := range a.Args {
 		args = append(args, kv[0]+"="+kv[1])
 	}
+	env := fmt.Sprintf("ip netns exec %s env CNI_COMMAND=%s CNI_CONTAINERID=%s CNI_NETNS=%s CNI_IFNAME=%s CNI_ARGS='%s' CNI_PATH=%s",
+		a.HostNS, command, a.ContainerID, netns.Path(a.NetNS), a.IfName, strings.Join(args, ";"), strings.Join(paths, ":"))
 	var b strings.Builder
 	for i, t := range kinds {
-		if i > 0 {
-			b.WriteString("\n")
+		conf := filepath.Join(confDir, t+".json")
+		plugin := filepath.Join(paths[0], t)
+		switch {
+		case command == "DEL":
+			fmt.Fprintf(&b, "%s %s < %s\n", env, plugin, conf)
+		case i == 0:
+			fmt.Fprintf(&b, "r=$(%s %s < %s)\n", env, plugin, conf)
+		default:
+			fmt.Fprintf(&b, "r=$({ head -c -2 %s; printf ', \"prevResult\": %%s}\\n' \"$r\"; } | %s %s)\n", conf, env, plugin)
 		}
-		fmt.Fprintf(&b, "ip netns exec %s env CNI_COMMAND=%s CNI_CONTAINERID=%s CNI_NETNS=%s CNI_IFNAME=%s CNI_ARGS='%s' CNI_PATH=%s %s < %s",
-			a.HostNS, command, a.ContainerID, netns.Path(a.NetNS), a.IfName, strings.Join(args, ";"), strings.Join(paths, ":"),
-			filepath.Join(paths[0], t), filepath.Join(confDir, t+".json"))
 	}
-	return b.String()
+	if command != "DEL" {
+		b.WriteString(`printf '%s\n' "$r"`)
+	}
+	return strings.TrimRight(b.String(), "\n")
 }
 
 // PluginConfs splits a conflist into the stdin of each plugin as libcni
