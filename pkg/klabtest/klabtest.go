@@ -83,9 +83,10 @@ type Lab struct {
 	Nodes    []*Node
 	Pods     []*Pod
 
-	t     testing.TB
-	klab  string
-	mu    sync.Mutex
+	t           testing.TB
+	klab        string
+	destroyOnce sync.Once
+	mu          sync.Mutex
 	nodes map[string]*Node
 	pods  map[string]*Pod
 }
@@ -142,7 +143,7 @@ func New(t testing.TB, opts ...Option) *Lab {
 	}
 	// Registered before anything exists: whatever happens next, the lab goes.
 	track(l)
-	t.Cleanup(l.remove)
+	t.Cleanup(l.Destroy)
 	var spec cluster.Spec
 	for i := 1; i <= cfg.nodes; i++ {
 		spec.Nodes = append(spec.Nodes, cluster.NodeSpec{Name: fmt.Sprintf("node%d", i)})
@@ -416,4 +417,11 @@ func (l *Lab) ServiceIP(name string) netip.Addr {
 		l.t.Fatalf("klabtest: lab %s has no service %q", l.Name, name)
 	}
 	return s.ClusterIP
+}
+
+// Destroy removes the lab now (t.Cleanup does it anyway; calling both is
+// fine): for a benchmark that builds many labs, or a test that checks
+// what removal leaves.
+func (l *Lab) Destroy() {
+	l.destroyOnce.Do(l.remove)
 }
