@@ -87,8 +87,8 @@ type Lab struct {
 	klab        string
 	destroyOnce sync.Once
 	mu          sync.Mutex
-	nodes map[string]*Node
-	pods  map[string]*Pod
+	nodes       map[string]*Node
+	pods        map[string]*Pod
 }
 
 // Node is a node of a lab: a network namespace on the underlay.
