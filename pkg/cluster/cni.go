@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/klab-dev/klab/pkg/cni"
+	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/plan"
 )
@@ -197,8 +197,22 @@ func (c *Cluster) AddPodCNI(s PodSpec) (*Pod, error) {
 		return nil, err
 	}
 	if c.A.DryRun {
-		p.IP = netip.IPv4Unspecified()
-		return p, nil
+		// Nothing ran: the address is the one host-local would choose
+		// (klab's allocator follows its rules on the same files), so the
+		// planned state — 'klab run --dry-run' carries it to later steps —
+		// holds the pod.
+		req := []ipam.Request{{ID: p.Name, IfName: PodIface}}
+		ips, err := c.ipamStore(n).Plan(req)
+		if err != nil {
+			return nil, err
+		}
+		p.IP = ips[0]
+		if err := c.apply(c.ipamStore(n).RecordOps(req, ips)); err != nil {
+			return nil, err
+		}
+		before := *c.Lab
+		c.Lab.Pods = append(c.Lab.Pods, p)
+		return p, c.commit(&before)
 	}
 	if !n.PodCIDR.Contains(res.Addr.Addr()) {
 		c.cniDel(p, list)
