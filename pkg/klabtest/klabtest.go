@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,6 +85,7 @@ type Lab struct {
 	Pods     []*Pod
 
 	t           testing.TB
+	ownDir      bool // StateDir is the test's temporary directory
 	klab        string
 	destroyOnce sync.Once
 	mu          sync.Mutex
@@ -133,10 +135,11 @@ func New(t testing.TB, opts ...Option) *Lab {
 	if cfg.cni {
 		RequireCNIPlugins(t)
 	}
-	if cfg.stateDir == "" {
+	ownDir := cfg.stateDir == ""
+	if ownDir {
 		cfg.stateDir = t.TempDir()
 	}
-	l := &Lab{Name: fmt.Sprintf("%s-%06x", cfg.prefix, rand.IntN(1<<24)), StateDir: cfg.stateDir, t: t, klab: cfg.klab,
+	l := &Lab{Name: fmt.Sprintf("%s-%06x", cfg.prefix, rand.IntN(1<<24)), StateDir: cfg.stateDir, ownDir: ownDir, t: t, klab: cfg.klab,
 		nodes: map[string]*Node{}, pods: map[string]*Pod{}}
 	if err := netns.ValidateLab(l.Name); err != nil {
 		t.Fatalf("klabtest: %v", err)
@@ -319,6 +322,11 @@ func track(l *Lab) {
 			for l := range live {
 				cluster.Destroy(l.StateDir, l.Name, nil, nil)
 				removeNamespaces(l.Name)
+				if l.ownDir {
+					// The signal skips the testing package's removal
+					// of t.TempDir (…/TestName123/001): do it here.
+					os.RemoveAll(filepath.Dir(l.StateDir))
+				}
 			}
 			fmt.Fprintf(os.Stderr, "klabtest: %v: removed %d labs\n", s, n)
 			os.Exit(2)
