@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/klabtest"
 	"github.com/klab-dev/klab/pkg/netns"
@@ -143,5 +144,26 @@ func TestSandbox(t *testing.T) {
 	out, err := n.Exec("ip", "-o", "link", "show", "dev", res.HostVeth)
 	if err == nil {
 		t.Fatalf("%s still exists after DEL: %s", res.HostVeth, out)
+	}
+}
+
+// With DNS, the lab's cluster DNS answers a pod (dig, inside the pod, as
+// the reader): a Service's name resolves to its ClusterIP, and the
+// schema record of the Kubernetes DNS specification is there.
+func TestDNS(t *testing.T) {
+	klabtest.RequireRoot(t)
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("needs dig: apt-get install bind9-dnsutils")
+	}
+	t.Parallel()
+	lab := klabtest.New(t, klabtest.Nodes(2), klabtest.DNS(testutil.Klab(t)), klabtest.Service("web", 80, 8080, "pod-b"))
+	a := lab.Pod("pod-a")
+	out, err := a.Exec("dig", "+short", "+time=2", "+tries=3", "@10.96.0.10", "web.default.svc.cluster.local")
+	if want := lab.ServiceIP("web").String(); err != nil || strings.TrimSpace(out) != want {
+		t.Fatalf("dig web from pod-a: %q, %v; want %s", out, err, want)
+	}
+	out, err = a.Exec("dig", "+short", "+time=2", "+tries=3", "@10.96.0.10", "dns-version.cluster.local", "TXT")
+	if err != nil || !strings.Contains(out, "1.1.0") {
+		t.Fatalf("dig dns-version from pod-a: %q, %v", out, err)
 	}
 }
