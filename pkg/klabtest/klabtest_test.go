@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -158,8 +159,17 @@ func TestDNS(t *testing.T) {
 	t.Parallel()
 	lab := klabtest.New(t, klabtest.Nodes(2), klabtest.DNS(testutil.Klab(t)), klabtest.Service("web", 80, 8080, "pod-b"))
 	a := lab.Pod("pod-a")
-	out, err := a.Exec("dig", "+short", "+time=2", "+tries=3", "@10.96.0.10", "web.default.svc.cluster.local")
-	if want := lab.ServiceIP("web").String(); err != nil || strings.TrimSpace(out) != want {
+	// The DNS server picks up the lab's state when it changes: the
+	// Service added after it started may take a moment to appear.
+	want := lab.ServiceIP("web").String()
+	var out string
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if out, err = a.Exec("dig", "+short", "+time=2", "+tries=3", "@10.96.0.10", "web.default.svc.cluster.local"); err == nil && strings.TrimSpace(out) == want {
+			break
+		}
+	}
+	if err != nil || strings.TrimSpace(out) != want {
 		t.Fatalf("dig web from pod-a: %q, %v; want %s", out, err, want)
 	}
 	out, err = a.Exec("dig", "+short", "+time=2", "+tries=3", "@10.96.0.10", "dns-version.cluster.local", "TXT")
