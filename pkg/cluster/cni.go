@@ -26,7 +26,7 @@ import (
 //	<lab>/cni/<node>/cbr0.conflist                the chain that runs: flannel's delegate config
 //	<lab>/cni/<node>/conf/<plugin>.json           each plugin's stdin, for running it by hand
 //	<lab>/cni/<node>/networks/cbr0                host-local's files (dataDir .../networks);
-//	<lab>/ipam/<node> -> ../cni/<node>/networks/cbr0    klab's allocator, the same files
+//	<lab>/ipam/<node> -> <lab>/cni/<node>/networks/cbr0   klab's allocator: the same files
 //	<lab>/cni/cache                               libcni's results (kubelet: /var/lib/cni)
 //	<lab>/cni/results/<pod>.json                  each pod's ADD result
 //
@@ -113,7 +113,8 @@ func (c *Cluster) cniNodeOps(node string, list []byte) (plan.Plan, error) {
 	link := c.ipamStore(c.Lab.Node(node)).Dir
 	if cur, err := os.Readlink(link); err != nil || cur != dir {
 		pl.Add(plan.Op{Verb: plan.Exec, Why: "host-local's directory is the node's allocator directory",
-			Proc: &plan.Proc{Cmd: fmt.Sprintf("mkdir -p %s && { [ -d %s ] && mv %s %s; ln -sfn %s %s; }", filepath.Dir(dir), link, link, dir, dir, link), Run: func() error {
+			Proc: &plan.Proc{Cmd: fmt.Sprintf("mkdir -p %s %s && { if [ -d %s ] && [ ! -L %s ]; then mv %s %s; else mkdir -p %s; fi; ln -sfn %s %s; }",
+				filepath.Dir(dir), filepath.Dir(link), link, link, link, dir, dir, dir, link), Run: func() error {
 				return shareIPAMDir(dir, link)
 			}}})
 	}
