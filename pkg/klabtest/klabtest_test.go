@@ -17,6 +17,7 @@ import (
 // The handles match the kernel, read back with ip; traffic crosses nodes
 // and a Service; everything is gone after the lab's cleanups.
 func TestLab(t *testing.T) {
+	klabtest.RequireRoot(t)
 	t.Parallel()
 	var name string
 	t.Run("lab", func(t *testing.T) {
