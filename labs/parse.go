@@ -30,7 +30,7 @@ var displayLangs = map[string]bool{
 	"iptables": true, "markdown": true, "md": true,
 }
 
-var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns"}
+var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns", "cni"}
 
 var (
 	fenceRE   = regexp.MustCompile("^( {0,3})(`{3,}|~{3,})(.*)$")
@@ -156,6 +156,14 @@ func (p *parser) frontMatter() int {
 			case "false":
 			default:
 				p.errorf(ln, "dns %q is neither true nor false", val)
+			}
+		case "cni":
+			switch val {
+			case "true":
+				l.CNI = true
+			case "false":
+			default:
+				p.errorf(ln, "cni %q is neither true nor false", val)
 			}
 		case "backend":
 			if val != "vxlan" && val != "host-gw" {

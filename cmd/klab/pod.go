@@ -22,6 +22,10 @@ func newPodCmd() *cobra.Command {
 	return cmd
 }
 
+// cniEnv, set to 1, makes --cni the default of 'klab pod add' (a lab's
+// front matter "cni: true").
+const cniEnv = "KLAB_CNI"
+
 func newPodAddCmd() *cobra.Command {
 	var node, ip string
 	var labels []string
@@ -83,7 +87,7 @@ through libcni; --explain shows each plugin's call and the result JSON.`,
 	f.StringVar(&node, "node", "", "node to run the pod on (may be left out when the lab has one node)")
 	f.StringVar(&ip, "ip", "", "pod address (default: next free in the node's subnet)")
 	f.StringSliceVarP(&labels, "label", "l", nil, "label key=value (repeatable), for service selectors")
-	f.BoolVar(&useCNI, "cni", false, "wire the pod with the real CNI plugins (bridge, host-local, portmap) through libcni")
+	f.BoolVar(&useCNI, "cni", os.Getenv(cniEnv) == "1", "wire the pod with the real CNI plugins (bridge, host-local, portmap) through libcni (default $"+cniEnv+"=1, a lab's \"cni: true\")")
 	cmd.RegisterFlagCompletionFunc("node", completeNodes)
 	return cmd
 }
