@@ -24,6 +24,10 @@ command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v capsh >/dev/null 2>&1 || need="$need libcap2-bin"
 command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v make >/dev/null 2>&1 || need="$need make"
+# klab ui's end-to-end test drives a real headless browser (large; opt out with KLAB_WITH_CHROMIUM=0).
+if [ "${KLAB_WITH_CHROMIUM:-1}" = 1 ]; then
+	command -v chromium >/dev/null 2>&1 || need="$need chromium"
+fi
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
 	echo "klab: missing$need and no apt-get here: install them with your package manager" >&2

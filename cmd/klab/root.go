@@ -52,7 +52,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		// Kubernetes objects from manifests
 		newApplyCmd, newDeleteCmd, newGetCmd, newPolicyCmd,
 		// poking at the result
-		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd,
+		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd, newGraphCmd, newUICmd,
 		// the lab's life cycle
 		newListCmd, newRepairCmd, newDestroyCmd,
 		// tools around them

@@ -200,7 +200,7 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		workers = 1
 	}
 	c.A.Overlap = true
-	err = c.A.ApplyEach(len(jobs)+1, workers, planJob)
+	err = c.A.ApplyEach(len(jobs)+1, workers, c.counted(len(jobs)+1, planJob))
 	c.A.Overlap = false
 	if err != nil {
 		return undo(err)

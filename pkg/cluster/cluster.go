@@ -116,6 +116,10 @@ type Cluster struct {
 	// CLI sets it to its own binary.
 	Serve ServerArgv
 
+	// Progress, when not nil, is told how far a bulk build (Build, and
+	// so apply) has got: done of total nodes (see progress.go).
+	Progress func(done, total int)
+
 	lock   *os.File
 	states map[string]*plan.State // read since the last apply (see read)
 }
