@@ -13,6 +13,9 @@
 // cannot be switched back), Exec runs a command there, Ping and Get send
 // real traffic, Capture records the packets at any interface and Expect
 // asserts on them with klab's trace filter language ("inner icmp", "vni 1").
-// The tests need root; without it they skip with one sentence. The package
-// imports only klab's public packages, so any module can use it.
+// CNI() wires the pods with the real CNI plugins, and Node.Sandbox runs
+// any plugin chain (ADD, CHECK, DEL) against a node, so a plugin author can
+// test a plugin on a real flannel network. The tests need root; without it
+// they skip with one sentence. The package imports only klab's public
+// packages, so any module can use it (testdata/external is such a module).
 package klabtest
