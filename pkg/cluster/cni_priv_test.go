@@ -91,6 +91,21 @@ func TestCNIMatchesNative(t *testing.T) {
 			t.Errorf("klab list after CNI ADD: %v", i.Problems)
 		}
 	}
+	// Damage that CHECK sees: cni-b's address removed with ip.
+	run(t, "ip", "-n", remoteCNI.NS, "addr", "del", remoteCNI.IP.String()+"/24", "dev", "eth0")
+	infos, err = cluster.List(lab.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, i := range infos {
+		for _, p := range i.Problems {
+			found = found || i.Name == lab.Name && strings.Contains(p, "pod cni-b (CNI-wired) fails CNI CHECK")
+		}
+	}
+	if !found {
+		t.Errorf("klab list after removing cni-b's address reports no CNI CHECK failure: %+v", infos)
+	}
 	// The result JSON is in the lab's state, as the runtime got it.
 	var res struct {
 		IPs []struct{ Address string } `json:"ips"`
