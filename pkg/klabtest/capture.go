@@ -38,7 +38,10 @@ func (l *Lab) Capture(points ...string) *Capture {
 		if !ok || iface == "" {
 			l.t.Fatalf("klabtest: capture point %q: write it as target:iface, like node1:eth0", s)
 		}
-		if target != cluster.UnderlayName && l.nodes[target] == nil && l.pods[target] == nil {
+		l.mu.Lock()
+		known := target == cluster.UnderlayName || l.nodes[target] != nil || l.pods[target] != nil
+		l.mu.Unlock()
+		if !known {
 			l.t.Fatalf("klabtest: capture point %q: %s is not a node or pod of lab %s", s, target, l.Name)
 		}
 		pts = append(pts, trace.Point{Label: target + "/" + iface, NS: netns.Name(l.Name, target), Iface: iface,
