@@ -14,7 +14,7 @@ var plannedVerbs = map[string]bool{"node": true, "pod": true, "exec": true, "sho
 
 func TestEmbeddedLabs(t *testing.T) {
 	names := Names()
-	want := []string{"cluster-dns", "flannel-control-plane", "flannel-crossnode", "host-gw", "networkpolicy", "pod-egress", "pod-netns", "pod-same-node", "service-clusterip", "service-nodeport"}
+	want := []string{"cluster-dns", "cni-plugins", "flannel-control-plane", "flannel-crossnode", "host-gw", "networkpolicy", "pod-egress", "pod-netns", "pod-same-node", "service-clusterip", "service-nodeport"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("embedded labs %q, want %q", names, want)
 	}

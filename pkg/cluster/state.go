@@ -101,6 +101,8 @@ type Pod struct {
 	Subdomain string `json:"subdomain,omitempty"`
 	// Readiness is the pod's readinessProbe (see readiness.go).
 	Readiness *ReadinessProbe `json:"readinessProbe,omitempty"`
+	// CNI is set when the real CNI plugins wired the pod (cni.go).
+	CNI bool `json:"cni,omitempty"`
 }
 
 // Server is a background traffic server started by klab in a namespace.

@@ -63,6 +63,8 @@ func Run() []Check {
 		out = append(out, Check{"kernel features", Warn, "not checked (needs root)", "run 'sudo klab doctor'"})
 	}
 	out = append(out, IptablesChecks()...)
+	out = append(out, ContainerChecks()...) // container.go
+	out = append(out, CNIChecks()...)
 	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil {
 		out = append(out, Check{"br_netfilter", OK, "loaded: bridged pod-to-pod traffic traverses iptables (needed for same-node ClusterIP hairpin)", ""})
 	} else {
