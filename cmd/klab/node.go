@@ -21,7 +21,7 @@ func newNodeCmd() *cobra.Command {
 }
 
 func newNodeAddCmd() *cobra.Command {
-	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR string
+	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR, proxyMode string
 	var withDNS bool
 	cmd := &cobra.Command{
 		Use:   "add NAME",
@@ -40,7 +40,7 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
   klab node add node1 --lab hostgw --backend host-gw`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend, DNS: withDNS}
+			opts := cluster.Options{Backend: backend, DNS: withDNS, ProxyMode: proxyMode}
 			var err error
 			for _, f := range []struct {
 				name, val string
@@ -80,7 +80,7 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 			if err := finish(c.A); err != nil {
 				return err
 			}
-			fmt.Fprintf(out(), "node %s: underlay %s, pod subnet %s, backend %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Name)
+			fmt.Fprintf(out(), "node %s: underlay %s, pod subnet %s, backend %s, proxy mode %s (lab %s)\n", n.Name, n.IP, n.PodCIDR, c.Lab.Backend, c.Lab.Mode(), c.Lab.Name)
 			return interrupted(c, "node "+n.Name, true, nil)
 		},
 	}
@@ -92,7 +92,9 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
 	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
 	f.BoolVar(&withDNS, "dns", false, "for a new lab: cluster DNS (kube-system/kube-dns at the service CIDR's 10th address, two DNS pods, resolv.conf in every pod)")
+	f.StringVar(&proxyMode, "proxy-mode", "", "for a new lab: kube-proxy's mode, iptables (default) or nftables (ipvs needs IP_VS, which this kernel lacks)")
 	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw"))
+	cmd.RegisterFlagCompletionFunc("proxy-mode", fixedCompletion(cluster.ProxyModes()...))
 	return cmd
 }
 

@@ -54,7 +54,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		// poking at the result
 		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd,
 		// the lab's life cycle
-		newListCmd, newRepairCmd, newDestroyCmd,
+		newListCmd, newRepairCmd, newDestroyCmd, newProxyModeCmd,
 		// tools around them
 		newDoctorCmd, newBenchCmd,
 		// hidden: the background server 'klab serve' starts
@@ -83,7 +83,7 @@ var mutating = []string{
 	"node add", "node del", "pod add", "pod del", "pod set-ready",
 	"service add", "service del", "service set-endpoints",
 	"namespace add", "namespace del", "apply", "delete",
-	"serve", "repair", "destroy",
+	"serve", "repair", "destroy", "proxy-mode set",
 }
 
 func envOr(k, def string) string {
