@@ -409,6 +409,9 @@ chain for NodePort traffic and one KUBE-SEP chain (DNAT) per endpoint.`,
 			}
 			v := serviceView(c.Lab, s)
 			svc, _ := c.Lab.NATService(s.Name)
+			if c.Lab.NFTables() {
+				return showServiceNFT(c, s, v, svc)
+			}
 			perNode := map[string][]nat.Chain{}
 			for _, n := range c.Lab.Nodes {
 				chains, err := nat.ReadOwned(c.NS(n.Name), c.Lab.Name)
