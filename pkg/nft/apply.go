@@ -49,7 +49,10 @@ func ApplyChange(nsName string, ch *Change) error {
 	if ch.Family != TableFamily {
 		return fmt.Errorf("table family %q is not supported (only ip)", ch.Family)
 	}
-	if err := e.change(ch); err != nil {
+	encodeMu.Lock()
+	err = e.change(ch)
+	encodeMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("encode nftables change for namespace %s: %w", nsName, err)
 	}
 	if err := conn.Flush(); err != nil {

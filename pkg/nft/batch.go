@@ -3,11 +3,18 @@ package nft
 import (
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 
 	"github.com/klab-dev/klab/pkg/netns"
 )
+
+// encodeMu serialises encoding: google/nftables v0.3 numbers new sets
+// (named and anonymous) from one unsynchronised package variable
+// (set.go allocSetID), so two nodes' transactions encoded at once race.
+// The kernel work (Flush) runs in parallel.
+var encodeMu sync.Mutex
 
 // Batch is one nf_tables transaction in one namespace: changes to several
 // tables (kube-proxy's and flannel's) and tables deleted, sent as ONE
@@ -68,18 +75,22 @@ func (b *Batch) Apply(nsName string) error {
 		conn.AddTable(t)
 		conn.DelTable(t)
 	}
+	encodeMu.Lock()
 	for _, ch := range b.Changes {
 		if ch.Empty() {
 			continue
 		}
 		if ch.Family != TableFamily {
+			encodeMu.Unlock()
 			return fmt.Errorf("table family %q is not supported (only ip)", ch.Family)
 		}
 		e := &encoder{conn: conn, table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: ch.Table}, sets: map[string]*nftables.Set{}}
 		if err := e.change(ch); err != nil {
+			encodeMu.Unlock()
 			return fmt.Errorf("encode nftables change for namespace %s: %w", nsName, err)
 		}
 	}
+	encodeMu.Unlock()
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("nftables transaction in namespace %s: %w", nsName, err)
 	}
