@@ -74,6 +74,9 @@ func Lint(l *Lab, validate Validator) error {
 			if pm := flagValue(flags, "--proxy-mode"); (pm != "" || !firstNode) && pm != l.ProxyMode && !(pm == "" && l.ProxyMode == "iptables") && !(pm == "iptables" && l.ProxyMode == "") {
 				add(c.Line, "this node add has --proxy-mode %q but the front matter says proxy-mode: %q (the mode is chosen by the lab's first node add): make them agree", pm, l.ProxyMode)
 			}
+			if pm := flagValue(flags, "--proxy-mode"); (pm != "" || !firstNode) && pm != l.ProxyMode && !(pm == "" && l.ProxyMode == "iptables") && !(pm == "iptables" && l.ProxyMode == "") {
+				add(c.Line, "this node add has --proxy-mode %q but the front matter says proxy-mode: %q (the mode is chosen by the lab's first node add): make them agree", pm, l.ProxyMode)
+			}
 			firstNode = true
 		}
 		if b := flagValue(flags, "--backend"); b != "" && len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {
