@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/nat"
@@ -40,6 +41,7 @@ func servicesOf(n, m int) []nat.Service {
 // four ways in the same run:
 //
 //	klab       Diff + ApplyChange over netlink (what a sync does)
+//	diff-only  the Diff alone
 //	floor      the same transaction, encoded beforehand: only the kernel's
 //	           part (the Flush: sendmsg, the commit, the acks) is timed
 //	nft-f      `nft -f` of the change's text, as knftables runs it
@@ -67,27 +69,46 @@ func BenchmarkOneServiceChange(b *testing.B) {
 		if _, err := Apply(ns, nil, ta); err != nil {
 			b.Fatal(err)
 		}
-		cur, other := ta, tb
+		// kern is what the kernel holds; each iteration moves it to the
+		// other rendering.
+		kern := ta
+		next := func() *Table {
+			if kern == ta {
+				return tb
+			}
+			return ta
+		}
 		b.Run(name+"/klab", func(b *testing.B) {
 			for b.Loop() {
-				if _, err := Apply(ns, cur, other); err != nil {
+				to := next()
+				if _, err := Apply(ns, kern, to); err != nil {
 					b.Fatal(err)
 				}
-				cur, other = other, cur
+				kern = to
+			}
+		})
+		b.Run(name+"/diff-only", func(b *testing.B) {
+			for b.Loop() {
+				Diff(kern, next())
 			}
 		})
 		b.Run(name+"/floor", func(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
-				conn, err := encodedConn(ns, Diff(cur, other))
+				to := next()
+				conn, h, err := encodedConn(ns, Diff(kern, to))
 				if err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				if err := conn.Flush(); err != nil {
+				err = conn.Flush()
+				b.StopTimer()
+				h.Close()
+				b.StartTimer()
+				if err != nil {
 					b.Fatal(err)
 				}
-				cur, other = other, cur
+				kern = to
 			}
 		})
 		if _, err := exec.LookPath("nft"); err == nil {
@@ -106,8 +127,9 @@ func BenchmarkOneServiceChange(b *testing.B) {
 			}
 			b.Run(name+"/nft-f", func(b *testing.B) {
 				for b.Loop() {
-					nftF(b, ns, files[other])
-					cur, other = other, cur
+					to := next()
+					nftF(b, ns, files[to])
+					kern = to
 				}
 			})
 		}
@@ -144,19 +166,20 @@ func BenchmarkOneServiceChange(b *testing.B) {
 	}
 }
 
-// encodedConn is ApplyChange up to, not including, the Flush.
-func encodedConn(nsName string, ch *Change) (*nftables.Conn, error) {
+// encodedConn is ApplyChange up to, not including, the Flush (which opens
+// its socket in the namespace h names: close h after it).
+func encodedConn(nsName string, ch *Change) (*nftables.Conn, vnetns.NsHandle, error) {
 	h, err := netns.Open(nsName)
 	if err != nil {
-		return nil, err
+		return nil, h, err
 	}
-	defer h.Close()
 	conn, err := nftables.New(nftables.WithNetNSFd(int(h)), nftables.WithSockOptions(bigSendBuffer))
 	if err != nil {
-		return nil, err
+		h.Close()
+		return nil, h, err
 	}
 	e := &encoder{conn: conn, table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: ch.Table}, sets: map[string]*nftables.Set{}}
-	return conn, e.change(ch)
+	return conn, h, e.change(ch)
 }
 
 // BenchmarkNewConnections is the reason nftables mode exists: new TCP
@@ -294,3 +317,46 @@ func wire(b *testing.B, outer, inner, name string, oa, ia netip.Prefix) {
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// BenchmarkFullSyncGrowth is a full sync over netlink at 1,000, 2,000 and
+// 4,000 services x 2, as rendered ("all") and without the service-ips
+// elements ("no-map-gotos": the per-service chains are still created and
+// still jump to their endpoints, but nothing reaches them from the map):
+// how the kernel's cost grows, and which objects make it grow.
+func BenchmarkFullSyncGrowth(b *testing.B) {
+	ns := testNS(b)
+	for _, n := range []int{1000, 2000, 4000} {
+		tab, err := Render(benchConfig, benchServices(n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		bare := *tab
+		bare.Sets = nil
+		for _, s := range tab.Sets {
+			if s.Name == MapServiceIPs {
+				c := *s
+				c.Elements = nil
+				s = &c
+			}
+			bare.Sets = append(bare.Sets, s)
+		}
+		bare.index()
+		for _, v := range []struct {
+			name string
+			t    *Table
+		}{{"all", tab}, {"no-map-gotos", &bare}} {
+			b.Run(fmt.Sprintf("%d/%s", n, v.name), func(b *testing.B) {
+				for b.Loop() {
+					b.StopTimer()
+					if err := Delete(ns); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					if _, err := Apply(ns, nil, v.t); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
