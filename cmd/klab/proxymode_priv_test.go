@@ -74,3 +74,45 @@ func TestCrashNFTablesModeThenRepair(t *testing.T) {
 	k.must("destroy", lab)
 	k.assertClean(lab, "destroy")
 }
+
+// nftables mode needs no nft and no iptables binary: with an empty PATH a
+// lab is built, given a NodePort service and switched nowhere; nft (with
+// the normal PATH) reads kube-proxy's table back and traffic flows. iptables
+// mode on the same empty PATH is refused in one sentence.
+func TestNFTablesModeWithoutBinaries(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft to read the kernel back (apt-get install nftables)")
+	}
+	k := newCLI(t)
+	lab := testutil.LabName(t, "nfbin")
+	k.destroyOnCleanup(lab)
+	empty := []string{"PATH=" + t.TempDir()}
+	for _, step := range [][]string{
+		{"node", "add", "node1", "--proxy-mode", "nftables"},
+		{"node", "add", "node2"},
+		{"pod", "add", "pod-a", "--node", "node1"},
+		{"pod", "add", "pod-c", "--node", "node2"},
+		{"serve", "pod-c", "--port", "8080"},
+		{"service", "add", "web", "--port", "80", "--target-port", "8080", "--endpoints", "pod-c", "--node-port", "30080"},
+	} {
+		if r := k.run(empty, append([]string{"--lab", lab}, step...)...); r.code != 0 {
+			t.Fatalf("klab %s without nft or iptables on PATH: exit %d\n%s", strings.Join(step, " "), r.code, r.out)
+		}
+	}
+	out, err := exec.Command("ip", "netns", "exec", "klab."+lab+".node1", "nft", "list", "map", "ip", "kube-proxy", "service-nodeports").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "tcp . 30080 : goto external-") {
+		t.Errorf("nft list map service-nodeports: %v\n%s", err, out)
+	}
+	if err := check(k, lab); err != nil {
+		t.Fatal(err)
+	}
+	other := testutil.LabName(t, "nfbip")
+	k.destroyOnCleanup(other)
+	r := k.run(empty, "node", "add", "node1", "--lab", other)
+	if r.code == 0 || !strings.Contains(r.out, "iptables-restore is not installed") {
+		t.Errorf("iptables mode without iptables-restore: exit %d\n%s", r.code, r.out)
+	}
+	k.must("destroy", lab)
+	k.assertClean(lab, "destroy")
+}
