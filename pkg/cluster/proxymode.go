@@ -114,7 +114,9 @@ func (c *Cluster) planNodeNFT(n *Node, st *plan.State) (plan.Plan, error) {
 	var p plan.Plan
 	b := &nft.Batch{}
 	if !st.Exists {
-		b.Changes = []*nft.Change{nft.Diff(nil, kp), nft.Diff(nil, fl)}
+		// A new node: its tables may load in stages (nft.Batch.Staged;
+		// services become reachable in the last one).
+		b.Changes, b.Staged = []*nft.Change{nft.Diff(nil, kp), nft.Diff(nil, fl)}, true
 		return nftOp(ns, b, "kube-proxy (nftables mode) and flannel"), nil
 	}
 	dp, err := nat.PlanDeleteProxy(ns, c.Lab.Name)
@@ -129,6 +131,9 @@ func (c *Cluster) planNodeNFT(n *Node, st *plan.State) (plan.Plan, error) {
 		}
 		if have != nil && nft.Drift(t.Summarize(), have, nil) == nil {
 			continue
+		}
+		if have == nil && t == kp {
+			b.Staged = true // no table to keep serving meanwhile (a mode switch)
 		}
 		b.Changes = append(b.Changes, nft.Diff(nil, t))
 	}

@@ -24,7 +24,16 @@ var encodeMu sync.Mutex
 type Batch struct {
 	Changes   []*Change
 	DelTables []string // ip tables removed if present (mode switch, destroy)
+	// Staged lets a large full change of a table that is not in the kernel
+	// yet commit in stages (see applyStaged): the table with its chains and
+	// empty sets first, then the rules in slices of stageChains chains,
+	// then every set and map element last, which is what makes services
+	// reachable, in one final transaction.
+	Staged bool
 }
+
+// stageChains is how many chains' rules go in one staged transaction.
+const stageChains = 2000
 
 // Empty reports whether the batch changes nothing.
 func (b *Batch) Empty() bool {
@@ -75,6 +84,9 @@ func (b *Batch) Apply(nsName string) error {
 		conn.AddTable(t)
 		conn.DelTable(t)
 	}
+	if b.Staged {
+		return b.applyStaged(conn, nsName)
+	}
 	encodeMu.Lock()
 	for _, ch := range b.Changes {
 		if ch.Empty() {
@@ -95,4 +107,99 @@ func (b *Batch) Apply(nsName string) error {
 		return fmt.Errorf("nftables transaction in namespace %s: %w", nsName, err)
 	}
 	return nil
+}
+
+// applyStaged is Apply in stages, for a full sync into a namespace whose
+// table does not exist yet. One nf_tables transaction of 10,000 services
+// costs the kernel time growing with the square of the service count (1,000
+// services 0.5 s, 4,000 3.4 s, 10,000 36 s here), and the cause is the
+// anonymous verdict maps (numgen random mod N vmap { ... }, one per service
+// port): a rule refers to the anonymous set created in the same batch by
+// its ID, and the kernel finds a set by ID by walking the transaction's
+// list from its start (nf_tables_api.c nft_set_lookup_byid), so the k-th
+// lookup walks O(k) entries. Without the anonymous maps the same table
+// loads in linear time (2,000: 0.53 s, 4,000: 0.91 s). Slicing the rules
+// into transactions of stageChains chains keeps every list short. Nothing
+// is reachable until the last transaction adds the map elements
+// (service-ips, service-nodeports, no-endpoint-*), so the services appear
+// at once, as they do with one transaction; a table that is already in the
+// kernel is never staged (its replacement stays atomic).
+func (b *Batch) applyStaged(conn *nftables.Conn, nsName string) error {
+	flush := func(what string) error {
+		if err := conn.Flush(); err != nil {
+			return fmt.Errorf("nftables transaction (%s) in namespace %s: %w", what, nsName, err)
+		}
+		return nil
+	}
+	encodeMu.Lock()
+	for _, name := range b.DelTables {
+		t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: name}
+		conn.AddTable(t)
+		conn.DelTable(t)
+	}
+	var encs []*encoder
+	var fulls []*Table
+	for _, ch := range b.Changes {
+		if ch.Empty() {
+			continue
+		}
+		e := &encoder{conn: conn, table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: ch.Table}, sets: map[string]*nftables.Set{}}
+		if ch.Full == nil {
+			if err := e.change(ch); err != nil {
+				encodeMu.Unlock()
+				return err
+			}
+			continue
+		}
+		t := ch.Full
+		conn.AddTable(e.table)
+		conn.DelTable(e.table)
+		conn.AddTable(e.table)
+		for _, c := range t.Chains {
+			e.addChain(c)
+		}
+		for _, s := range t.Sets {
+			if err := e.addSet(s, nil); err != nil {
+				encodeMu.Unlock()
+				return err
+			}
+		}
+		encs, fulls = append(encs, e), append(fulls, t)
+	}
+	encodeMu.Unlock()
+	if err := flush("tables, chains and sets"); err != nil {
+		return err
+	}
+	for i, e := range encs {
+		chains := fulls[i].Chains
+		for len(chains) > 0 {
+			n := min(len(chains), stageChains)
+			encodeMu.Lock()
+			for _, c := range chains[:n] {
+				if err := e.addRules(c); err != nil {
+					encodeMu.Unlock()
+					return err
+				}
+			}
+			encodeMu.Unlock()
+			if err := flush("rules"); err != nil {
+				return err
+			}
+			chains = chains[n:]
+		}
+	}
+	encodeMu.Lock()
+	for i, e := range encs {
+		for _, s := range fulls[i].Sets {
+			if len(s.Elements) == 0 {
+				continue
+			}
+			if err := e.elements(SetElements{s, s.Elements}, true); err != nil {
+				encodeMu.Unlock()
+				return err
+			}
+		}
+	}
+	encodeMu.Unlock()
+	return flush("set and map elements")
 }

@@ -41,6 +41,23 @@ func TestLargeMapReachesKernel(t *testing.T) {
 	if n := count("set", SetClusterIPs); n != 2000 {
 		t.Errorf("cluster-ips holds %d elements, want 2000", n)
 	}
+	// The staged load of a new table (nft.Batch.Staged) ends the same.
+	if err := Delete(ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Batch{Changes: []*Change{Diff(nil, tab)}, Staged: true}).Apply(ns); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("map", MapServiceIPs); n != 2000 {
+		t.Errorf("service-ips holds %d elements after a staged full sync, want 2000", n)
+	}
+	sum, err := ReadSummary(ns, TableName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Drift(tab.Summarize(), sum, nil); d != nil {
+		t.Errorf("staged full sync differs from the rendering: %v", d)
+	}
 	more, err := Render(benchConfig, benchServices(4000))
 	if err != nil {
 		t.Fatal(err)
