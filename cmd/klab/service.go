@@ -29,6 +29,9 @@ func ownedRulesSection(c *cluster.Cluster, target, ns string) (string, []string,
 	if c.Lab.Node(target) == nil {
 		return "", nil, nil
 	}
+	if c.Lab.NFTables() {
+		return nftRulesSection(c, c.Lab.Node(target), ns)
+	}
 	chains, err := nat.ReadOwned(ns, c.Lab.Name)
 	if err != nil {
 		return "", nil, err
