@@ -34,10 +34,17 @@ network (10.244.1.0/24, 10.244.2.0/24, ...), gets a cni0 bridge holding the
 subnet's .1 (the pods' gateway) and, with the vxlan backend, a flannel.1 VTEP
 (VNI 1, UDP 8472, MTU 1450) plus an ARP entry, an FDB entry and a route for
 every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
-'klab exec NAME'.`,
+'klab exec NAME'.
+
+--proxy-mode on the lab's first node chooses kube-proxy's mode for the whole
+lab: iptables (the default: KUBE-* chains, flannel's FLANNEL-* chains) or
+nftables (table ip kube-proxy and flannel's table ip flannel-ipv4, written
+over netlink; no iptables rules at all). ipvs is refused: this kernel has no
+IP_VS. 'klab proxy-mode set' switches a running lab.`,
 		Example: `  klab node add node1
   klab node add node2 --ip 192.168.1.102 --pod-cidr 10.244.2.0/24 --explain
-  klab node add node1 --lab hostgw --backend host-gw`,
+  klab node add node1 --lab hostgw --backend host-gw
+  klab node add node1 --lab nft --proxy-mode nftables`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := cluster.Options{Backend: backend, DNS: withDNS, ProxyMode: proxyMode}
