@@ -69,6 +69,9 @@ type Lab struct {
 	// Policies are the NetworkPolicies applied (policies.go).
 	Policies []*networkingv1.NetworkPolicy `json:"networkPolicies,omitempty"`
 	Servers  []*Server                     `json:"servers,omitempty"`
+	// ControlPlane is set when etcd and node agents run the lab
+	// (controlplane.go).
+	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
 }
 
 // Node is a Kubernetes node: a namespace on the underlay with a pod subnet.
