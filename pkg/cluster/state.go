@@ -60,6 +60,7 @@ type Lab struct {
 	VNI             int          `json:"vni"`
 	Port            int          `json:"port"`
 	DNS             bool         `json:"dns,omitempty"` // cluster DNS on (dns.go)
+	ProxyMode       string       `json:"proxyMode,omitempty"`
 	Created         time.Time    `json:"created"`
 	Nodes           []*Node      `json:"nodes"`
 	Namespaces      []*Namespace `json:"namespaces,omitempty"` // beyond the built-in ones
