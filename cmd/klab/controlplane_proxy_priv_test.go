@@ -175,9 +175,78 @@ func TestControlPlaneProxy(t *testing.T) {
 	everyNode("a change after etcd came back", ep("a"))
 
 	l.must("service", "del", "web", "--lab", l.lab)
-	if keys := l.etcdctl("get", "--prefix", "--keys-only", "/registry/"); strings.TrimSpace(keys) != "" {
+	if keys := l.etcdctl("get", "--prefix", "--keys-only", "/registry/services/") + l.etcdctl("get", "--prefix", "--keys-only", "/registry/endpointslices/"); strings.TrimSpace(keys) != "" {
 		t.Fatalf("deleted service still in etcd: %s", keys)
 	}
 	everyNode("service deleted")
+	l.must("destroy", l.lab)
+}
+
+// nftTargets is the sorted set of addresses the node's kube-proxy table
+// DNATs to, read back with nft -j.
+func (l *cpLab) nftTargets(node string) []string {
+	out := sh(l.t, "ip", "netns", "exec", l.ns(node), "nft", "-j", "list", "ruleset")
+	re := regexp.MustCompile(`"dnat": \{"addr": "([0-9.]+)", "port": (\d+)\}`)
+	var got []string
+	for _, m := range re.FindAllStringSubmatch(out, -1) {
+		got = append(got, m[1]+":"+m[2])
+	}
+	sort.Strings(got)
+	return slices.Compact(got)
+}
+
+// TestControlPlaneProxyNFTables: the agents sync kube-proxy's nftables
+// mode with the CLI's own renderer, a hand edit in etcd reaches every
+// node's table (nft -j), and a mode switch goes through kube-proxy's
+// ConfigMap in etcd.
+func TestControlPlaneProxyNFTables(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (Debian nftables)")
+	}
+	l := newKPLab(t, "--proxy-mode", "nftables")
+	l.must("node", "add", "node2", "--lab", l.lab)
+	l.must("pod", "add", "client", "--node", "node1", "--lab", l.lab)
+	l.must("pod", "add", "a", "--node", "node1", "--lab", l.lab)
+	l.must("pod", "add", "b", "--node", "node2", "--lab", l.lab)
+	l.must("serve", "a", "--port", "8080", "--lab", l.lab)
+	l.must("serve", "b", "--port", "8080", "--lab", l.lab)
+	l.must("service", "add", "web", "--endpoints", "a,b", "--port", "80", "--target-port", "8080", "--lab", l.lab)
+	st := l.labState()
+	ip := st.Service("web").ClusterIP.String()
+	a, b := st.Pod("a").IP.String()+":8080", st.Pod("b").IP.String()+":8080"
+	for _, n := range []string{"node1", "node2"} {
+		if got := l.nftTargets(n); !slices.Equal(got, []string{a, b}) {
+			t.Fatalf("%s's nftables DNATs to %v, want a and b", n, got)
+		}
+	}
+	// A hand edit: only b.
+	sliceKey := "/registry/endpointslices/default/web"
+	var es discoveryv1.EndpointSlice
+	if err := json.Unmarshal([]byte(l.etcdctl("get", "--print-value-only", sliceKey)), &es); err != nil {
+		t.Fatal(err)
+	}
+	es.Endpoints = es.Endpoints[1:]
+	v, _ := json.Marshal(es)
+	l.etcdctl("put", sliceKey, string(v))
+	waitFor(t, time.Second, "the hand edit in every node's nftables", func() bool {
+		return slices.Equal(l.nftTargets("node1"), []string{b}) && slices.Equal(l.nftTargets("node2"), []string{b})
+	})
+	if got := keysOf(l.spread("client", "http://"+ip+"/", 6)); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("curl reached %v, want only b", got)
+	}
+	// The mode switch is kube-proxy's ConfigMap in etcd.
+	l.must("proxy-mode", "set", "iptables", "--lab", l.lab)
+	if cm := l.etcdctl("get", "--print-value-only", "/registry/configmaps/kube-system/kube-proxy"); !strings.Contains(cm, `mode: iptables`) {
+		t.Fatalf("kube-proxy's ConfigMap: %s", cm)
+	}
+	for _, n := range []string{"node1", "node2"} {
+		if got := l.dnatTargets(n, "web"); !slices.Equal(got, []string{b}) {
+			t.Errorf("%s in iptables mode DNATs to %v, want b (the slice in etcd)", n, got)
+		}
+		if out := sh(t, "ip", "netns", "exec", l.ns(n), "nft", "list", "tables"); strings.Contains(out, "kube-proxy") {
+			t.Errorf("%s kept kube-proxy's nftables table after the switch: %s", n, out)
+		}
+	}
 	l.must("destroy", l.lab)
 }

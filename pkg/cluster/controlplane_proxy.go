@@ -42,6 +42,7 @@ import (
 
 	"github.com/klab-dev/klab/pkg/agent"
 	"github.com/klab-dev/klab/pkg/nat"
+	"github.com/klab-dev/klab/pkg/nft"
 	"github.com/klab-dev/klab/pkg/plan"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
@@ -54,8 +55,12 @@ const (
 	ServicesPrefix       = "/registry/services/specs/"
 	EndpointSlicesPrefix = "/registry/endpointslices/"
 	ProxyAckPrefix       = "/klab/proxy/nodes/"
-	serviceNameLabel     = discoveryv1.LabelServiceName
-	maxTxnOps            = 128 // etcd's default --max-txn-ops
+	// KubeProxyConfigKey is kube-proxy's ConfigMap (kubeadm's
+	// kube-system/kube-proxy, its config.conf a KubeProxyConfiguration):
+	// the agents take the proxy mode from it.
+	KubeProxyConfigKey = "/registry/configmaps/kube-system/kube-proxy"
+	serviceNameLabel   = discoveryv1.LabelServiceName
+	maxTxnOps          = 128 // etcd's default --max-txn-ops
 	// ProxyConvergeTimeout bounds how long a verb waits for the agents.
 	ProxyConvergeTimeout = 5 * time.Second
 )
@@ -103,10 +108,14 @@ func (l *Lab) EndpointSliceObject(s *Service) discoveryv1.EndpointSlice {
 
 // proxyObjects is the lab's services and slices as etcd keys and values.
 func (l *Lab) proxyObjects() map[string]string {
-	out := make(map[string]string, 2*len(l.Services))
+	out := make(map[string]string, 2*len(l.Services)+1)
+	cm := corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}, ObjectMeta: metav1.ObjectMeta{Name: "kube-proxy", Namespace: "kube-system"},
+		Data: map[string]string{"config.conf": "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: " + l.Mode() + "\n"}}
+	b, _ := json.Marshal(cm)
+	out[KubeProxyConfigKey] = string(b)
 	for _, s := range l.Services {
 		so := l.ServiceObject(s)
-		b, _ := json.Marshal(so)
+		b, _ = json.Marshal(so)
 		out[ServiceKey(s)] = string(b)
 		if s.Type != ServiceExternalName {
 			b, _ = json.Marshal(l.EndpointSliceObject(s))
@@ -150,6 +159,11 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 	}
 	if len(ops) == 0 {
 		return nil
+	}
+	if old[KubeProxyConfigKey] == cur[KubeProxyConfigKey] {
+		// Along with every write, so it is there from the first one on.
+		ops = append(ops, clientv3.OpPut(KubeProxyConfigKey, cur[KubeProxyConfigKey]))
+		fmt.Fprintf(&script, "put %s %s\n", KubeProxyConfigKey, strconv.Quote(cur[KubeProxyConfigKey]))
 	}
 	var rev int64
 	cp := c.Lab.ControlPlane
@@ -264,6 +278,8 @@ func labFromObjects(base *Lab, objs map[string]any) *Lab {
 			slicesBySvc[svc] = append(slicesBySvc[svc], o)
 		case *corev1.Service:
 			svcs = append(svcs, o)
+		case *corev1.ConfigMap:
+			l.ProxyMode = proxyModeOf(o)
 		}
 	}
 	pods := map[string]*Pod{}
@@ -328,6 +344,17 @@ func decodeObject(k string, v []byte, log func(string, ...any)) any {
 					log("%s: ignoring endpoint %q: not an IP address", k, a)
 				}
 			}
+		}
+		return &o
+	case k == KubeProxyConfigKey:
+		var o corev1.ConfigMap
+		if err := json.Unmarshal(v, &o); err != nil {
+			log("ignoring %s: %v", k, err)
+			return nil
+		}
+		if m := proxyModeOf(&o); ValidateProxyMode(m) != nil || m == "" {
+			log("ignoring %s: mode %q is not iptables or nftables", k, m)
+			return nil
 		}
 		return &o
 	case strings.HasPrefix(k, ServicesPrefix):
@@ -405,7 +432,7 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 		objs := map[string]any{}
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var rev int64
-		for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix} {
+		for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix, KubeProxyConfigKey} {
 			var r *clientv3.GetResponse
 			if r, err = cli.Get(lctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(rev)); err != nil {
 				break
@@ -456,7 +483,7 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 			changed := false
 			for _, ev := range events {
 				k := string(ev.Kv.Key)
-				if !strings.HasPrefix(k, ServicesPrefix) && !strings.HasPrefix(k, EndpointSlicesPrefix) {
+				if !strings.HasPrefix(k, ServicesPrefix) && !strings.HasPrefix(k, EndpointSlicesPrefix) && k != KubeProxyConfigKey {
 					continue
 				}
 				changed = true
@@ -487,6 +514,12 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *clientv3.Client, objs map[string]any, rev int64, why string, logf func(string, ...any)) {
 	t0 := time.Now()
 	ac := &Cluster{StateDir: c.StateDir, Lab: labFromObjects(c.Lab, objs), agentProxy: view}
+	if ac.Lab.Mode() != view.mode {
+		if view.mode != "" {
+			logf("%s: proxy mode %s -> %s (%s)", why, view.mode, ac.Lab.Mode(), KubeProxyConfigKey)
+		}
+		view.prev, view.prevNFT, view.mode = nil, nil, ac.Lab.Mode() // nothing to diff against: compare with the kernel
+	}
 	t1 := time.Now()
 	a := &plan.Applier{}
 	defer a.Close()
@@ -495,7 +528,20 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *c
 		logf("%s: read node: %v", why, err)
 		return
 	}
-	p, err := ac.planNodeRules(n, st)
+	var p plan.Plan
+	if ac.Lab.NFTables() && view.prevNFT != nil {
+		// nftables mode: the partial sync syncNFT does for the CLI, the
+		// difference from the last table this agent loaded.
+		var cur *nft.Table
+		if cur, err = ac.Lab.nftServices(); err == nil {
+			if fwd := nft.Diff(view.prevNFT, cur); !fwd.Empty() {
+				p = nftOp(ac.NS(n.Name), &nft.Batch{Changes: []*nft.Change{fwd}}, "kube-proxy partial sync")
+			}
+			view.curNFT = cur
+		}
+	} else if p, err = ac.planNodeRules(n, st); err == nil && ac.Lab.NFTables() {
+		view.curNFT, err = ac.Lab.nftServices()
+	}
 	t2 := time.Now()
 	if err == nil {
 		err = a.Apply(p)
@@ -505,11 +551,11 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *c
 		logf("%s: %s", why, firstLine(op.Command()))
 	}
 	if err != nil {
-		view.prev = nil // unknown now: the next sync reads the kernel
+		view.prev, view.prevNFT = nil, nil // unknown now: the next sync reads the kernel
 		logf("%s: %v", why, err)
 		return
 	}
-	view.prev = view.cur
+	view.prev, view.prevNFT = view.cur, view.curNFT
 	b, _ := json.Marshal(ProxyAck{Node: n.Name, Revision: rev, Services: len(ac.Lab.Services), Time: time.Now().UTC().Format(time.RFC3339Nano)})
 	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -553,7 +599,7 @@ func proxyTarget(cli *clientv3.Client) int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	rev := int64(1)
-	for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix} {
+	for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix, KubeProxyConfigKey} {
 		r, err := cli.Get(ctx, pfx, append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly())...)
 		if err == nil && len(r.Kvs) > 0 {
 			rev = max(rev, r.Kvs[0].ModRevision)
@@ -574,10 +620,14 @@ func (c *Cluster) proxyWaiter() (func() []string, func()) {
 	return func() []string { return c.proxyLagging(cli, rev) }, func() { cli.Close() }
 }
 
-// proxyView is what a node's agent keeps between syncs: the ruleset it
-// applied last (prev, nil to compare with the kernel instead) and the one
-// planNodeRules rendered now (cur). Nil for the CLI.
-type proxyView struct{ prev, cur *nat.Ruleset }
+// proxyView is what a node's agent keeps between syncs: the ruleset (or
+// nftables table) it applied last (prev, nil to compare with the kernel
+// instead) and the one rendered now (cur). Nil for the CLI.
+type proxyView struct {
+	prev, cur       *nat.Ruleset
+	prevNFT, curNFT *nft.Table // the same in nftables mode (kube-proxy's table)
+	mode            string     // the proxy mode of the last sync
+}
 
 func (v *proxyView) last() *nat.Ruleset {
 	if v == nil {
@@ -590,4 +640,24 @@ func (v *proxyView) rendered(rs *nat.Ruleset) {
 	if v != nil {
 		v.cur = rs
 	}
+}
+
+// proxyModeOf reads mode from a kube-proxy ConfigMap's config.conf.
+func proxyModeOf(cm *corev1.ConfigMap) string {
+	for _, line := range strings.Split(cm.Data["config.conf"], "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "mode:"); ok {
+			return strings.Trim(strings.TrimSpace(v), `"'`)
+		}
+	}
+	return ""
+}
+
+// cpSetProxyMode switches a control-plane lab's proxy mode: kube-proxy's
+// ConfigMap in etcd gets the new mode and every agent re-syncs its node in
+// it (kube-proxy itself reads the ConfigMap at start and is restarted to
+// switch; an agent follows the watch instead), then the state is saved.
+func (c *Cluster) cpSetProxyMode(mode string) error {
+	before := *c.Lab
+	c.Lab.ProxyMode = mode
+	return c.commit(&before)
 }
