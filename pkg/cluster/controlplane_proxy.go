@@ -282,6 +282,7 @@ func labFromObjects(base *Lab, objs map[string]any) *Lab {
 			l.ProxyMode = proxyModeOf(o)
 		}
 	}
+	sort.Slice(svcs, func(i, j int) bool { return Key(svcs[i].Namespace, svcs[i].Name) < Key(svcs[j].Namespace, svcs[j].Name) })
 	pods := map[string]*Pod{}
 	for _, o := range svcs {
 		s := serviceFromObject(o)
