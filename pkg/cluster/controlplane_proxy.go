@@ -282,7 +282,9 @@ func labFromObjects(base *Lab, objs map[string]any) *Lab {
 			l.ProxyMode = proxyModeOf(o)
 		}
 	}
-	sort.Slice(svcs, func(i, j int) bool { return Key(svcs[i].Namespace, svcs[i].Name) < Key(svcs[j].Namespace, svcs[j].Name) })
+	sort.Slice(svcs, func(i, j int) bool {
+		return Key(svcs[i].Namespace, svcs[i].Name) < Key(svcs[j].Namespace, svcs[j].Name)
+	})
 	pods := map[string]*Pod{}
 	for _, o := range svcs {
 		s := serviceFromObject(o)
