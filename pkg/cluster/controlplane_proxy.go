@@ -586,10 +586,12 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// proxyLab is the lab whose services the CLI renders into a node: in a
-// control-plane lab none (the node's agent syncs them from etcd), else all.
-func (c *Cluster) proxyLab() *Lab {
-	if c.agentsProgram() && c.agentProxy == nil {
+// proxyLab is the lab whose services the CLI renders into a node: all of
+// them, except into a new node of a control-plane lab (its agent syncs them
+// from etcd once it runs). An existing node (klab repair) gets the lab's
+// state, which is what the CLI wrote to etcd.
+func (c *Cluster) proxyLab(st *plan.State) *Lab {
+	if c.agentsProgram() && c.agentProxy == nil && !st.Exists {
 		return c.Lab.withoutServices()
 	}
 	return c.Lab

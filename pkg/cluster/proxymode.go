@@ -107,7 +107,7 @@ func nftOp(ns string, b *nft.Batch, why string) plan.Plan {
 // that matches gets nothing.
 func (c *Cluster) planNodeNFT(n *Node, st *plan.State) (plan.Plan, error) {
 	ns := c.NS(n.Name)
-	kp, fl, err := c.proxyLab().NFTTables(n) // a control-plane lab's agents add the services
+	kp, fl, err := c.proxyLab(st).NFTTables(n) // a control-plane lab's agents add the services
 	if err != nil {
 		return nil, err
 	}

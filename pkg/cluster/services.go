@@ -372,7 +372,7 @@ func (c *Cluster) planNodeRules(n *Node, st *plan.State) (plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := c.proxyLab().Rules(n)
+	rs, err := c.proxyLab(st).Rules(n)
 	if err != nil {
 		return nil, err
 	}
