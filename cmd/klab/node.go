@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/ipam"
@@ -23,6 +24,8 @@ func newNodeCmd() *cobra.Command {
 func newNodeAddCmd() *cobra.Command {
 	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR string
 	var withDNS bool
+	var calicoOpts cluster.CalicoSettings
+	var graceful time.Duration
 	cmd := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Add a node: a namespace on the underlay, with cni0, flannel.1 and a pod subnet",
@@ -40,7 +43,13 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
   klab node add node1 --lab hostgw --backend host-gw`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend, DNS: withDNS}
+			opts := cluster.Options{Backend: backend, DNS: withDNS, Calico: calicoOpts}
+			if graceful != 0 {
+				if graceful < time.Second || graceful%time.Second != 0 {
+					return fmt.Errorf("--bgp-graceful-restart %s is not a whole number of seconds: write it like 5s (calico-node uses 120s)", graceful)
+				}
+				opts.Calico.GracefulRestart = int(graceful / time.Second)
+			}
 			var err error
 			for _, f := range []struct {
 				name, val string
@@ -87,12 +96,15 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 	f := cmd.Flags()
 	f.StringVar(&ip, "ip", "", "underlay address (default: next free from .101)")
 	f.StringVar(&podCIDR, "pod-cidr", "", "pod subnet (default: next free /24 of the cluster network)")
-	f.StringVar(&backend, "backend", "", "for a new lab: vxlan (flannel's default) or host-gw")
+	f.StringVar(&backend, "backend", "", "for a new lab: vxlan (flannel's default), host-gw, or calico (routed pods, BGP by BIRD)")
+	f.IntVar(&calicoOpts.BlockSize, "block-size", 0, "for a new calico lab: the prefix length of the IPAM blocks nodes claim (default 26)")
+	f.StringVar(&calicoOpts.Encapsulation, "encapsulation", "", "for a new calico lab: none (routed by BGP, the default); ipip is refused (this kernel has no IPIP)")
+	f.DurationVar(&graceful, "bgp-graceful-restart", 0, "for a new calico lab: how long peers keep a dead BIRD's routes (default 120s, calico-node's)")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "for a new lab: the pod network (default 10.244.0.0/16)")
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
 	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
 	f.BoolVar(&withDNS, "dns", false, "for a new lab: cluster DNS (kube-system/kube-dns at the service CIDR's 10th address, two DNS pods, resolv.conf in every pod)")
-	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw"))
+	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw", "calico"))
 	return cmd
 }
 

@@ -55,6 +55,8 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd,
 		// the lab's life cycle
 		newListCmd, newRepairCmd, newDestroyCmd,
+		// the calico backend's BGP
+		newCalicoCmd,
 		// tools around them
 		newDoctorCmd, newBenchCmd,
 		// hidden: the background server 'klab serve' starts

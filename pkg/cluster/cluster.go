@@ -26,6 +26,8 @@ type Options struct {
 	VNI          int
 	Port         int
 	DNS          bool // cluster DNS (see dns.go)
+	// Calico holds the calico backend's settings (calico.go).
+	Calico CalicoSettings
 }
 
 // withDefaults fills the zero fields with seed 003's values.
@@ -57,8 +59,11 @@ func (o Options) withDefaults() Options {
 // Validate checks lab-wide settings.
 func (o Options) Validate() error {
 	o = o.withDefaults()
-	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW {
-		return fmt.Errorf("backend %q is not known: use vxlan or host-gw", o.Backend)
+	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW && o.Backend != BackendCalico {
+		return fmt.Errorf("backend %q is not known: use vxlan, host-gw or calico", o.Backend)
+	}
+	if err := o.validateCalico(); err != nil {
+		return err
 	}
 	for _, c := range []struct {
 		what string
@@ -118,6 +123,9 @@ type Cluster struct {
 
 	lock   *os.File
 	states map[string]*plan.State // read since the last apply (see read)
+	// deferBird holds BIRD (re)configuration until a bulk build is done
+	// (calico.go).
+	deferBird bool
 }
 
 // Dir is the lab's state directory.
@@ -222,6 +230,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 			UnderlayCIDR: o.UnderlayCIDR, UnderlayGateway: o.UnderlayCIDR.Addr().Next(), UnderlayMTU: o.UnderlayMTU,
 			VNI: o.VNI, Port: o.Port, DNS: o.DNS, Created: time.Now().UTC(),
 		}
+		l.Calico = o.calicoSettings()
 		err = nil
 	}
 	if err != nil {

@@ -89,6 +89,12 @@ func (c *Cluster) PlanNode(s NodeSpec) (*Node, error) {
 			return nil, fmt.Errorf("underlay network %s is full: create the lab with a larger --underlay-cidr", l.UnderlayCIDR)
 		}
 	}
+	if l.Backend == BackendCalico {
+		if err := c.planCalicoBlock(n, s); err != nil {
+			return nil, err
+		}
+		return n, nil
+	}
 	var subnets []netip.Prefix
 	for _, o := range l.Nodes {
 		subnets = append(subnets, o.PodCIDR)
@@ -198,6 +204,9 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 		c.rollbackNode(n)
 		return nil, err
 	}
+	if err := c.afterNodeChange(); err != nil {
+		return n, err
+	}
 	if err := c.ensureDNS(); err != nil {
 		return n, fmt.Errorf("node %s is up, but the cluster DNS is not: %w", n.Name, err)
 	}
@@ -285,6 +294,9 @@ func (c *Cluster) planExternal() (plan.Plan, error) {
 // rules and subnet.env, against u (the underlay's state) and st (the
 // node's).
 func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
+	if c.Lab.Backend == BackendCalico {
+		return c.planCalicoNode(n, u, st)
+	}
 	l := c.Lab
 	name := c.NS(n.Name)
 	var p plan.Plan
@@ -338,6 +350,9 @@ func (c *Cluster) peerOf(o *Node) vxlan.Peer {
 // flannel.1 ARP/FDB/route triple, or the host-gw route), against st, n's
 // state.
 func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
+	if c.Lab.Backend == BackendCalico {
+		return nil // BIRD learns the other nodes' blocks by BGP
+	}
 	peers := make([]vxlan.Peer, len(others))
 	for i, o := range others {
 		peers[i] = c.peerOf(o)
@@ -350,6 +365,9 @@ func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
 
 // planUnpeer plans the removal of node n's entries for node o.
 func (c *Cluster) planUnpeer(n, o *Node, st *plan.State) plan.Plan {
+	if c.Lab.Backend == BackendCalico {
+		return nil // BGP withdraws its routes
+	}
 	if c.Lab.Backend == BackendHostGW {
 		return vxlan.PlanDelHostGW(c.NS(n.Name), NodeUplink, c.peerOf(o), st)
 	}
@@ -380,6 +398,7 @@ func (c *Cluster) planTeardownNode(n *Node) (plan.Plan, error) {
 		return nil, err
 	}
 	p.Add(vp...)
+	p.Add(c.teardownBird(n)...)
 	if netns.Exists(c.NS(n.Name)) {
 		p.Add(plan.Op{Verb: plan.NetnsDel, NS: c.NS(n.Name)})
 	}
@@ -419,5 +438,5 @@ func (c *Cluster) DelNode(name string) error {
 		c.Lab.Nodes = before
 		return err
 	}
-	return nil
+	return c.afterNodeChange()
 }

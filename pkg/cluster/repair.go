@@ -134,6 +134,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 		p.Add(rp...)
 	}
 	p.Add(c.repairServers(rep)...)
+	p.Add(c.repairBird()...)
 	sort.Strings(rep.Released)
 	p.Add(c.savePlan()...)
 	return rep, c.apply(p)

@@ -21,6 +21,7 @@ import (
 const (
 	BackendVXLAN  = "vxlan"
 	BackendHostGW = "host-gw"
+	BackendCalico = "calico" // routed pods, BGP by BIRD (calico.go)
 )
 
 // Reserved object names: namespaces klab creates for the lab itself.
@@ -68,6 +69,8 @@ type Lab struct {
 	// Policies are the NetworkPolicies applied (policies.go).
 	Policies []*networkingv1.NetworkPolicy `json:"networkPolicies,omitempty"`
 	Servers  []*Server                     `json:"servers,omitempty"`
+	// Calico holds the calico backend's settings (calico.go).
+	Calico *CalicoSettings `json:"calico,omitempty"`
 }
 
 // Node is a Kubernetes node: a namespace on the underlay with a pod subnet.
@@ -76,6 +79,12 @@ type Node struct {
 	IP      netip.Addr   `json:"ip"`
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	VtepMAC string       `json:"vtepMAC,omitempty"`
+	// Blocks are the calico backend's IPAM blocks of this node, in the
+	// order it claimed them; PodCIDR is the first (calico.go).
+	Blocks []netip.Prefix `json:"blocks,omitempty"`
+	// BGPStopped is set while 'klab calico bgp stop' keeps the node's
+	// BIRD down: repair does not start it again.
+	BGPStopped bool `json:"bgpStopped,omitempty"`
 }
 
 // Pod is a pod: a namespace plugged into its node's cni0.

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/klab-dev/klab/pkg/calico"
+	"github.com/spf13/cobra"
+)
+
+func newCalicoCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "calico",
+		Short: "The calico backend's BGP: calicoctl node status, stopping and starting a node's BIRD",
+		Long: `Commands for a lab built with 'klab node add NODE --backend calico'.
+
+Every node of such a lab runs a real BIRD (Debian's bird2) in its namespace,
+configured as calico-node's confd configures it: a full iBGP mesh in AS 64512
+announcing each node's IPAM blocks. Its control socket is printed by
+'klab calico status', for 'klab exec NODE -- birdc -s SOCKET show protocols'.`,
+		Args: cobra.NoArgs,
+	}
+	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd())
+	return cmd
+}
+
+func newCalicoStatusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status [NODE]",
+		Short: "calicoctl node status: the node's BGP peers as its BIRD sees them",
+		Long: `Print what 'calicoctl node status' prints on a node: whether its BIRD runs,
+and a table of its BGP sessions (peer address, peer type, BIRD's protocol
+state, since when, and the BGP state: Established when routes flow), read
+from 'birdc show protocols'. Without NODE, every node in turn.`,
+		Example: `  klab calico status node1
+  klab exec node1 -- birdc -s "$(klab calico status node1 -o json | jq -r .socket)" show protocols`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			nodes := args
+			if len(nodes) == 0 {
+				for _, n := range c.Lab.Nodes {
+					nodes = append(nodes, n.Name)
+				}
+			}
+			type status struct {
+				Node    string              `json:"node"`
+				Running bool                `json:"running"`
+				Socket  string              `json:"socket"`
+				Peers   []calico.PeerStatus `json:"peers"`
+			}
+			var all []status
+			for _, n := range nodes {
+				running, peers, err := c.CalicoStatus(n)
+				if err != nil {
+					return err
+				}
+				all = append(all, status{n, running, c.BirdSocket(n), peers})
+			}
+			if globals.output == "json" {
+				e := json.NewEncoder(os.Stdout)
+				e.SetIndent("", "  ")
+				if len(args) == 1 {
+					return e.Encode(all[0])
+				}
+				return e.Encode(all)
+			}
+			for i, s := range all {
+				if len(all) > 1 {
+					if i > 0 {
+						fmt.Println()
+					}
+					fmt.Printf("== %s (birdc -s %s)\n", s.Node, s.Socket)
+				}
+				fmt.Print(calico.RenderStatus(s.Running, s.Peers))
+			}
+			return nil
+		},
+	}
+}
+
+func newCalicoBGPCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bgp",
+		Short: "Stop or start a node's BIRD",
+		Args:  cobra.NoArgs,
+	}
+	for _, on := range []bool{false, true} {
+		verb, short := "stop", "Stop a node's BIRD as a crashed calico-node would (SIGKILL): peers keep its routes for the graceful-restart time, then withdraw them"
+		if on {
+			verb, short = "start", "Start a node's BIRD again: it reconnects to its peers and announces its blocks"
+		}
+		cmd.AddCommand(&cobra.Command{
+			Use:   verb + " NODE",
+			Short: short,
+			Args:  exactArgs(1, "NODE"),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := openLab(nil)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if err := c.SetBGP(args[0], on); err != nil {
+					failed(c.A)
+					return err
+				}
+				if err := finish(c.A); err != nil {
+					return err
+				}
+				state := "stopped: the other nodes keep its routes for the graceful-restart time"
+				if on {
+					state = "running"
+				}
+				fmt.Fprintf(out(), "BIRD on %s %s\n", args[0], state)
+				return nil
+			},
+		})
+	}
+	return cmd
+}
