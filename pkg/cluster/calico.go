@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/klab-dev/klab/pkg/calico"
 	"github.com/klab-dev/klab/pkg/netns"
@@ -408,7 +409,7 @@ func (c *Cluster) birdStopOp(node string) plan.Op {
 		Cmd: fmt.Sprintf("kill -9 $(cat %s) 2>/dev/null || true   # BIRD on %s", plan.Quote(filepath.Join(c.BirdDir(node), "bird.pid")), node),
 		Run: func() error {
 			if pid := c.BirdPID(node); pid != 0 {
-				killProcesses(map[int]string{pid: ns})
+				syscall.Kill(pid, syscall.SIGKILL) // not SIGTERM: BIRD would close its sessions with a Cease
 				for i := 0; i < 200 && alive(pid); i++ {
 					sleepMs(5)
 				}
@@ -547,12 +548,15 @@ func (c *Cluster) CalicoStatus(node string) (bool, []calico.PeerStatus, error) {
 // repairBird plans the BIRD of every node that should run one and does
 // not (killed, or lost with a rebuilt namespace), and configurations that
 // drifted from the lab.
-func (c *Cluster) repairBird() plan.Plan {
+func (c *Cluster) repairBird(rep *RepairReport) plan.Plan {
 	if c.Lab.Backend != BackendCalico {
 		return nil
 	}
 	var p plan.Plan
 	for _, n := range c.Lab.Nodes {
+		if !n.BGPStopped && c.BirdPID(n.Name) == 0 {
+			rep.Rebuilt = append(rep.Rebuilt, "BIRD of node "+n.Name)
+		}
 		p.Add(c.planBird(n)...)
 	}
 	return p
@@ -583,4 +587,20 @@ func (c *Cluster) buildCalico(s Spec) ([]*Node, []*Pod, error) {
 	}
 	c.deferBird = false
 	return nodes, pods, c.afterNodeChange()
+}
+
+// birdProblems names the nodes of a calico lab whose BIRD should run and
+// does not (killed behind klab's back, or lost in a crash).
+func birdProblems(stateDir string, l *Lab, have map[string]bool) []string {
+	if l.Backend != BackendCalico {
+		return nil
+	}
+	c := &Cluster{StateDir: stateDir, Lab: l}
+	var out []string
+	for _, n := range l.Nodes {
+		if have[n.Name] && !n.BGPStopped && c.BirdPID(n.Name) == 0 {
+			out = append(out, fmt.Sprintf("node %s's BIRD is not running, so its blocks are not announced: 'klab repair %s' starts it", n.Name, l.Name))
+		}
+	}
+	return out
 }

@@ -118,6 +118,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 			}
 		}
 		info.Problems = append(info.Problems, kernelProblems(l, have)...)
+		info.Problems = append(info.Problems, birdProblems(stateDir, l, have)...)
 		for _, s := range l.Servers {
 			info.Servers = append(info.Servers, fmt.Sprintf("%s %s/%d (pid %d)", s.Target, s.Proto, s.Port, s.PID))
 			if !alive(s.PID) {

@@ -134,7 +134,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 		p.Add(rp...)
 	}
 	p.Add(c.repairServers(rep)...)
-	p.Add(c.repairBird()...)
+	p.Add(c.repairBird(rep)...)
 	sort.Strings(rep.Released)
 	p.Add(c.savePlan()...)
 	return rep, c.apply(p)
