@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 
 	"github.com/klab-dev/klab/pkg/calico"
@@ -21,7 +22,7 @@ announcing each node's IPAM blocks. Its control socket is printed by
 'klab calico status', for 'klab exec NODE -- birdc -s SOCKET show protocols'.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd())
+	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd(), newCalicoPeerCmd())
 	return cmd
 }
 
@@ -121,5 +122,72 @@ func newCalicoBGPCmd() *cobra.Command {
 			},
 		})
 	}
+	return cmd
+}
+
+func newCalicoPeerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "peer",
+		Short: "BGP peers outside the cluster (Calico's global BGPPeer)",
+		Args:  cobra.NoArgs,
+	}
+	var as int
+	add := &cobra.Command{
+		Use:   "add IP",
+		Short: "Make every node's BIRD peer with a BGP speaker on the underlay",
+		Long: `Add a global BGP peer, as a Calico BGPPeer without a node selector: every
+node's BIRD gets a Global_<ip> session to IP (on the underlay network) and
+announces the pool's blocks to it. With an AS other than the cluster's 64512
+the session is eBGP and the nodes are the next hops of their blocks.`,
+		Example: `  klab calico peer add 192.168.1.1 --as 64513`,
+		Args:    exactArgs(1, "IP"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ip, err := netip.ParseAddr(args[0])
+			if err != nil {
+				return fmt.Errorf("BGP peer %q is not an IPv4 address: write it like 192.168.1.1", args[0])
+			}
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.AddBGPPeer(ip, as); err != nil {
+				failed(c.A)
+				return err
+			}
+			if err := finish(c.A); err != nil {
+				return err
+			}
+			fmt.Fprintf(out(), "BGP peer %s (AS %d) added to every node\n", ip, as)
+			return nil
+		},
+	}
+	add.Flags().IntVar(&as, "as", 64512, "the peer's AS number")
+	del := &cobra.Command{
+		Use:   "del IP",
+		Short: "Remove a global BGP peer",
+		Args:  exactArgs(1, "IP"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ip, err := netip.ParseAddr(args[0])
+			if err != nil {
+				return fmt.Errorf("BGP peer %q is not an IPv4 address: write it like 192.168.1.1", args[0])
+			}
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.DelBGPPeer(ip); err != nil {
+				failed(c.A)
+				return err
+			}
+			if err := finish(c.A); err != nil {
+				return err
+			}
+			fmt.Fprintf(out(), "BGP peer %s removed\n", ip)
+			return nil
+		},
+	}
+	cmd.AddCommand(add, del)
 	return cmd
 }

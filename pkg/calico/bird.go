@@ -21,7 +21,7 @@ type BirdConfig struct {
 	Pool     netip.Prefix   // the IP pool (one pool in klab)
 	Blocks   []netip.Prefix // the node's own affine blocks
 	Mesh     []netip.Addr   // the other nodes' IPs: one Mesh_<ip> session each
-	Peers    []Peer         // extra peers (Node_<ip>)
+	Peers    []Peer         // global peers (Global_<ip>), outside the cluster
 	// GracefulRestart is how long peers keep this node's routes after its
 	// BGP session drops without a notification (BIRD crashed, calico-node
 	// restarting). calico-node uses 120 s; labs and tests use a few
@@ -119,9 +119,9 @@ func (c BirdConfig) Render() string {
 		w("}\n\n")
 	}
 	if len(c.Peers) > 0 {
-		w("# ------------- Node-specific peers -------------\n")
+		w("# ------------- Global peers -------------\n")
 		for _, p := range c.Peers {
-			w("protocol bgp Node_%s from bgp_template {\n", strings.ReplaceAll(p.IP.String(), ".", "_"))
+			w("protocol bgp Global_%s from bgp_template {\n", strings.ReplaceAll(p.IP.String(), ".", "_"))
 			w("  neighbor %s as %d;\n", p.IP, p.AS)
 			w("  source address %s;\n", c.RouterID)
 			w("  graceful restart time %d;\n", gr)

@@ -36,6 +36,9 @@ type CalicoSettings struct {
 	// long the other nodes keep a node's routes after its BIRD dies
 	// (calico-node: 120).
 	GracefulRestart int `json:"gracefulRestart,omitempty"`
+	// Peers are BGP peers outside the cluster that every node peers with
+	// (Calico's global BGPPeer resources): a router on the underlay.
+	Peers []calico.Peer `json:"peers,omitempty"`
 }
 
 // Calico encapsulation modes (Calico's IPPool vxlanMode/ipipMode).
@@ -57,7 +60,7 @@ var BirdcBinary = "/usr/sbin/birdc"
 func (o Options) validateCalico() error {
 	s := o.Calico
 	if o.Backend != BackendCalico {
-		if s != (CalicoSettings{}) {
+		if s.BlockSize != 0 || s.Encapsulation != "" || s.GracefulRestart != 0 {
 			return fmt.Errorf("--block-size, --encapsulation and --bgp-graceful-restart belong to the calico backend: add --backend calico or leave them out")
 		}
 		return nil
@@ -331,7 +334,7 @@ func (c *Cluster) BirdConfig(n *Node) calico.BirdConfig {
 	}
 	return calico.BirdConfig{
 		Node: n.Name, RouterID: n.IP, Pool: c.Lab.ClusterCIDR, Blocks: n.Blocks, Mesh: mesh,
-		GracefulRestart: c.Lab.calico().GracefulRestart,
+		GracefulRestart: c.Lab.calico().GracefulRestart, Peers: c.Lab.calico().Peers,
 	}
 }
 
@@ -603,4 +606,55 @@ func birdProblems(stateDir string, l *Lab, have map[string]bool) []string {
 		}
 	}
 	return out
+}
+
+// AddBGPPeer makes every node peer with a BGP speaker outside the cluster
+// (Calico's global BGPPeer): ip on the underlay, in AS as (another AS
+// than the cluster's 64512 makes it eBGP, and the nodes announce every
+// block to it with themselves as next hop).
+func (c *Cluster) AddBGPPeer(ip netip.Addr, as int) error {
+	l := c.Lab
+	if l.Backend != BackendCalico {
+		return fmt.Errorf("lab %s uses the %s backend, which runs no BGP: create a lab with --backend calico", l.Name, l.Backend)
+	}
+	if !ip.Is4() || !l.UnderlayCIDR.Contains(ip) {
+		return fmt.Errorf("BGP peer %s is not on the underlay network %s: the nodes reach peers on their own segment", ip, l.UnderlayCIDR)
+	}
+	for _, n := range l.Nodes {
+		if n.IP == ip {
+			return fmt.Errorf("BGP peer %s is node %s, which the node-to-node mesh already peers with: pick an address that is not a node's", ip, n.Name)
+		}
+	}
+	if as < 1 || as > 4294967295 {
+		return fmt.Errorf("AS number %d is out of range: use 1-4294967295 (64512-65534 are private)", as)
+	}
+	s := l.calico()
+	for _, p := range s.Peers {
+		if p.IP == ip {
+			return fmt.Errorf("BGP peer %s is already configured (AS %d): remove it first", ip, p.AS)
+		}
+	}
+	s.Peers = append(s.Peers, calico.Peer{IP: ip, AS: as})
+	old := l.Calico
+	l.Calico = &s
+	if err := c.Save(); err != nil {
+		l.Calico = old
+		return err
+	}
+	return c.SyncBird()
+}
+
+// DelBGPPeer removes a global BGP peer.
+func (c *Cluster) DelBGPPeer(ip netip.Addr) error {
+	s := c.Lab.calico()
+	i := slices.IndexFunc(s.Peers, func(p calico.Peer) bool { return p.IP == ip })
+	if c.Lab.Backend != BackendCalico || i < 0 {
+		return fmt.Errorf("lab %s has no BGP peer %s: see 'klab calico status'", c.Lab.Name, ip)
+	}
+	s.Peers = slices.Delete(slices.Clone(s.Peers), i, i+1)
+	c.Lab.Calico = &s
+	if err := c.Save(); err != nil {
+		return err
+	}
+	return c.SyncBird()
 }
