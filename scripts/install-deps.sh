@@ -17,6 +17,7 @@ if [ "${KLAB_WITH_TSHARK:-1}" = 1 ]; then
 fi
 command -v nft >/dev/null 2>&1 || need="$need nftables"
 command -v ipset >/dev/null 2>&1 || need="$need ipset"
+command -v bird >/dev/null 2>&1 || [ -x /usr/sbin/bird ] || need="$need bird2"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v make >/dev/null 2>&1 || need="$need make"

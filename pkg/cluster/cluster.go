@@ -75,7 +75,7 @@ func (o Options) Validate() error {
 	}
 	// Nodes lease /24s and, as flannel does, the first one (holding the
 	// network address) is skipped: a /24 would leave no lease at all.
-	if o.ClusterCIDR.Bits() > 23 {
+	if o.Backend != BackendCalico && o.ClusterCIDR.Bits() > 23 {
 		return fmt.Errorf("cluster CIDR %s is too small: each node leases a /24 of it and the first /24 is never leased (as in flannel), so use /23 or larger (10.244.0.0/16)", o.ClusterCIDR)
 	}
 	if o.UnderlayCIDR.Bits() > 29 {

@@ -75,6 +75,7 @@ func Run() []Check {
 	} else {
 		out = append(out, Check{"ipvs", Warn, "no IPVS in this kernel: labs use kube-proxy's iptables mode (the default anyway)", "modprobe ip_vs (if your kernel has it)"})
 	}
+	out = append(out, CalicoChecks()...)
 	if _, err := exec.LookPath("conntrack"); err == nil {
 		out = append(out, Check{"conntrack tool", OK, "conntrack is installed (to list NAT entries)", ""})
 	} else {
@@ -106,6 +107,7 @@ func kernelChecks() []Check {
 	try("veth", "veth", &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "dv0"}, PeerName: "dv1"})
 	try("bridge", "bridge", &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "dbr0"}})
 	try("vxlan", "vxlan", &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "dvx0"}, VxlanId: 1, Port: 8472})
+	out = append(out, ipipCheck(h))
 	return out
 }
 
