@@ -53,6 +53,9 @@ func (l *Lab) PolicyState() policy.State {
 		// The node's own addresses: its underlay address, cni0's and
 		// flannel.1's.
 		st.NodeIPs[n.Name] = []netip.Addr{n.IP, ipam.Gateway(n.PodCIDR), n.PodCIDR.Masked().Addr()}
+		if l.Backend == BackendCalico {
+			st.NodeIPs[n.Name] = []netip.Addr{n.IP} // no cni0 or tunnel address: the block's addresses are pods'
+		}
 	}
 	return st
 }
