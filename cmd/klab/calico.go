@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/klab-dev/klab/pkg/calico"
 	"github.com/spf13/cobra"
@@ -22,7 +23,7 @@ announcing each node's IPAM blocks. Its control socket is printed by
 'klab calico status', for 'klab exec NODE -- birdc -s SOCKET show protocols'.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd(), newCalicoPeerCmd())
+	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd(), newCalicoPeerCmd(), newCalicoBirdcCmd())
 	return cmd
 }
 
@@ -190,4 +191,33 @@ the session is eBGP and the nodes are the next hops of their blocks.`,
 	}
 	cmd.AddCommand(add, del)
 	return cmd
+}
+
+func newCalicoBirdcCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "birdc NODE [BIRDC-COMMAND...]",
+		Short: "Run birdc against a node's BIRD (default: show protocols)",
+		Long: `Run BIRD's own client against the control socket of a node's BIRD: the same
+as 'klab exec NODE -- birdc -s SOCKET ...', with the socket found for you
+(it is printed first). Without a command, 'show protocols'.`,
+		Example: `  klab calico birdc node1
+  klab calico birdc node1 show route
+  klab calico birdc node1 show protocols all Mesh_192_168_1_102`,
+		Args: minArgs(1, "NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := openLab(nil)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			bc := args[1:]
+			if len(bc) == 0 {
+				bc = []string{"show", "protocols"}
+			}
+			fmt.Fprintf(os.Stderr, "# birdc -s %s %s\n", c.BirdSocket(args[0]), strings.Join(bc, " "))
+			out, err := c.Birdc(args[0], bc...)
+			fmt.Print(out)
+			return err
+		},
+	}
 }
