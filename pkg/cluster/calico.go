@@ -28,9 +28,9 @@ import (
 type CalicoSettings struct {
 	// BlockSize is the prefix length of the IPAM blocks nodes claim (26).
 	BlockSize int `json:"blockSize,omitempty"`
-	// Encapsulation is "" or "none" (routed by BGP, no tunnel). Calico's
-	// "ipip" needs tunl0 (CONFIG_NET_IPIP) and is refused on kernels
-	// without it; "vxlan" is refused until klab builds it.
+	// Encapsulation is "none" (routed by BGP, no tunnel) or "vxlan"
+	// (Felix's vxlan.calico, no BIRD: calico_vxlan.go). Calico's "ipip"
+	// needs tunl0 (CONFIG_NET_IPIP) and is refused on kernels without it.
 	Encapsulation string `json:"encapsulation,omitempty"`
 	// GracefulRestart is the BGP graceful-restart time in seconds: how
 	// long the other nodes keep a node's routes after its BIRD dies
@@ -68,11 +68,10 @@ func (o Options) validateCalico() error {
 	switch s.Encapsulation {
 	case "", EncapNone:
 	case EncapIPIP:
-		return fmt.Errorf("--encapsulation ipip needs Calico's tunl0 device, and this kernel has no IPIP support (CONFIG_NET_IPIP is off): use --encapsulation none (routed by BGP)")
+		return fmt.Errorf("--encapsulation ipip needs Calico's tunl0 device, and this kernel has no IPIP support (CONFIG_NET_IPIP is off): use --encapsulation none (routed by BGP) or vxlan")
 	case EncapVXLAN:
-		return fmt.Errorf("--encapsulation vxlan (Calico's vxlan.calico mode) is not built in klab yet: use --encapsulation none (routed by BGP), or --backend vxlan for flannel's VXLAN")
 	default:
-		return fmt.Errorf("encapsulation %q is not known: use none (routed by BGP)", s.Encapsulation)
+		return fmt.Errorf("encapsulation %q is not known: use none (routed by BGP) or vxlan", s.Encapsulation)
 	}
 	pool := o.ClusterCIDR
 	if !pool.IsValid() {
@@ -87,6 +86,9 @@ func (o Options) validateCalico() error {
 	}
 	if s.GracefulRestart < 0 || s.GracefulRestart > 3600 {
 		return fmt.Errorf("BGP graceful-restart time %ds is out of range: use 1-3600 s (calico-node uses 120)", s.GracefulRestart)
+	}
+	if s.Encapsulation == EncapVXLAN {
+		return nil // calico-node runs no BIRD in VXLAN mode
 	}
 	return checkBird()
 }
@@ -145,6 +147,9 @@ func (c *Cluster) planCalicoBlock(n *Node, s NodeSpec) error {
 		return err
 	}
 	n.Blocks, n.PodCIDR = []netip.Prefix{b}, b
+	if c.Lab.calicoVXLAN() {
+		c.planCalicoTunnel(n)
+	}
 	return nil
 }
 
@@ -169,6 +174,9 @@ func (c *Cluster) planCalicoNode(n *Node, u, st *plan.State) (plan.Plan, error) 
 	}
 	p.Add(up...)
 	p.Add(forwarding(name, st)...)
+	if l.calicoVXLAN() {
+		p.Add(c.planCalicoVXLANDevice(n, st)...)
+	}
 	rp, err := c.planNodeRules(n, st)
 	if err != nil {
 		return nil, err
@@ -246,6 +254,11 @@ func (c *Cluster) calicoAllocate(n *Node, want netip.Addr) (netip.Addr, bool, er
 	for _, p := range c.Lab.Pods {
 		used[p.IP] = true
 	}
+	for _, o := range c.Lab.Nodes {
+		if o.TunnelIP.IsValid() {
+			used[o.TunnelIP] = true
+		}
+	}
 	if want.IsValid() {
 		if _, ok := calico.BlockOf(n.Blocks, want); !ok {
 			return netip.Addr{}, false, fmt.Errorf("address %s is not in node %s's blocks (%s): pick one of them or leave --ip out", want, n.Name, joinPrefixes(n.Blocks))
@@ -310,8 +323,8 @@ func (c *Cluster) addCalicoPod(s PodSpec) (*Pod, error) {
 		return nil, err
 	}
 	if claimed {
-		if err := c.SyncBird(); err != nil {
-			return p, fmt.Errorf("pod %s is up, but BIRD does not announce node %s's new block yet: %w", p.Name, n.Name, err)
+		if err := c.announceBlock(n); err != nil {
+			return p, fmt.Errorf("pod %s is up, but node %s's new block is not announced yet ('klab repair %s' retries): %w", p.Name, n.Name, c.Lab.Name, err)
 		}
 	}
 	return p, policyCheck("pod "+p.Name+" is up", c.syncPolicies())
@@ -468,7 +481,7 @@ func (c *Cluster) planBird(n *Node) plan.Plan {
 // rewritten and reloaded where the mesh or the blocks changed, missing
 // daemons started (a crash, a reboot). Nothing when all is in place.
 func (c *Cluster) SyncBird() error {
-	if c.Lab.Backend != BackendCalico || c.deferBird {
+	if c.Lab.Backend != BackendCalico || c.deferBird || c.Lab.calicoVXLAN() {
 		return nil
 	}
 	var p plan.Plan
@@ -485,6 +498,9 @@ func (c *Cluster) SyncBird() error {
 func (c *Cluster) SetBGP(node string, on bool) error {
 	if c.Lab.Backend != BackendCalico {
 		return fmt.Errorf("lab %s uses the %s backend, which runs no BGP: create a lab with --backend calico", c.Lab.Name, c.Lab.Backend)
+	}
+	if err := c.Lab.noBGPInVXLAN(); err != nil {
+		return err
 	}
 	n := c.Lab.Node(node)
 	if n == nil {
@@ -535,6 +551,9 @@ func (c *Cluster) CalicoStatus(node string) (bool, []calico.PeerStatus, error) {
 	if c.Lab.Backend != BackendCalico {
 		return false, nil, fmt.Errorf("lab %s uses the %s backend, which runs no BGP: create a lab with --backend calico", c.Lab.Name, c.Lab.Backend)
 	}
+	if err := c.Lab.noBGPInVXLAN(); err != nil {
+		return false, nil, err
+	}
 	if c.Lab.Node(node) == nil {
 		return false, nil, fmt.Errorf("node %q does not exist in lab %s: use one of %s", node, c.Lab.Name, strings.Join(c.nodeNames(), ", "))
 	}
@@ -552,7 +571,7 @@ func (c *Cluster) CalicoStatus(node string) (bool, []calico.PeerStatus, error) {
 // not (killed, or lost with a rebuilt namespace), and configurations that
 // drifted from the lab.
 func (c *Cluster) repairBird(rep *RepairReport) plan.Plan {
-	if c.Lab.Backend != BackendCalico {
+	if c.Lab.Backend != BackendCalico || c.Lab.calicoVXLAN() {
 		return nil
 	}
 	var p plan.Plan
@@ -595,7 +614,7 @@ func (c *Cluster) buildCalico(s Spec) ([]*Node, []*Pod, error) {
 // birdProblems names the nodes of a calico lab whose BIRD should run and
 // does not (killed behind klab's back, or lost in a crash).
 func birdProblems(stateDir string, l *Lab, have map[string]bool) []string {
-	if l.Backend != BackendCalico {
+	if l.Backend != BackendCalico || l.calicoVXLAN() {
 		return nil
 	}
 	c := &Cluster{StateDir: stateDir, Lab: l}
@@ -627,6 +646,9 @@ func (c *Cluster) AddBGPPeer(ip netip.Addr, as int) error {
 	}
 	if as < 1 || as > 4294967295 {
 		return fmt.Errorf("AS number %d is out of range: use 1-4294967295 (64512-65534 are private)", as)
+	}
+	if err := l.noBGPInVXLAN(); err != nil {
+		return err
 	}
 	s := l.calico()
 	for _, p := range s.Peers {

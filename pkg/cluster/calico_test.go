@@ -398,3 +398,68 @@ func TestCalicoExternalPeer(t *testing.T) {
 		t.Errorf("node1's session to the external peer is not Established:\n%s", out)
 	}
 }
+
+// TestCalicoVXLAN builds Calico's VXLAN mode and reads it back: vxlan.calico
+// (VNI 4096, port 4789, MTU 1450, the VTEP MAC, the /32 tunnel address),
+// per peer a permanent ARP entry, an FDB entry and the block's route via
+// the tunnel address onlink, no BIRD; traffic crosses in UDP 4789; a
+// second block reaches the other node as a route.
+func TestCalicoVXLAN(t *testing.T) {
+	t.Parallel()
+	c := calicoLabWith(t, CalicoSettings{Encapsulation: EncapVXLAN, BlockSize: 30}, 2, [][2]string{{"pod-a", "node1"}, {"pod-b", "node2"}})
+	n1, n2 := c.Lab.Node("node1"), c.Lab.Node("node2")
+	for _, n := range []*Node{n1, n2} {
+		if c.BirdPID(n.Name) != 0 {
+			t.Errorf("node %s runs BIRD in VXLAN mode", n.Name)
+		}
+		l := ipJSON(t, c, n.Name, "-d", "link", "show", "dev", CalicoVXLANDevice)
+		info := l[0]["linkinfo"].(map[string]any)["info_data"].(map[string]any)
+		if fmt.Sprint(info["id"]) != "4096" || fmt.Sprint(info["port"]) != "4789" || fmt.Sprint(l[0]["mtu"]) != "1450" || l[0]["address"] != calicoVTEPMAC(n.Name).String() || info["local"] != n.IP.String() {
+			t.Errorf("%s on %s: %v", CalicoVXLANDevice, n.Name, l[0])
+		}
+		a, err := exec.Command("ip", "-n", c.NS(n.Name), "-4", "-o", "addr", "show", "dev", CalicoVXLANDevice).Output()
+		if err != nil || !strings.Contains(string(a), "inet "+n.Blocks[0].Addr().String()+"/32 ") {
+			t.Errorf("%s address on %s: %s (%v), want %s/32", CalicoVXLANDevice, n.Name, a, err, n.Blocks[0].Addr())
+		}
+	}
+	if got := c.Lab.Pod("pod-a").IP; got != netip.MustParseAddr("10.244.0.1") {
+		t.Errorf("pod-a got %s: the block's first address is node1's tunnel address", got)
+	}
+	if want := "10.244.0.4/30 via 10.244.0.4 dev vxlan.calico onlink"; !slices.Contains(routes(t, c, "node1"), want) {
+		t.Errorf("node1 routes %v, want %q", routes(t, c, "node1"), want)
+	}
+	nb := ipJSON(t, c, "node1", "neigh", "show", "dev", CalicoVXLANDevice)
+	if len(nb) != 1 || nb[0]["dst"] != "10.244.0.4" || nb[0]["lladdr"] != calicoVTEPMAC("node2").String() {
+		t.Errorf("node1 neighbours on vxlan.calico: %v", nb)
+	}
+	fdb, err := exec.Command("bridge", "-n", c.NS("node1"), "fdb", "show", "dev", CalicoVXLANDevice).Output()
+	if err != nil || !strings.Contains(string(fdb), calicoVTEPMAC("node2").String()+" dst 192.168.1.102 self permanent") {
+		t.Errorf("node1 fdb: %s %v", fdb, err)
+	}
+	// Three more pods fill node2's /30 (tunnel + pod-b + 2): the third
+	// claims 10.244.0.8/30, and node1 gets its route.
+	for i := range 3 {
+		if _, err := c.AddPod(PodSpec{Name: fmt.Sprintf("q%d", i), Node: "node2"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := "10.244.0.8/30 via 10.244.0.4 dev vxlan.calico onlink"; !slices.Contains(routes(t, c, "node1"), want) {
+		t.Errorf("node1 routes %v, want %q", routes(t, c, "node1"), want)
+	}
+	capture := exec.Command("ip", "netns", "exec", c.NS("node2"), "tshark", "-n", "-i", "eth0", "-a", "duration:6", "-c", "1",
+		"-f", "udp port 4789", "-d", "udp.port==4789,vxlan", "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src")
+	var capOut strings.Builder
+	capture.Stdout = &capOut
+	if err := capture.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	out, err := exec.Command("ip", "netns", "exec", c.NS("pod-a"), "ping", "-c", "2", "-i", "0.2", "-W", "2", c.Lab.Pod("q2").IP.String()).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ttl=62") {
+		t.Errorf("ping pod-a -> q2 (second block): %v: %s", err, out)
+	}
+	capture.Wait()
+	if f := strings.Fields(capOut.String()); len(f) < 2 || f[0] != "4096" || !strings.Contains(f[1], "192.168.1.101") || !strings.Contains(f[1], c.Lab.Pod("pod-a").IP.String()) {
+		t.Errorf("capture on node2 eth0: %q, want VNI 4096 from 192.168.1.101 carrying %s", capOut.String(), c.Lab.Pod("pod-a").IP)
+	}
+}

@@ -46,6 +46,9 @@ func kernelProblems(l *Lab, have map[string]bool) []string {
 		want := []string{NodeUplink, bridge.DefaultName}
 		if l.Backend == BackendCalico {
 			want = []string{NodeUplink}
+			if l.calicoVXLAN() {
+				want = append(want, CalicoVXLANDevice)
+			}
 		}
 		if l.Backend == BackendVXLAN {
 			want = append(want, vxlan.DeviceName(l.VNI))

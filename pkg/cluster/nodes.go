@@ -351,7 +351,7 @@ func (c *Cluster) peerOf(o *Node) vxlan.Peer {
 // state.
 func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
 	if c.Lab.Backend == BackendCalico {
-		return nil // BIRD learns the other nodes' blocks by BGP
+		return c.planCalicoPeers(n, others, st) // BIRD learns them by BGP, or Felix's VXLAN entries
 	}
 	peers := make([]vxlan.Peer, len(others))
 	for i, o := range others {
@@ -366,7 +366,7 @@ func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
 // planUnpeer plans the removal of node n's entries for node o.
 func (c *Cluster) planUnpeer(n, o *Node, st *plan.State) plan.Plan {
 	if c.Lab.Backend == BackendCalico {
-		return nil // BGP withdraws its routes
+		return c.planCalicoUnpeer(n, o, st) // BGP withdraws its routes, or Felix's VXLAN entries go
 	}
 	if c.Lab.Backend == BackendHostGW {
 		return vxlan.PlanDelHostGW(c.NS(n.Name), NodeUplink, c.peerOf(o), st)

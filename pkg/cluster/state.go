@@ -85,6 +85,9 @@ type Node struct {
 	// BGPStopped is set while 'klab calico bgp stop' keeps the node's
 	// BIRD down: repair does not start it again.
 	BGPStopped bool `json:"bgpStopped,omitempty"`
+	// TunnelIP is the address of the node's vxlan.calico in Calico's VXLAN
+	// mode: the first address of its first block (calico_vxlan.go).
+	TunnelIP netip.Addr `json:"tunnelIP,omitempty"`
 }
 
 // Pod is a pod: a namespace plugged into its node's cni0.
@@ -121,7 +124,7 @@ type Server struct {
 // MTU of pod-facing links: the underlay's minus VXLAN overhead, or the
 // underlay's own with host-gw.
 func (l *Lab) MTU() int {
-	if l.Backend == BackendVXLAN {
+	if l.Backend == BackendVXLAN || l.calicoVXLAN() {
 		return l.UnderlayMTU - 50
 	}
 	return l.UnderlayMTU
