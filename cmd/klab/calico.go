@@ -23,7 +23,7 @@ announcing each node's IPAM blocks. Its control socket is printed by
 'klab calico status', for 'klab exec NODE -- birdc -s SOCKET show protocols'.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd(), newCalicoPeerCmd(), newCalicoBirdcCmd())
+	cmd.AddCommand(newCalicoStatusCmd(), newCalicoBGPCmd(), newCalicoPeerCmd(), newCalicoBirdcCmd(), newCalicoGatewayCmd())
 	return cmd
 }
 
@@ -220,4 +220,40 @@ as 'klab exec NODE -- birdc -s SOCKET ...', with the socket found for you
 			return err
 		},
 	}
+}
+
+func newCalicoGatewayCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Make the underlay's router a BGP peer of every node, so the external host reaches pod IPs",
+		Args:  cobra.NoArgs,
+	}
+	for _, on := range []bool{true, false} {
+		verb, short := "on", "Run BIRD on the underlay's router (AS 64513) peering with every node: it learns the pod blocks, and the external host reaches pods without NAT"
+		if !on {
+			verb, short = "off", "Stop the underlay router's BIRD and remove the BGP peer from the nodes"
+		}
+		cmd.AddCommand(&cobra.Command{
+			Use:   verb,
+			Short: short,
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := openLab(nil)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if err := c.SetGatewayBGP(on); err != nil {
+					failed(c.A)
+					return err
+				}
+				if err := finish(c.A); err != nil {
+					return err
+				}
+				fmt.Fprintf(out(), "the underlay's router %s BGP with every node\n", map[bool]string{true: "now peers by", false: "no longer runs"}[on])
+				return nil
+			},
+		})
+	}
+	return cmd
 }

@@ -39,6 +39,9 @@ type CalicoSettings struct {
 	// Peers are BGP peers outside the cluster that every node peers with
 	// (Calico's global BGPPeer resources): a router on the underlay.
 	Peers []calico.Peer `json:"peers,omitempty"`
+	// Gateway is set while the underlay's router runs a BIRD of its own
+	// peering with every node (calico_gateway.go).
+	Gateway bool `json:"gateway,omitempty"`
 }
 
 // Calico encapsulation modes (Calico's IPPool vxlanMode/ipipMode).
@@ -488,6 +491,7 @@ func (c *Cluster) SyncBird() error {
 	for _, n := range c.Lab.Nodes {
 		p.Add(c.planBird(n)...)
 	}
+	p.Add(c.planGatewayBird()...)
 	if len(p) == 0 {
 		return nil
 	}
@@ -581,6 +585,7 @@ func (c *Cluster) repairBird(rep *RepairReport) plan.Plan {
 		}
 		p.Add(c.planBird(n)...)
 	}
+	p.Add(c.planGatewayBird()...)
 	return p
 }
 

@@ -463,3 +463,43 @@ func TestCalicoVXLAN(t *testing.T) {
 		t.Errorf("capture on node2 eth0: %q, want VNI 4096 from 192.168.1.101 carrying %s", capOut.String(), c.Lab.Pod("pod-a").IP)
 	}
 }
+
+// TestCalicoGateway makes the underlay's router a BGP peer of every node
+// (seed 001's physical gateway): its kernel gets each block via its own
+// node, proto bird, and the external host pings a pod IP directly (TTL 62:
+// the underlay and the node routed it), which it could not before.
+func TestCalicoGateway(t *testing.T) {
+	t.Parallel()
+	c := calicoLab(t, 2, [][2]string{{"pod-a", "node1"}, {"pod-b", "node2"}})
+	waitRoutes(t, c, 15*time.Second)
+	pod := c.Lab.Pod("pod-b").IP.String()
+	ping := func() (string, error) {
+		out, err := exec.Command("ip", "netns", "exec", c.NS(ExternalName), "ping", "-c", "1", "-W", "1", pod).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := ping(); err == nil {
+		t.Fatalf("the external host reaches %s before the gateway peers: %s", pod, out)
+	}
+	if err := c.SetGatewayBGP(true); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, n := range c.Lab.Nodes {
+		want := fmt.Sprintf("%s via %s dev %s proto bird metric 32", n.Blocks[0], n.IP, UnderlayBridge)
+		for !slices.Contains(routes(t, c, UnderlayName), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("underlay routes %v, want %q", routes(t, c, UnderlayName), want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if out, err := ping(); err != nil || !strings.Contains(out, "ttl=62") {
+		t.Errorf("external -> %s: %v: %s", pod, err, out)
+	}
+	if err := c.SetGatewayBGP(false); err != nil {
+		t.Fatal(err)
+	}
+	if rs := routes(t, c, UnderlayName); slices.ContainsFunc(rs, func(r string) bool { return strings.Contains(r, "proto bird") }) {
+		t.Errorf("underlay keeps BGP routes after gateway off: %v", rs)
+	}
+}
