@@ -471,10 +471,12 @@ func (c *Cluster) planBird(n *Node) plan.Plan {
 	if n.BGPStopped {
 		return p
 	}
-	switch running := c.A.DryRun || c.A.Simulate || c.BirdPID(n.Name) != 0; {
+	// (A dry run plans against what runs; a simulated one, against an
+	// empty machine.)
+	switch running := !c.A.Simulate && c.BirdPID(n.Name) != 0; {
 	case !running:
 		p.Add(c.birdStartOp(n.Name))
-	case changed && !c.A.DryRun:
+	case changed:
 		p.Add(c.birdConfigureOp(n.Name))
 	}
 	return p

@@ -76,10 +76,10 @@ func (c *Cluster) planGatewayBird() plan.Plan {
 	if changed {
 		p.Add(plan.Op{Verb: plan.WriteFile, File: &plan.File{Path: path, Data: data, Mode: 0o600, Atomic: true}, Why: "bird.conf of the underlay's router"})
 	}
-	switch running := c.A.DryRun || c.A.Simulate || c.BirdPID(UnderlayName) != 0; {
+	switch running := !c.A.Simulate && c.BirdPID(UnderlayName) != 0; {
 	case !running:
 		p.Add(c.birdStartOp(UnderlayName))
-	case changed && !c.A.DryRun:
+	case changed:
 		p.Add(c.birdConfigureOp(UnderlayName))
 	}
 	return p
