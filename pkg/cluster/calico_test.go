@@ -503,3 +503,32 @@ func TestCalicoGateway(t *testing.T) {
 		t.Errorf("underlay keeps BGP routes after gateway off: %v", rs)
 	}
 }
+
+// TestCalicoTwoLabsNeverPeer builds two calico labs with the same node
+// addresses at once: each node's BIRD has exactly its own lab's peer
+// Established, and its routes point at its own lab's blocks (the labs'
+// underlays are separate namespaces, so their BGP sessions cannot meet).
+func TestCalicoTwoLabsNeverPeer(t *testing.T) {
+	t.Parallel()
+	a := calicoLab(t, 2, nil)
+	b := calicoLabWith(t, CalicoSettings{GracefulRestart: 2, BlockSize: 28}, 2, nil)
+	waitRoutes(t, a, 15*time.Second)
+	waitRoutes(t, b, 15*time.Second)
+	for _, c := range []*Cluster{a, b} {
+		for _, n := range c.Lab.Nodes {
+			out := birdc(t, c.BirdSocket(n.Name), "show", "protocols")
+			if got := establishedRe.FindAllStringSubmatch(out, -1); len(got) != 1 {
+				t.Errorf("lab %s node %s: %d Established sessions, want 1:\n%s", c.Lab.Name, n.Name, len(got), out)
+			}
+			for _, r := range routes(t, c, n.Name) {
+				if !strings.Contains(r, "proto bird") {
+					continue
+				}
+				dst, _, _ := strings.Cut(strings.TrimPrefix(r, "blackhole "), " ")
+				if !slices.Contains(c.Lab.claimedBlocks(), netip.MustParsePrefix(dst)) {
+					t.Errorf("lab %s node %s has a BGP route %q that is not one of its lab's blocks", c.Lab.Name, n.Name, r)
+				}
+			}
+		}
+	}
+}
