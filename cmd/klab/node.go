@@ -99,6 +99,7 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 	f.StringVar(&backend, "backend", "", "for a new lab: vxlan (flannel's default), host-gw, or calico (routed pods, BGP by BIRD)")
 	f.IntVar(&calicoOpts.BlockSize, "block-size", 0, "for a new calico lab: the prefix length of the IPAM blocks nodes claim (default 26)")
 	f.StringVar(&calicoOpts.Encapsulation, "encapsulation", "", "for a new calico lab: none (routed by BGP, the default) or vxlan (Felix's vxlan.calico, no BIRD); ipip is refused (this kernel has no IPIP)")
+	f.BoolVar(&calicoOpts.RouteReflector, "route-reflector", false, "for a new calico lab: no node-to-node mesh; the first node is a route reflector every other node peers with")
 	f.DurationVar(&graceful, "bgp-graceful-restart", 0, "for a new calico lab: how long peers keep a dead BIRD's routes (default 120s, calico-node's)")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "for a new lab: the pod network (default 10.244.0.0/16)")
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")

@@ -3,6 +3,7 @@ package calico
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -22,6 +23,12 @@ type BirdConfig struct {
 	Blocks   []netip.Prefix // the node's own affine blocks
 	Mesh     []netip.Addr   // the other nodes' IPs: one Mesh_<ip> session each
 	Peers    []Peer         // global peers (Global_<ip>), outside the cluster
+	// Route reflector mode (the mesh off): a reflector has RRClusterID
+	// set and its Clients; a client has its Reflectors. Each session is a
+	// Node_<ip> peer, as Calico's BGPPeer resources render.
+	RRClusterID netip.Addr
+	Clients     []netip.Addr
+	Reflectors  []netip.Addr
 	// GracefulRestart is how long peers keep this node's routes after its
 	// BGP session drops without a notification (BIRD crashed, calico-node
 	// restarting). calico-node uses 120 s; labs and tests use a few
@@ -109,6 +116,11 @@ func (c BirdConfig) Render() string {
 	w("  connect delay time 1;\n  connect retry time 3;\n  error wait time 5,60;\n")
 	w("}\n\n")
 	w("# ------------- Node-to-node mesh -------------\n")
+	if c.RRClusterID.IsValid() {
+		w("# This node (%s) is configured as a route reflector with cluster ID %s;\n# ignore node-to-node mesh setting.\n\n", c.Node, c.RRClusterID)
+	} else if len(c.Mesh) == 0 && len(c.Reflectors) > 0 {
+		w("# Node-to-node mesh disabled\n\n")
+	}
 	for _, p := range c.Mesh {
 		if p == c.RouterID {
 			continue
@@ -121,6 +133,19 @@ func (c BirdConfig) Render() string {
 		}
 		w("  graceful restart time %d;\n", gr)
 		w("}\n\n")
+	}
+	if len(c.Clients)+len(c.Reflectors) > 0 {
+		w("# ------------- Node-specific peers -------------\n")
+		for _, p := range append(slices.Clone(c.Reflectors), c.Clients...) {
+			w("protocol bgp Node_%s from bgp_template {\n", strings.ReplaceAll(p.String(), ".", "_"))
+			w("  neighbor %s as %d;\n", p, AS)
+			w("  source address %s;\n", c.RouterID)
+			if c.RRClusterID.IsValid() {
+				w("  rr client;\n  rr cluster id %s;\n", c.RRClusterID)
+			}
+			w("  graceful restart time %d;\n", gr)
+			w("}\n\n")
+		}
 	}
 	if len(c.Peers) > 0 {
 		w("# ------------- Global peers -------------\n")

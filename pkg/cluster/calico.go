@@ -42,7 +42,16 @@ type CalicoSettings struct {
 	// Gateway is set while the underlay's router runs a BIRD of its own
 	// peering with every node (calico_gateway.go).
 	Gateway bool `json:"gateway,omitempty"`
+	// RouteReflector turns the node-to-node mesh off: the lab's first node
+	// is a route reflector (cluster ID RRClusterID) and every other node
+	// peers with it only, as with Calico's routeReflectorClusterID and a
+	// BGPPeer selecting it.
+	RouteReflector bool `json:"routeReflector,omitempty"`
 }
+
+// RRClusterID is the route reflector's cluster ID (Calico's docs use
+// 244.0.0.1 in their examples).
+var RRClusterID = netip.MustParseAddr("244.0.0.1")
 
 // Calico encapsulation modes (Calico's IPPool vxlanMode/ipipMode).
 const (
@@ -63,8 +72,8 @@ var BirdcBinary = "/usr/sbin/birdc"
 func (o Options) validateCalico() error {
 	s := o.Calico
 	if o.Backend != BackendCalico {
-		if s.BlockSize != 0 || s.Encapsulation != "" || s.GracefulRestart != 0 {
-			return fmt.Errorf("--block-size, --encapsulation and --bgp-graceful-restart belong to the calico backend: add --backend calico or leave them out")
+		if s.BlockSize != 0 || s.Encapsulation != "" || s.GracefulRestart != 0 || s.RouteReflector {
+			return fmt.Errorf("--block-size, --encapsulation, --bgp-graceful-restart and --route-reflector belong to the calico backend: add --backend calico or leave them out")
 		}
 		return nil
 	}
@@ -91,6 +100,9 @@ func (o Options) validateCalico() error {
 		return fmt.Errorf("BGP graceful-restart time %ds is out of range: use 1-3600 s (calico-node uses 120)", s.GracefulRestart)
 	}
 	if s.Encapsulation == EncapVXLAN {
+		if s.RouteReflector {
+			return fmt.Errorf("--route-reflector is a BGP setting, and Calico's VXLAN mode runs no BGP: leave one of them out")
+		}
 		return nil // calico-node runs no BIRD in VXLAN mode
 	}
 	return checkBird()
@@ -348,10 +360,20 @@ func (c *Cluster) BirdConfig(n *Node) calico.BirdConfig {
 			mesh = append(mesh, o.IP)
 		}
 	}
-	return calico.BirdConfig{
+	cfg := calico.BirdConfig{
 		Node: n.Name, RouterID: n.IP, Pool: c.Lab.ClusterCIDR, Blocks: n.Blocks, Mesh: mesh,
 		GracefulRestart: c.Lab.calico().GracefulRestart, Peers: c.Lab.calico().Peers,
 	}
+	if c.Lab.calico().RouteReflector && len(c.Lab.Nodes) > 0 {
+		rr := c.Lab.Nodes[0]
+		cfg.Mesh = nil
+		if rr.Name == n.Name {
+			cfg.RRClusterID, cfg.Clients = RRClusterID, mesh
+		} else {
+			cfg.Reflectors = []netip.Addr{rr.IP}
+		}
+	}
+	return cfg
 }
 
 // BirdPID returns the PID of the node's BIRD, or 0 when none runs. It is
@@ -686,4 +708,13 @@ func (c *Cluster) DelBGPPeer(ip netip.Addr) error {
 		return err
 	}
 	return c.SyncBird()
+}
+
+// checkDelReflector refuses to delete the route reflector while clients
+// depend on it.
+func (c *Cluster) checkDelReflector(n *Node) error {
+	if c.Lab.Backend != BackendCalico || !c.Lab.calico().RouteReflector || len(c.Lab.Nodes) < 2 || c.Lab.Nodes[0] != n {
+		return nil
+	}
+	return fmt.Errorf("node %s is lab %s's route reflector, which every other node peers with: delete the other nodes first", n.Name, c.Lab.Name)
 }

@@ -102,30 +102,38 @@ func BenchmarkCalicoBuild(b *testing.B) {
 	}
 }
 
-// BenchmarkCalicoJoin measures convergence: a lab of n-1 calico nodes,
+// BenchmarkCalicoJoin measures convergence, full mesh and route reflector
+// (node1): a lab of n-1 calico nodes,
 // then one node more, timed from AddNode until every node has every other
 // node's block (the new one's included) and the new node has them all.
 func BenchmarkCalicoJoin(b *testing.B) {
-	for _, n := range []int{2, 10, 20} {
-		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				c := benchLabOf(b, BackendCalico)
-				var spec Spec
-				for k := 1; k < n; k++ {
-					spec.Nodes = append(spec.Nodes, NodeSpec{Name: fmt.Sprintf("node%d", k)})
+	for _, mode := range []string{"mesh", "rr"} {
+		for _, n := range []int{2, 10, 20} {
+			b.Run(fmt.Sprintf("%s/nodes=%d", mode, n), func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					c := benchLabOf(b, BackendCalico)
+					if mode == "rr" {
+						s := c.Lab.calico()
+						s.RouteReflector = true
+						c.Lab.Calico = &s
+					}
+					var spec Spec
+					for k := 1; k < n; k++ {
+						spec.Nodes = append(spec.Nodes, NodeSpec{Name: fmt.Sprintf("node%d", k)})
+					}
+					if _, _, err := c.Build(spec); err != nil {
+						b.Fatal(err)
+					}
+					waitRoutes(b, c, 60*time.Second)
+					b.StartTimer()
+					if _, err := c.AddNode(NodeSpec{Name: fmt.Sprintf("node%d", n)}); err != nil {
+						b.Fatal(err)
+					}
+					waitRoutes(b, c, 60*time.Second)
 				}
-				if _, _, err := c.Build(spec); err != nil {
-					b.Fatal(err)
-				}
-				waitRoutes(b, c, 60*time.Second)
-				b.StartTimer()
-				if _, err := c.AddNode(NodeSpec{Name: fmt.Sprintf("node%d", n)}); err != nil {
-					b.Fatal(err)
-				}
-				waitRoutes(b, c, 60*time.Second)
-			}
-		})
+			})
+		}
 	}
 }
 

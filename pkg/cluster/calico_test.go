@@ -532,3 +532,26 @@ func TestCalicoTwoLabsNeverPeer(t *testing.T) {
 		}
 	}
 }
+
+// TestCalicoRouteReflector turns the mesh off: node1 reflects, the others
+// peer only with it, and every node still gets every block with its
+// originator as next hop.
+func TestCalicoRouteReflector(t *testing.T) {
+	t.Parallel()
+	c := calicoLabWith(t, CalicoSettings{GracefulRestart: 2, RouteReflector: true}, 4, nil)
+	waitRoutes(t, c, 15*time.Second)
+	nodeRe := regexp.MustCompile(`(?m)^(Node_\S+)\s+BGP\s+\S+\s+up\s+\S+\s+Established`)
+	for i, n := range c.Lab.Nodes {
+		out := birdc(t, c.BirdSocket(n.Name), "show", "protocols")
+		want := 1
+		if i == 0 {
+			want = len(c.Lab.Nodes) - 1
+		}
+		if got := nodeRe.FindAllString(out, -1); len(got) != want || strings.Contains(out, "Mesh_") {
+			t.Errorf("node %s: %d Established Node_ sessions, want %d and no mesh:\n%s", n.Name, len(got), want, out)
+		}
+	}
+	if err := c.DelNode("node1"); err == nil || !strings.Contains(err.Error(), "route reflector") {
+		t.Errorf("deleting the reflector: %v", err)
+	}
+}

@@ -411,6 +411,9 @@ func (c *Cluster) DelNode(name string) error {
 	if n == nil {
 		return fmt.Errorf("node %q does not exist in lab %s: see 'klab node list'", name, c.Lab.Name)
 	}
+	if err := c.checkDelReflector(n); err != nil {
+		return err
+	}
 	for _, p := range c.Lab.PodsOn(name) {
 		if err := c.DelPod(p.Name); err != nil {
 			return err
