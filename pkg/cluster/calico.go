@@ -622,17 +622,30 @@ func (c *Cluster) buildCalico(s Spec) ([]*Node, []*Pod, error) {
 	var pods []*Pod
 	c.deferBird = true
 	defer func() { c.deferBird = false }()
+	// A failure half-way removes what this call added, newest first, so
+	// the lab is as before (AddNode and AddPod roll back their own part).
+	undo := func(err error) ([]*Node, []*Pod, error) {
+		for i := len(pods) - 1; i >= 0; i-- {
+			c.DelPod(pods[i].Name)
+		}
+		for i := len(nodes) - 1; i >= 0; i-- {
+			c.DelNode(nodes[i].Name)
+		}
+		c.deferBird = false
+		c.SyncBird()
+		return nil, nil, err
+	}
 	for _, ns := range s.Nodes {
 		n, err := c.AddNode(ns)
 		if err != nil {
-			return nodes, pods, err
+			return undo(err)
 		}
 		nodes = append(nodes, n)
 	}
 	for _, ps := range s.Pods {
 		p, err := c.AddPod(ps)
 		if err != nil {
-			return nodes, pods, err
+			return undo(err)
 		}
 		pods = append(pods, p)
 	}

@@ -555,3 +555,38 @@ func TestCalicoRouteReflector(t *testing.T) {
 		t.Errorf("deleting the reflector: %v", err)
 	}
 }
+
+// TestCalicoBuildBadInputChangesNothing: a bulk build whose last pod is
+// bad (a duplicate name) leaves the lab as it was: no new node, pod,
+// namespace or BIRD.
+func TestCalicoBuildBadInputChangesNothing(t *testing.T) {
+	t.Parallel()
+	c := calicoLab(t, 1, nil)
+	_, _, err := c.Build(Spec{
+		Nodes: []NodeSpec{{Name: "node2"}},
+		Pods:  []PodSpec{{Name: "pod-a", Node: "node2"}, {Name: "pod-a", Node: "node1"}},
+	})
+	if err == nil || !strings.Contains(err.Error(), "already") {
+		t.Fatalf("duplicate pod: %v", err)
+	}
+	if len(c.Lab.Nodes) != 1 || len(c.Lab.Pods) != 0 || netns.Exists(c.NS("node2")) || netns.Exists(c.NS("pod-a")) || c.BirdPID("node2") != 0 {
+		t.Errorf("after a refused build: nodes %d, pods %d, node2 ns %v, pod-a ns %v", len(c.Lab.Nodes), len(c.Lab.Pods), netns.Exists(c.NS("node2")), netns.Exists(c.NS("pod-a")))
+	}
+	if strings.Contains(birdc(t, c.BirdSocket("node1"), "show", "protocols"), "Mesh_") {
+		t.Error("node1's BIRD still has a session to the removed node2")
+	}
+	// Pods are deleted like any other: the veth, its /32 route and the
+	// neighbour go with it.
+	p, err := c.AddPod(PodSpec{Name: "pod-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DelPod("pod-b"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes(t, c, "node1") {
+		if strings.HasPrefix(r, p.IP.String()+" ") {
+			t.Errorf("route %q left after pod del", r)
+		}
+	}
+}
