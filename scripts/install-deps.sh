@@ -4,7 +4,7 @@
 # iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
 # kube-proxy's nftables table), ipset (NetworkPolicy peer sets), dig/getent
 # checks of the cluster DNS (bind9-dnsutils) and traceroute (klab traceroute
-# is compared with it).
+# is compared with it), bird2 (the calico backend runs BIRD on every node).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
