@@ -446,6 +446,12 @@ func TestCalicoVXLAN(t *testing.T) {
 	if want := "10.244.0.8/30 via 10.244.0.4 dev vxlan.calico onlink"; !slices.Contains(routes(t, c, "node1"), want) {
 		t.Errorf("node1 routes %v, want %q", routes(t, c, "node1"), want)
 	}
+	// Felix blackholes each of a node's blocks, the new one too.
+	for _, want := range []string{"blackhole 10.244.0.4/30", "blackhole 10.244.0.8/30"} {
+		if !slices.Contains(routes(t, c, "node2"), want) {
+			t.Errorf("node2 routes %v, want %q", routes(t, c, "node2"), want)
+		}
+	}
 	capture := exec.Command("ip", "netns", "exec", c.NS("node2"), "tshark", "-n", "-i", "eth0", "-a", "duration:6", "-c", "1",
 		"-f", "udp port 4789", "-d", "udp.port==4789,vxlan", "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src")
 	var capOut strings.Builder

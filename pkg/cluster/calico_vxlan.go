@@ -51,13 +51,30 @@ func (c *Cluster) planCalicoTunnel(n *Node) {
 	n.VtepMAC = calicoVTEPMAC(n.Name).String()
 }
 
-// planCalicoVXLANDevice plans vxlan.calico with its /32 tunnel address.
+// planCalicoVXLANDevice plans vxlan.calico with its /32 tunnel address,
+// and the node's blocks blackholed.
 func (c *Cluster) planCalicoVXLANDevice(n *Node, st *plan.State) plan.Plan {
 	mac, _ := parseMAC(n.VtepMAC)
-	return vxlan.PlanDevice(vxlan.Config{
+	p := vxlan.PlanDevice(vxlan.Config{
 		NS: c.NS(n.Name), Name: CalicoVXLANDevice, VNI: CalicoVXLANVNI, Port: CalicoVXLANPort, Local: n.IP,
 		Underlay: NodeUplink, MTU: c.Lab.MTU(), MAC: mac, Subnet: n.Blocks[0],
 	}, st)
+	return append(p, c.planCalicoBlackholes(n, st)...)
+}
+
+// planCalicoBlackholes blackholes each of the node's blocks, as Felix does
+// in VXLAN mode (in BGP mode BIRD's static protocol does it): an address of
+// a block with no pod behind it is dropped on the node instead of
+// following its default route; the pods' /32s are more specific.
+func (c *Cluster) planCalicoBlackholes(n *Node, st *plan.State) plan.Plan {
+	var p plan.Plan
+	for _, b := range n.Blocks {
+		rt := plan.Route{Dst: b, Blackhole: true}
+		if !st.HasRoute(rt) {
+			p.Add(plan.Op{Verb: plan.RouteReplace, NS: c.NS(n.Name), New: true, Route: &rt, Why: "Felix: the node's own block"})
+		}
+	}
+	return p
 }
 
 // calicoEntries are node n's entries for peer o in VXLAN mode: ARP, FDB,
@@ -130,12 +147,13 @@ func (c *Cluster) announceBlock(n *Node) error {
 	}
 	var p plan.Plan
 	for _, o := range c.Lab.Nodes {
-		if o.Name == n.Name {
-			continue
-		}
 		st, err := c.read(o.Name)
 		if err != nil {
 			return err
+		}
+		if o.Name == n.Name {
+			p.Add(c.planCalicoBlackholes(n, st)...)
+			continue
 		}
 		p.Add(c.planCalicoPeers(o, []*Node{n}, st)...)
 	}
