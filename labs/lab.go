@@ -17,6 +17,7 @@ type Lab struct {
 	Time          time.Duration // front matter "time": how long it takes a student
 	Backend       string        // front matter "backend": vxlan (default), host-gw or calico
 	DNS           bool          // front matter "dns: true": the lab runs cluster DNS (its first node add has --dns)
+	ControlPlane  string        // front matter "control-plane: etcd": etcd and node agents (its first node add has --control-plane etcd)
 	Intro         []Block       // prose before the first step
 	Steps         []Step
 	Source        []byte // the file as read

@@ -30,7 +30,7 @@ var displayLangs = map[string]bool{
 	"iptables": true, "markdown": true, "md": true,
 }
 
-var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns"}
+var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns", "control-plane"}
 
 var (
 	fenceRE   = regexp.MustCompile("^( {0,3})(`{3,}|~{3,})(.*)$")
@@ -157,6 +157,11 @@ func (p *parser) frontMatter() int {
 			default:
 				p.errorf(ln, "dns %q is neither true nor false", val)
 			}
+		case "control-plane":
+			if val != "etcd" {
+				p.errorf(ln, "control-plane %q is not known: use etcd", val)
+			}
+			l.ControlPlane = val
 		case "backend":
 			if val != "vxlan" && val != "host-gw" && val != "calico" {
 				p.errorf(ln, "backend %q is not known: use vxlan, host-gw or calico", val)

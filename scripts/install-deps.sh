@@ -3,8 +3,10 @@
 # iptables (klab's only runtime dependency) and, for the tests' cross-checks,
 # iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
 # kube-proxy's nftables table), ipset (NetworkPolicy peer sets), dig/getent
-# checks of the cluster DNS (bind9-dnsutils) and traceroute (klab traceroute
-# is compared with it), bird2 (the calico backend runs BIRD on every node).
+# checks of the cluster DNS (bind9-dnsutils), traceroute (klab traceroute
+# is compared with it), etcd-server/etcd-client (etcdctl reads back the
+# control plane's leases) and bird2 (the calico backend runs BIRD on every
+# node).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
@@ -19,8 +21,14 @@ command -v nft >/dev/null 2>&1 || need="$need nftables"
 command -v ipset >/dev/null 2>&1 || need="$need ipset"
 command -v bird >/dev/null 2>&1 || [ -x /usr/sbin/bird ] || need="$need bird2"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
+command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
+command -v etcdctl >/dev/null 2>&1 || need="$need etcd-client"
 command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v make >/dev/null 2>&1 || need="$need make"
+# klab ui's end-to-end test drives a real headless browser (large; opt out with KLAB_WITH_CHROMIUM=0).
+if [ "${KLAB_WITH_CHROMIUM:-1}" = 1 ]; then
+	command -v chromium >/dev/null 2>&1 || need="$need chromium"
+fi
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
 	echo "klab: missing$need and no apt-get here: install them with your package manager" >&2

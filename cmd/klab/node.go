@@ -26,6 +26,8 @@ func newNodeAddCmd() *cobra.Command {
 	var withDNS bool
 	var calicoOpts cluster.CalicoSettings
 	var graceful time.Duration
+	var controlPlane, flannelMode string
+	var leaseTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Add a node: a namespace on the underlay, with cni0, flannel.1 and a pod subnet",
@@ -37,13 +39,22 @@ network (10.244.1.0/24, 10.244.2.0/24, ...), gets a cni0 bridge holding the
 subnet's .1 (the pods' gateway) and, with the vxlan backend, a flannel.1 VTEP
 (VNI 1, UDP 8472, MTU 1450) plus an ARP entry, an FDB entry and a route for
 every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
-'klab exec NAME'.`,
+'klab exec NAME'.
+
+With --control-plane etcd (chosen by a lab's first node add) the lab runs
+flannel's control plane instead of klab programming every node: etcd on a
+control-plane node (192.168.1.100) and an agent per node in flanneld's role,
+which leases the subnet in etcd (/coreos.com/network/subnets/...), creates
+flannel.1 and programs every peer from the leases it watches ('klab agent
+log NAME' shows what it did). --flannel-mode miss is old flannel's mode: no
+entries in advance, the kernel's L3MISS/L2MISS answered from the leases.`,
 		Example: `  klab node add node1
   klab node add node2 --ip 192.168.1.102 --pod-cidr 10.244.2.0/24 --explain
-  klab node add node1 --lab hostgw --backend host-gw`,
+  klab node add node1 --lab hostgw --backend host-gw
+  klab node add node1 --lab cp --control-plane etcd --lease-ttl 10s`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend, DNS: withDNS, Calico: calicoOpts}
+			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, Calico: calicoOpts}
 			if graceful != 0 {
 				if graceful < time.Second || graceful%time.Second != 0 {
 					return fmt.Errorf("--bgp-graceful-restart %s is not a whole number of seconds: write it like 5s (calico-node uses 120s)", graceful)
@@ -105,7 +116,12 @@ every other node. Its flannel subnet.env is at /run/flannel/subnet.env inside
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
 	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
 	f.BoolVar(&withDNS, "dns", false, "for a new lab: cluster DNS (kube-system/kube-dns at the service CIDR's 10th address, two DNS pods, resolv.conf in every pod)")
+	f.StringVar(&controlPlane, "control-plane", "", "for a new lab: etcd runs flannel's leases at the control-plane node (.100) and an agent on every node programs it from them (default: klab programs every node directly)")
+	f.StringVar(&flannelMode, "flannel-mode", "", "for a new lab with --control-plane etcd: miss is old flannel's mode (flannel.1 with l2miss/l3miss, entries answered on demand)")
+	f.DurationVar(&leaseTTL, "lease-ttl", 0, "for a new lab with --control-plane etcd: the subnet leases' TTL (default 24h, flannel's)")
 	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw", "calico"))
+	cmd.RegisterFlagCompletionFunc("control-plane", fixedCompletion("etcd"))
+	cmd.RegisterFlagCompletionFunc("flannel-mode", fixedCompletion("miss"))
 	return cmd
 }
 

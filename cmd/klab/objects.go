@@ -118,7 +118,10 @@ func manifestVerb(files []string, forDelete bool, do func(*cluster.Cluster, *k8s
 		return err
 	}
 	defer guardBuild(c)()
+	var endBar func()
+	c.Progress, endBar = progressBar("klab: building")
 	res, err := do(c, set)
+	endBar()
 	if err != nil {
 		failed(c.A)
 		return err

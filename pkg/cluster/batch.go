@@ -60,6 +60,10 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 			restore()
 			return nil, nil, err
 		}
+		if err := c.cpPrepareBuild(); err != nil {
+			restore()
+			return nil, nil, err
+		}
 	}
 	byNode := map[string][]int{} // pod indexes per node, in request order
 	var order []string           // nodes with new pods, in first-use order
@@ -203,7 +207,7 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		workers = 1
 	}
 	c.A.Overlap = true
-	err = c.A.ApplyEach(len(jobs)+1, workers, planJob)
+	err = c.A.ApplyEach(len(jobs)+1, workers, c.counted(len(jobs)+1, planJob))
 	c.A.Overlap = false
 	if err != nil {
 		return undo(err)
@@ -217,6 +221,9 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		if err := policyCheck("the pods are up", c.syncPolicies()); err != nil {
 			return nodes, pods, err
 		}
+	}
+	if err := c.cpStartAgents(nodes); err != nil {
+		return nodes, pods, fmt.Errorf("the nodes are up, but their agents are not: %w", err)
 	}
 	if len(nodes) > 0 {
 		if err := c.ensureDNS(); err != nil {

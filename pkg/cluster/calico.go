@@ -77,6 +77,12 @@ func (o Options) validateCalico() error {
 		}
 		return nil
 	}
+	switch {
+	case o.FlannelMode != "":
+		return fmt.Errorf("--flannel-mode %s is a mode of flannel's VXLAN device, and the calico backend runs no flannel: leave --flannel-mode out", o.FlannelMode)
+	case o.ControlPlane != "" || o.LeaseTTL != 0:
+		return fmt.Errorf("--control-plane etcd runs flanneld's leases and agents, and the calico backend spreads its blocks by BGP instead (calico-node's datastore is not built): leave --control-plane and --lease-ttl out")
+	}
 	switch s.Encapsulation {
 	case "", EncapNone:
 	case EncapIPIP:

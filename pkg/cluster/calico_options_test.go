@@ -20,6 +20,8 @@ func TestCalicoOptionsRefused(t *testing.T) {
 		{"block size out of range", Options{Backend: BackendCalico, Calico: CalicoSettings{BlockSize: 8}}, "use 20-32"},
 		{"calico flag without calico", Options{Backend: BackendVXLAN, Calico: CalicoSettings{BlockSize: 26}}, "add --backend calico"},
 		{"route reflector in VXLAN mode", Options{Backend: BackendCalico, Calico: CalicoSettings{Encapsulation: EncapVXLAN, RouteReflector: true}}, "runs no BGP"},
+		{"flannel's miss mode", Options{Backend: BackendCalico, FlannelMode: "miss"}, "runs no flannel"},
+		{"etcd control plane", Options{Backend: BackendCalico, ControlPlane: "etcd"}, "leave --control-plane and --lease-ttl out"},
 		{"graceful restart out of range", Options{Backend: BackendCalico, Calico: CalicoSettings{GracefulRestart: 4000}}, "1-3600"},
 	} {
 		err := tc.o.Validate()

@@ -19,6 +19,7 @@ type RepairReport struct {
 	Stopped  []int    `json:"stopped,omitempty"`  // servers of the lab the state did not know, or outside their namespace
 	Forgot   []string `json:"forgot,omitempty"`   // servers the state listed that no longer run
 	Released []string `json:"released,omitempty"` // addresses held by pods the state does not know
+	Started  []string `json:"started,omitempty"`  // control-plane servers (etcd, agents) started again
 }
 
 // Repair reconciles the kernel with the lab's state, the way a controller
@@ -39,7 +40,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 	// Cached handles may point at namespaces deleted behind klab's back.
 	c.A.ForgetAll()
 	c.states = nil
-	known := map[string]bool{UnderlayName: true, ExternalName: true}
+	known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil}
 	for _, n := range l.Names() {
 		known[netns.Object(n)] = true
 	}
@@ -137,7 +138,10 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 	p.Add(c.repairBird(rep)...)
 	sort.Strings(rep.Released)
 	p.Add(c.savePlan()...)
-	return rep, c.apply(p)
+	if err := c.apply(p); err != nil {
+		return rep, err
+	}
+	return rep, c.cpRepair(rep)
 }
 
 // repairServers plans stopping the lab's servers the state does not know

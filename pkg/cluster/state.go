@@ -71,6 +71,9 @@ type Lab struct {
 	Servers  []*Server                     `json:"servers,omitempty"`
 	// Calico holds the calico backend's settings (calico.go).
 	Calico *CalicoSettings `json:"calico,omitempty"`
+	// ControlPlane is set when etcd and node agents run the lab
+	// (controlplane.go).
+	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
 }
 
 // Node is a Kubernetes node: a namespace on the underlay with a pod subnet.

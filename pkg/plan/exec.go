@@ -180,7 +180,7 @@ func (a *Applier) linkAdd(h *netlink.Handle, op Op) error {
 		if err != nil {
 			return err
 		}
-		link = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, VtepDevIndex: dev, SrcAddr: l.Local.AsSlice(), Port: l.Port, Learning: l.Learning}
+		link = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, VtepDevIndex: dev, SrcAddr: l.Local.AsSlice(), Port: l.Port, Learning: l.Learning, Proxy: l.Proxy, L2miss: l.L2Miss, L3miss: l.L3Miss}
 	case "veth":
 		v := &netlink.Veth{LinkAttrs: attrs, PeerName: l.PeerName, PeerMTU: uint32(l.PeerMTU), PeerHardwareAddr: l.PeerMAC}
 		if l.PeerNS != "" {

@@ -92,6 +92,10 @@ type Link struct {
 	Dev      string // underlay device
 	Port     int
 	Learning bool
+	// Proxy, L2Miss and L3Miss are old flannel's (<= 0.9) device: the
+	// kernel answers ARP from the device's neighbour table and tells
+	// userspace (RTM_GETNEIGH) about every IP or MAC it has no entry for.
+	Proxy, L2Miss, L3Miss bool
 }
 
 // Addr is an address on a device.
@@ -308,6 +312,15 @@ func linkAddArgs(l *Link) string {
 		}
 		if !l.Learning {
 			b.WriteString(" nolearning")
+		}
+		if l.Proxy {
+			b.WriteString(" proxy")
+		}
+		if l.L2Miss {
+			b.WriteString(" l2miss")
+		}
+		if l.L3Miss {
+			b.WriteString(" l3miss")
 		}
 	}
 	return b.String()

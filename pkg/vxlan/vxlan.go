@@ -34,6 +34,8 @@ type Config struct {
 	// Name is the device's name; empty means flannel's flannel.<VNI>
 	// (Calico's VXLAN mode uses vxlan.calico).
 	Name string
+	// Miss makes old flannel's device (proxy l2miss l3miss): see miss.go.
+	Miss bool
 }
 
 // Peer is what a node learns about another node from its lease.
@@ -52,7 +54,7 @@ func (cfg Config) want() *plan.Link {
 	if name == "" {
 		name = DeviceName(cfg.VNI)
 	}
-	return &plan.Link{Name: name, Type: "vxlan", MTU: cfg.MTU, MAC: cfg.MAC, VNI: cfg.VNI, Local: cfg.Local, Dev: cfg.Underlay, Port: cfg.Port}
+	return &plan.Link{Name: name, Type: "vxlan", MTU: cfg.MTU, MAC: cfg.MAC, VNI: cfg.VNI, Local: cfg.Local, Dev: cfg.Underlay, Port: cfg.Port, Proxy: cfg.Miss, L2Miss: cfg.Miss, L3Miss: cfg.Miss}
 }
 
 // PlanDevice returns the operations that make flannel.<VNI> exist as cfg
@@ -102,6 +104,8 @@ func incompatible(old *plan.LinkState, want *plan.Link) string {
 		return "underlay device"
 	case old.Learning != want.Learning:
 		return "learning"
+	case old.L2Miss != want.L2Miss || old.L3Miss != want.L3Miss || old.Proxy != want.Proxy:
+		return "miss mode"
 	case want.MTU != 0 && old.MTU != want.MTU:
 		return "mtu"
 	case want.MAC != nil && old.MAC.String() != want.MAC.String():
