@@ -76,6 +76,12 @@ func Lint(l *Lab, validate Validator) error {
 			case l.DNS && !firstNode && !dns:
 				add(c.Line, "the front matter says dns: true, but the lab's first node add lacks --dns (cluster DNS is chosen when a lab is created): add --dns")
 			}
+			if pm := flagValue(flags, "--proxy-mode"); (pm != "" || !firstNode) && pm != l.ProxyMode && !(pm == "" && l.ProxyMode == "iptables") && !(pm == "iptables" && l.ProxyMode == "") {
+				add(c.Line, "this node add has --proxy-mode %q but the front matter says proxy-mode: %q (the mode is chosen by the lab's first node add): make them agree", pm, l.ProxyMode)
+			}
+			if pm := flagValue(flags, "--proxy-mode"); (pm != "" || !firstNode) && pm != l.ProxyMode && !(pm == "" && l.ProxyMode == "iptables") && !(pm == "iptables" && l.ProxyMode == "") {
+				add(c.Line, "this node add has --proxy-mode %q but the front matter says proxy-mode: %q (the mode is chosen by the lab's first node add): make them agree", pm, l.ProxyMode)
+			}
 			firstNode = true
 		}
 		if b := flagValue(flags, "--backend"); b != "" && len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {

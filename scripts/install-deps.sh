@@ -24,6 +24,10 @@ command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
 command -v etcdctl >/dev/null 2>&1 || need="$need etcd-client"
 command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
+# klab pod add --cni runs the real CNI plugins; capsh and unshare for the container tests.
+[ -x /usr/lib/cni/bridge ] || need="$need containernetworking-plugins"
+command -v capsh >/dev/null 2>&1 || need="$need libcap2-bin"
+command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v make >/dev/null 2>&1 || need="$need make"
 # klab ui's end-to-end test drives a real headless browser (large; opt out with KLAB_WITH_CHROMIUM=0).
 if [ "${KLAB_WITH_CHROMIUM:-1}" = 1 ]; then

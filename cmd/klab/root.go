@@ -54,7 +54,7 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		// poking at the result
 		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd, newGraphCmd, newUICmd,
 		// the lab's life cycle
-		newListCmd, newRepairCmd, newDestroyCmd,
+		newListCmd, newRepairCmd, newDestroyCmd, newProxyModeCmd,
 		// the calico backend's BGP
 		newCalicoCmd,
 		// tools around them
@@ -87,7 +87,7 @@ var mutating = []string{
 	"node add", "node del", "pod add", "pod del", "pod set-ready",
 	"service add", "service del", "service set-endpoints",
 	"namespace add", "namespace del", "apply", "delete",
-	"serve", "repair", "destroy", "agent start", "agent stop",
+	"serve", "repair", "destroy", "agent start", "agent stop", "proxy-mode set",
 }
 
 func envOr(k, def string) string {

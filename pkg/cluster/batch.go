@@ -56,7 +56,7 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		nodes = append(nodes, n)
 	}
 	if len(nodes) > 0 {
-		if err := checkIptablesRestore(); err != nil {
+		if err := checkIptablesRestore(); err != nil && !c.Lab.NFTables() {
 			restore()
 			return nil, nil, err
 		}

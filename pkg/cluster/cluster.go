@@ -32,6 +32,8 @@ type Options struct {
 	ControlPlane string
 	FlannelMode  string
 	LeaseTTL     time.Duration
+	// ProxyMode is kube-proxy's mode: "" (iptables), iptables or nftables (proxymode.go).
+	ProxyMode string
 }
 
 // withDefaults fills the zero fields with seed 003's values.
@@ -63,6 +65,9 @@ func (o Options) withDefaults() Options {
 // Validate checks lab-wide settings.
 func (o Options) Validate() error {
 	o = o.withDefaults()
+	if err := ValidateProxyMode(o.ProxyMode); err != nil {
+		return err
+	}
 	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW && o.Backend != BackendCalico {
 		return fmt.Errorf("backend %q is not known: use vxlan, host-gw or calico", o.Backend)
 	}
@@ -239,7 +244,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		l = &Lab{
 			Name: lab, Backend: o.Backend, ClusterCIDR: o.ClusterCIDR, ServiceCIDR: o.ServiceCIDR,
 			UnderlayCIDR: o.UnderlayCIDR, UnderlayGateway: o.UnderlayCIDR.Addr().Next(), UnderlayMTU: o.UnderlayMTU,
-			VNI: o.VNI, Port: o.Port, DNS: o.DNS, Created: time.Now().UTC(),
+			VNI: o.VNI, Port: o.Port, DNS: o.DNS, ProxyMode: o.ProxyMode, Created: time.Now().UTC(),
 		}
 		l.ControlPlane = o.newControlPlane(l.UnderlayCIDR)
 		l.Calico = o.calicoSettings()
@@ -343,6 +348,7 @@ func (c *Cluster) CheckOptions(o Options, changed func(flag string) bool) error 
 		{"dns", fmt.Sprint(o.DNS), fmt.Sprint(l.DNS)},
 		{"control-plane", o.ControlPlane, l.controlPlaneKind()},
 		{"flannel-mode", o.FlannelMode, l.flannelMode()},
+		{"proxy-mode", (&Lab{ProxyMode: o.ProxyMode}).Mode(), l.Mode()},
 	} {
 		if changed(f.flag) && f.want != f.has {
 			return fmt.Errorf("lab %s already uses %s %s, and --%s only applies when a lab is created: destroy the lab first (klab destroy %s) or pick another --lab", l.Name, f.flag, f.has, f.flag, l.Name)

@@ -167,7 +167,7 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	}
 	// Every node runs kube-proxy's and flannel's rules: check for the tool
 	// before anything is built.
-	if err := checkIptablesRestore(); err != nil {
+	if err := checkIptablesRestore(); err != nil && !c.Lab.NFTables() {
 		return nil, err
 	}
 	if err := c.interrupted(); err != nil {

@@ -61,6 +61,7 @@ type Lab struct {
 	VNI             int          `json:"vni"`
 	Port            int          `json:"port"`
 	DNS             bool         `json:"dns,omitempty"` // cluster DNS on (dns.go)
+	ProxyMode       string       `json:"proxyMode,omitempty"`
 	Created         time.Time    `json:"created"`
 	Nodes           []*Node      `json:"nodes"`
 	Namespaces      []*Namespace `json:"namespaces,omitempty"` // beyond the built-in ones
@@ -113,6 +114,8 @@ type Pod struct {
 	Subdomain string `json:"subdomain,omitempty"`
 	// Readiness is the pod's readinessProbe (see readiness.go).
 	Readiness *ReadinessProbe `json:"readinessProbe,omitempty"`
+	// CNI is set when the real CNI plugins wired the pod (cni.go).
+	CNI bool `json:"cni,omitempty"`
 }
 
 // Server is a background traffic server started by klab in a namespace.

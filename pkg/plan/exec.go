@@ -66,6 +66,8 @@ func (a *Applier) do(op Op) error {
 		return iptablesRule(op.NS, op.Rules)
 	case IPSet:
 		return ipsetRestore(op.NS, op.Sets)
+	case NFT:
+		return op.NFT.Apply(op.NS)
 	}
 	h, err := a.handle(op.NS)
 	if err != nil {

@@ -34,6 +34,7 @@ const (
 	Restore        Verb = "iptables-restore" // iptables-restore [--noflush] --wait <<EOF
 	IPTables       Verb = "iptables"         // one rule: iptables -C ... || iptables -I/-A ...; or -D
 	IPSet          Verb = "ipset restore"    // ipset restore <<EOF (sets of addresses, inside the namespace)
+	NFT            Verb = "nft"              // nft -f - <<EOF: one nf_tables transaction, sent over netlink
 	WriteFile      Verb = "write"            // a file klab keeps (IPAM, subnet.env, state)
 	RemoveFile     Verb = "remove"           // rm -rf PATH
 	Exec           Verb = "exec"             // anything else: a process started or stopped
@@ -61,6 +62,9 @@ type Op struct {
 	// Sets is the `ipset restore` input of an IPSet operation: create,
 	// flush, add, del, swap and destroy lines, run as one command.
 	Sets string
+	// NFT is the transaction of an NFT operation (pkg/nft.Batch): its
+	// `nft -f` text for Command, and its netlink apply.
+	NFT  NFTables
 	File *File // WriteFile, RemoveFile
 	Proc *Proc // Exec
 
@@ -139,6 +143,15 @@ type Rules struct {
 	// present).
 	Table, Chain, Action string
 	Rule                 []string
+}
+
+// NFTables is an nf_tables transaction in one namespace, as pkg/nft builds
+// it: Text is the equivalent `nft -f` input, Apply sends it over netlink
+// (no nft binary) as one batch. (An interface, since pkg/nft's renderers
+// build on pkg/nat, which builds on this package.)
+type NFTables interface {
+	Text() string
+	Apply(ns string) error
 }
 
 // File is a file klab writes or removes. State files are klab's own
@@ -233,6 +246,8 @@ func (op Op) command() string {
 		return in("iptables-restore "+flags) + " <<'EOF'\n" + withNewline(op.Rules.Input) + "EOF"
 	case IPSet:
 		return in("ipset restore") + " <<'EOF'\n" + withNewline(op.Sets) + "EOF"
+	case NFT:
+		return in("nft -f -") + " <<'EOF'\n" + withNewline(op.NFT.Text()) + "EOF"
 	case IPTables:
 		r := op.Rules
 		spec := r.Chain + " " + ShellJoin(r.Rule)
@@ -372,6 +387,8 @@ func (op Op) Object() string {
 		return "iptables rules" + where
 	case op.Verb == IPSet:
 		return "ipsets" + where
+	case op.Verb == NFT:
+		return "nftables tables" + where
 	case op.Rules != nil:
 		return fmt.Sprintf("iptables rule in %s/%s%s", op.Rules.Table, op.Rules.Chain, where)
 	case op.File != nil:
