@@ -44,6 +44,12 @@ func kernelProblems(l *Lab, have map[string]bool) []string {
 			continue
 		}
 		want := []string{NodeUplink, bridge.DefaultName}
+		if l.Backend == BackendCalico {
+			want = []string{NodeUplink}
+			if l.calicoVXLAN() {
+				want = append(want, CalicoVXLANDevice)
+			}
+		}
 		if l.Backend == BackendVXLAN {
 			want = append(want, vxlan.DeviceName(l.VNI))
 		}

@@ -138,6 +138,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 		p.Add(rp...)
 	}
 	p.Add(c.repairServers(rep)...)
+	p.Add(c.repairBird(rep)...)
 	sort.Strings(rep.Released)
 	p.Add(c.savePlan()...)
 	if err := c.apply(p); err != nil {

@@ -54,6 +54,9 @@ func (p *Plan) Labels() []string {
 
 // Describe says in one sentence what path the plan expects.
 func (p *Plan) Describe() string {
+	if d, ok := describeCalico(p.Kind); ok {
+		return d
+	}
 	switch p.Kind {
 	case KindSameNode:
 		return "same node: bridged by cni0, no routing"
@@ -139,7 +142,7 @@ func PlanPath(lab *cluster.Lab, from, target string, dst netip.Addr, proto strin
 			return nil, fmt.Errorf("pod %s is on node %s, which lab %s does not have: the lab state is inconsistent ('klab doctor')", from, srcPod.Node, lab.Name)
 		}
 	}
-	vx := lab.Backend != cluster.BackendHostGW
+	vx := lab.Backend != cluster.BackendHostGW && lab.Backend != cluster.BackendCalico
 	tunnel := vxlan.DeviceName(lab.VNI)
 	if lab.VNI == 0 {
 		tunnel = vxlan.DeviceName(1)
@@ -212,6 +215,7 @@ func PlanPath(lab *cluster.Lab, from, target string, dst netip.Addr, proto strin
 		pl.Kind, pl.Expected = KindAnyWhere, false
 		pl.Points = everywhere(lab, srcNode, up, vx, tunnel)
 	}
+	calicoPath(lab, pl)
 	return pl, nil
 }
 
