@@ -21,16 +21,18 @@ import (
 // with planNodeRules against its kernel, applies the changed chains and
 // acks), in the same run. ms/op is until SetEndpoints returns: every node
 // has the new rules (direct: the restores returned; etcd: every agent
-// acked the revision, after its apply). Run with -benchtime 10x.
+// acked the revision, after its apply). Both proxy modes, iptables and
+// nftables. Run with -benchtime 10x.
 func BenchmarkProxyEndpointChange(b *testing.B) {
 	testutil.RequireRoot(b)
 	bin := testutil.Klab(b)
 	const nodes, services = 10, 1000
-	for _, mode := range []string{"direct", "etcd"} {
-		b.Run(fmt.Sprintf("%dnodes-%dsvc/%s", nodes, services, mode), func(b *testing.B) {
+	for _, row := range [][2]string{{ProxyIPTables, "direct"}, {ProxyIPTables, "etcd"}, {ProxyNFTables, "direct"}, {ProxyNFTables, "etcd"}} {
+		proxy, mode := row[0], row[1]
+		b.Run(fmt.Sprintf("%dnodes-%dsvc/%s/%s", nodes, services, proxy, mode), func(b *testing.B) {
 			state := b.TempDir()
 			lab := testutil.LabName(b, "kp")
-			opts := &Options{}
+			opts := &Options{ProxyMode: proxy}
 			if mode == "etcd" {
 				opts.ControlPlane = ControlPlaneEtcd
 			}
