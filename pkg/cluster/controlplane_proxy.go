@@ -3,7 +3,10 @@ package cluster
 // kube-proxy's role in a control-plane lab. The CLI (and klab apply) write
 // the lab's Services and their EndpointSlices to etcd where the API server
 // stores them, and every node's agent watches those prefixes and syncs its
-// node's rules — the CLI programs no proxy rule itself.
+// node's rules — the CLI programs no proxy rule itself. It lives here, not
+// in pkg/agent, because an agent renders its node with the CLI's own code
+// (planNodeRules: iptables or nftables mode, flannel's masquerade), and
+// pkg/cluster imports pkg/agent; RunAgent starts it beside flanneld's loop.
 //
 // Keys: the API server's storage layout (kubernetes pkg/registry/core/
 // service/storage and pkg/registry/discovery/endpointslice/storage: the
