@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -235,6 +236,26 @@ func TestControlPlaneProxyNFTables(t *testing.T) {
 	if got := keysOf(l.spread("client", "http://"+ip+"/", 6)); !slices.Equal(got, []string{"b"}) {
 		t.Fatalf("curl reached %v, want only b", got)
 	}
+	// A frozen agent: the verb waits (bounded), then names it; the change
+	// is in etcd and the state, and the agent syncs it once it thaws.
+	var pid int
+	fmt.Sscan(sh(t, "pgrep", "-f", "__agent --node node2 --lab "+l.lab), &pid)
+	syscall.Kill(pid, syscall.SIGSTOP)
+	r := l.run(nil, "service", "set-endpoints", "web", "a", "--lab", l.lab)
+	syscall.Kill(pid, syscall.SIGCONT)
+	if r.code == 0 || !strings.Contains(r.out, "the agents of node2 have not synced them after") {
+		t.Fatalf("set-endpoints with node2's agent frozen: exit %d: %s", r.code, r.out)
+	}
+	t.Logf("frozen agent: %s", strings.TrimSpace(r.out))
+	if got := l.nftTargets("node1"); !slices.Equal(got, []string{a}) {
+		t.Fatalf("node1 did not follow while node2's agent was frozen: %v", got)
+	}
+	waitFor(t, 2*time.Second, "node2's agent catching up after it thawed", func() bool { return slices.Equal(l.nftTargets("node2"), []string{a}) })
+	if eps := l.labState().Service("web").Endpoints; !slices.Equal(eps, []string{"a"}) {
+		t.Fatalf("the lab's state did not record the change: %v", eps)
+	}
+	l.must("service", "set-endpoints", "web", "b", "--lab", l.lab)
+
 	// The mode switch is kube-proxy's ConfigMap in etcd.
 	l.must("proxy-mode", "set", "iptables", "--lab", l.lab)
 	if cm := l.etcdctl("get", "--print-value-only", "/registry/configmaps/kube-system/kube-proxy"); !strings.Contains(cm, `mode: iptables`) {

@@ -221,7 +221,7 @@ func (c *Cluster) waitProxyAcks(rev int64, timeout time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the services are in etcd (revision %d), but the agents of %s have not synced them after %v: see 'klab agent log NODE'", rev, strings.Join(lag, ", "), timeout)
+			return fmt.Errorf("the services are in etcd (revision %d), but the agents of %s have not synced them after %v: see 'klab agent log NODE'", rev, strings.Join(lag, ", "), timeout.Round(100*time.Millisecond))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
