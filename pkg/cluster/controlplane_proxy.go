@@ -135,6 +135,7 @@ func (l *Lab) proxyObjects() map[string]string {
 // kept for commit to report after the state is saved (etcd has the
 // change: the lab must record it too).
 func (c *Cluster) publishServices(before, after *Lab) error {
+	c.proxyLag = nil
 	old, cur := before.proxyObjects(), after.proxyObjects()
 	var ops []clientv3.Op
 	var script strings.Builder
