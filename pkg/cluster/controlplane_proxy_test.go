@@ -3,6 +3,7 @@ package cluster
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -119,4 +120,40 @@ func keysSorted(m map[string]string) string {
 
 func configMap(conf string) *corev1.ConfigMap {
 	return &corev1.ConfigMap{Data: map[string]string{"config.conf": conf}}
+}
+
+// benchLab is a lab of 1,000 services over 20 pods, for the CLI's and the
+// agent's per-sync work.
+func benchLab() *Lab {
+	l := &Lab{Name: "b", ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/12")}
+	for i := range 20 {
+		l.Pods = append(l.Pods, &Pod{Name: "p" + strconv.Itoa(i), Node: "node1", IP: netip.AddrFrom4([4]byte{10, 244, 1, byte(2 + i)})})
+	}
+	for i := range 1000 {
+		l.Services = append(l.Services, &Service{Name: "s" + strconv.Itoa(i), ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(1 + i/250), byte(1 + i%250)}),
+			Ports: []nat.ServicePort{{Port: 80, TargetPort: 8080}}, Affinity: nat.AffinityNone, Endpoints: []string{"p" + strconv.Itoa(i%20), "p" + strconv.Itoa((i+1)%20)}})
+	}
+	return l
+}
+
+// BenchmarkProxyObjects is the CLI's cost per verb at 1,000 services: the
+// objects of the lab before and after, as JSON.
+func BenchmarkProxyObjects(b *testing.B) {
+	l := benchLab()
+	for b.Loop() {
+		l.proxyObjects()
+	}
+}
+
+// BenchmarkLabFromObjects is an agent's cost per sync at 1,000 services:
+// the lab rebuilt from its decoded objects.
+func BenchmarkLabFromObjects(b *testing.B) {
+	l := benchLab()
+	objs := map[string]any{}
+	for k, v := range l.proxyObjects() {
+		objs[k] = decodeObject(k, []byte(v), func(string, ...any) {})
+	}
+	for b.Loop() {
+		labFromObjects(l, objs).natServices()
+	}
 }
