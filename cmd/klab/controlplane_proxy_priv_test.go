@@ -271,3 +271,45 @@ func TestControlPlaneProxyNFTables(t *testing.T) {
 	}
 	l.must("destroy", l.lab)
 }
+
+// TestControlPlaneProxyReadiness: a failing readiness probe is a change
+// of the EndpointSlice in etcd, and the pod leaves every node's rules.
+func TestControlPlaneProxyReadiness(t *testing.T) {
+	t.Parallel()
+	l := newKPLab(t)
+	l.must("node", "add", "node2", "--lab", l.lab)
+	l.must("apply", "-f", "testdata/manifests/ready.yaml", "--lab", l.lab)
+	sliceKey := "/registry/endpointslices/default/web"
+	readyIn := func() map[string]bool {
+		var es discoveryv1.EndpointSlice
+		json.Unmarshal([]byte(l.etcdctl("get", "--print-value-only", sliceKey)), &es)
+		out := map[string]bool{}
+		for _, e := range es.Endpoints {
+			out[e.TargetRef.Name] = e.Conditions.Ready != nil && *e.Conditions.Ready
+		}
+		return out
+	}
+	waitFor(t, 10*time.Second, "both pods ready in etcd", func() bool { r := readyIn(); return len(r) == 2 && !slices.Contains(mapValues(r), false) })
+	st := l.labState()
+	victim := st.Pods[0]
+	want := []string{st.Pods[1].IP.String() + ":8080"}
+	everyNode := func() bool {
+		return slices.Equal(l.dnatTargets("node1", "web"), want) && slices.Equal(l.dnatTargets("node2", "web"), want)
+	}
+	start := time.Now()
+	l.must("serve", victim.Name, "--port", "8080", "--stop", "--lab", l.lab)
+	d := waitFor(t, 5*time.Second, victim.Name+" out of every node's rules after its server stopped", everyNode)
+	if readyIn()[victim.ShortName()] {
+		t.Errorf("the slice in etcd still marks %s ready", victim.Name)
+	}
+	t.Logf("server stopped -> probe failed (period 1 s) -> slice in etcd -> every node's rules: %v (%v since the stop)", d, time.Since(start))
+	l.must("destroy", l.lab)
+}
+
+func mapValues[K comparable, V any](m map[K]V) []V {
+	var out []V
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
