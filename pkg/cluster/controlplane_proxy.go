@@ -571,7 +571,7 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *c
 		return
 	}
 	if len(p) > 0 {
-		logf("%s: %d services synced (revision %d) in %v: decode %v, plan against the kernel %v, apply %v", why, len(ac.Lab.Services), rev,
+		logf("%s: synced %d service(s) at revision %d in %v: decode %v, plan against the kernel %v, apply %v", why, len(ac.Lab.Services), rev,
 			time.Since(t0).Round(time.Millisecond), t1.Sub(t0).Round(time.Millisecond), t2.Sub(t1).Round(time.Millisecond), t3.Sub(t2).Round(time.Millisecond))
 	}
 }
