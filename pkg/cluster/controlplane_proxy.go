@@ -170,6 +170,12 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 		fmt.Fprintf(&script, "put %s %s\n", KubeProxyConfigKey, strconv.Quote(cur[KubeProxyConfigKey]))
 	}
 	var rev int64
+	var cli *clientv3.Client // kept open for the wait
+	defer func() {
+		if cli != nil {
+			cli.Close()
+		}
+	}()
 	cp := c.Lab.ControlPlane
 	op := plan.Op{Verb: plan.Exec, NS: c.NS(ControlPlaneName), Proc: &plan.Proc{
 		// etcdctl txn reads compares, a blank line, the requests on
@@ -177,11 +183,10 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 		// compare, every request on success, none on failure.
 		Cmd: fmt.Sprintf("ip netns exec %s etcdctl --endpoints %s txn <<'EOF'\n\n%s\n\nEOF", c.NS(ControlPlaneName), strings.Join(cp.Endpoints, ","), script.String()),
 		Run: func() error {
-			cli, err := c.etcd()
-			if err != nil {
+			var err error
+			if cli, err = c.etcd(); err != nil {
 				return err
 			}
-			defer cli.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			// etcd caps a transaction at 128 operations (--max-txn-ops):
@@ -204,17 +209,12 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 		return nil
 	}
 	// Each agent renders every service: the bound grows with them.
-	c.proxyLag = c.waitProxyAcks(rev, ProxyConvergeTimeout+time.Duration(len(after.Services))*2*time.Millisecond)
+	c.proxyLag = c.waitProxyAcks(cli, rev, ProxyConvergeTimeout+time.Duration(len(after.Services))*2*time.Millisecond)
 	return nil
 }
 
 // waitProxyAcks waits until every running agent acked revision rev.
-func (c *Cluster) waitProxyAcks(rev int64, timeout time.Duration) error {
-	cli, err := c.etcd()
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
+func (c *Cluster) waitProxyAcks(cli *clientv3.Client, rev int64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		lag := c.proxyLagging(cli, rev)
