@@ -20,6 +20,12 @@ command -v ipset >/dev/null 2>&1 || need="$need ipset"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v make >/dev/null 2>&1 || need="$need make"
+# 'make bench' only (not make test): the DNS benchmark's load generator and
+# its baseline server.
+if [ "${KLAB_BENCH_DEPS:-0}" = 1 ]; then
+	command -v dnsperf >/dev/null 2>&1 || need="$need dnsperf"
+	command -v unbound >/dev/null 2>&1 || need="$need unbound"
+fi
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
 	echo "klab: missing$need and no apt-get here: install them with your package manager" >&2
