@@ -118,7 +118,7 @@ answer.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&proto, "proto", "", "probe: icmp (an echo request) or tcp (one connection's SYN); default icmp, tcp when a port is given")
+	f.StringVar(&proto, "proto", "", "probe: icmp (an echo request), tcp (one connection's SYN) or udp (one datagram: a DNS query to port 53); default icmp, tcp when a port is given")
 	f.IntVarP(&port, "port", "p", 0, "TCP destination port (or write TARGET as HOST:PORT)")
 	f.StringVar(&pcapPath, "pcap", "", "also write every captured packet to this pcapng file")
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the probe's answer")
@@ -129,5 +129,5 @@ answer.`,
 // answered tells from a journey's probe outcome whether the source got an
 // answer: an echo reply, a connection, or a TCP reset.
 func answered(probe string) bool {
-	return probe == "reply" || probe == "connected" || strings.HasPrefix(probe, "refused")
+	return probe == "reply" || probe == "connected" || strings.HasPrefix(probe, "refused") || strings.HasPrefix(probe, "answered")
 }
