@@ -2,11 +2,14 @@ package nft
 
 import (
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/nat"
+	"github.com/klab-dev/klab/pkg/netns"
 )
 
 // upstreamSvc2 is TestOverallNFTablesRules' ns2/svc2 (kubernetes/kubernetes
@@ -95,5 +98,50 @@ func TestRenderLocalWithLocalEndpoint(t *testing.T) {
 		if strings.HasPrefix(l, "add element ip kube-proxy no-endpoint-nodeports") {
 			t.Errorf("a node with a local endpoint drops its NodePort: %s", l)
 		}
+	}
+}
+
+// TestApplyLocalReadBack applies the Local renderings of both kinds of
+// node to a lab namespace over netlink and reads them back with nft: the
+// external chain's fib saddr rules and its goto to the local- chain on
+// the endpoint's node; the drop verdict in no-endpoint-nodeports on the
+// other.
+func TestApplyLocalReadBack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, nf_tables)")
+	}
+	needNft(t)
+	ns := netns.Name(testutil.LabName(t, "dp"), "n1")
+	if _, err := netns.Ensure(ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netns.Delete(ns) })
+	svc := upstreamSvc2()
+	svc.Endpoints = append(svc.Endpoints, nat.Endpoint{IP: netip.MustParseAddr("10.180.1.2"), NodeName: "host1"})
+	var prev *Table
+	for _, tc := range []struct{ node, want, not string }{
+		{"host1", "goto local-42NFTM6N-ns2/svc2/tcp/p80", `comment "ns2/svc2:p80" : drop`},
+		{"host3", `tcp . 30001 comment "ns2/svc2:p80" : drop`, "local-42NFTM6N"},
+	} {
+		cfg := upstreamConfig
+		cfg.NodeName = tc.node
+		tab, err := Render(cfg, append(upstreamServices(), svc), NodePortAddresses(netip.MustParseAddr("192.168.0.2")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Apply(ns, prev, tab); err != nil {
+			t.Fatalf("%s: %v", tc.node, err)
+		}
+		compareKernel(t, ns, tab)
+		listing := nftOut(t, ns, "list", "table", "ip", "kube-proxy")
+		for _, w := range []string{tc.want, `fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"`, `ip saddr 10.0.0.0/8 goto service-42NFTM6N-ns2/svc2/tcp/p80 comment "short-circuit pod traffic"`} {
+			if !strings.Contains(listing, w) {
+				t.Errorf("%s: nft list lacks %q:\n%s", tc.node, w, listing)
+			}
+		}
+		if strings.Contains(listing, tc.not) {
+			t.Errorf("%s: nft list has %q:\n%s", tc.node, tc.not, listing)
+		}
+		prev = tab
 	}
 }
