@@ -33,7 +33,10 @@ with the outer addresses and VNI, dnat, snat (MASQUERADE), ttl, mac.
 
 TARGET is a pod, a node, an address, a Service name (once services exist) or
 HOST:PORT. The probe is an ICMP echo request, or with --proto tcp (the
-default when a port is given) one TCP connection, whose SYN is followed.
+default when a port is given) one TCP connection, whose SYN is followed, or
+with --proto udp one datagram and its answer (to port 53 a DNS query, so
+'klab trace journey pod-a 10.96.0.10:53 --proto udp' follows a lookup to a
+DNS pod and back).
 When the target is not a pod or node (a ClusterIP), every point of the lab
 is armed, since the DNAT decides where the packet goes. The journey also
 shows the conntrack entry of the connection in each node (original and reply
