@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -233,5 +234,44 @@ func TestRepairRestoresPolicies(t *testing.T) {
 	}
 	if p := problems(); p != "" {
 		t.Errorf("problems after repair:\n%s", p)
+	}
+}
+
+// TestExplainPolicyNFLOG: a connection a deny-all ingress policy drops is
+// confirmed by the drop rule's counter and by its NFLOG event, whose
+// prefix names the pod and direction; an allowed one logs nothing.
+func TestExplainPolicyNFLOG(t *testing.T) {
+	c := localLab(t)
+	if _, err := c.AddPod(PodSpec{Name: "db", Node: "node2", Labels: map[string]string{"app": "db"}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := probe.Listen(c.NS("db"), ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go probe.ServeHTTP(ctx, l, "db")
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny-db", Namespace: "default"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}, PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	if err := c.setPolicyObjects([]*networkingv1.NetworkPolicy{deny}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st := c.Lab.PolicyState()
+	x, err := c.ExplainPolicy(st, policy.Connection{Src: policy.PodEndpoint("default/client"), Dst: policy.PodEndpoint("default/db"), Port: 8080}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := policy.NFLOGPrefix(c.Lab.Name, "ingress", "default/db")
+	if !x.Confirmed || x.Verdict.Allowed || !slices.Contains(x.Logged, want) || !strings.Contains(x.Text, "NFLOG group 100 logged") {
+		t.Errorf("explain client -> db: %+v, want a confirmed drop logged as %q", x, want)
+	}
+	x, err = c.ExplainPolicy(st, policy.Connection{Src: policy.PodEndpoint("default/client"), Dst: policy.PodEndpoint("default/web-1"), Port: 8080}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !x.Confirmed || !x.Verdict.Allowed || len(x.Logged) != 0 {
+		t.Errorf("explain client -> web-1: %+v, want a confirmed allow, nothing logged", x)
 	}
 }

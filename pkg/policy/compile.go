@@ -177,7 +177,7 @@ func (e *Evaluator) Compile(opts CompileOptions) *Plan {
 
 func (e *Evaluator) compile(opts CompileOptions, cc *Compiler) *Plan {
 	if opts.NFLOGGroup == 0 {
-		opts.NFLOGGroup = 100
+		opts.NFLOGGroup = DefaultNFLOGGroup
 	}
 	c := &compiler{e: e, opts: opts, sets: map[string]*IPSet{}, names: map[string]string{}, plan: &Plan{Lab: opts.Lab, Node: opts.Node, NFLOGGroup: opts.NFLOGGroup}, cc: cc}
 	pods := make([]*Pod, 0, len(e.state.Pods))
