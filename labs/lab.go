@@ -17,6 +17,9 @@ type Lab struct {
 	Time          time.Duration // front matter "time": how long it takes a student
 	Backend       string        // front matter "backend": vxlan (default) or host-gw
 	DNS           bool          // front matter "dns: true": the lab runs cluster DNS (its first node add has --dns)
+	ControlPlane  string        // front matter "control-plane: etcd": etcd and node agents (its first node add has --control-plane etcd)
+	CNI           bool          // front matter "cni: true": every pod add runs the real CNI plugins ($KLAB_CNI=1, as --cni)
+	ProxyMode     string        // front matter "proxy-mode": iptables (default) or nftables, as its first node add says
 	Intro         []Block       // prose before the first step
 	Steps         []Step
 	Source        []byte // the file as read

@@ -65,11 +65,22 @@ func Lint(l *Lab, validate Validator) error {
 		}
 		if len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {
 			dns := slices.Contains(flags, "--dns") || slices.Contains(flags, "--dns=true")
+			if cp := flagValue(flags, "--control-plane"); cp != "" && cp != l.ControlPlane {
+				add(c.Line, "this node add has --control-plane %s but the front matter does not say control-plane: %s: add it, so 'klab labs' and lint know the lab runs a control plane", cp, cp)
+			} else if l.ControlPlane != "" && !firstNode && cp == "" {
+				add(c.Line, "the front matter says control-plane: %s, but the lab's first node add lacks --control-plane %s (it is chosen when a lab is created): add it", l.ControlPlane, l.ControlPlane)
+			}
 			switch {
 			case dns && !l.DNS:
 				add(c.Line, "this node add has --dns but the front matter does not say dns: true: add it, so 'klab labs' and lint know the lab runs cluster DNS")
 			case l.DNS && !firstNode && !dns:
 				add(c.Line, "the front matter says dns: true, but the lab's first node add lacks --dns (cluster DNS is chosen when a lab is created): add --dns")
+			}
+			if pm := flagValue(flags, "--proxy-mode"); (pm != "" || !firstNode) && pm != l.ProxyMode && !(pm == "" && l.ProxyMode == "iptables") && !(pm == "iptables" && l.ProxyMode == "") {
+				add(c.Line, "this node add has --proxy-mode %q but the front matter says proxy-mode: %q (the mode is chosen by the lab's first node add): make them agree", pm, l.ProxyMode)
+			}
+			if pm := flagValue(flags, "--proxy-mode"); (pm != "" || !firstNode) && pm != l.ProxyMode && !(pm == "" && l.ProxyMode == "iptables") && !(pm == "iptables" && l.ProxyMode == "") {
+				add(c.Line, "this node add has --proxy-mode %q but the front matter says proxy-mode: %q (the mode is chosen by the lab's first node add): make them agree", pm, l.ProxyMode)
 			}
 			firstNode = true
 		}

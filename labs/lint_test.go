@@ -49,6 +49,10 @@ func TestLint(t *testing.T) {
 		{"default backend mismatch", "", "```klab\nklab node add n --backend=host-gw\n```\n", []string{"9: this node uses --backend host-gw"}},
 		{"host-gw never built", "backend: host-gw\n", "```klab\nklab node add n\n```\n", []string{"1: backend: host-gw, but no"}},
 		{"host-gw ok", "backend: host-gw\n", "```klab\nklab node add n --backend host-gw\nklab node add m\n```\n", nil},
+		{"nftables ok", "proxy-mode: nftables\n", "```klab\nklab node add n --proxy-mode nftables\nklab node add m\n```\n", nil},
+		{"nftables never chosen", "proxy-mode: nftables\n", "```klab\nklab node add n\n```\n", []string{`10: this node add has --proxy-mode "" but the front matter says proxy-mode: "nftables"`}},
+		{"nftables not in front matter", "", "```klab\nklab node add n --proxy-mode nftables\n```\n", []string{`9: this node add has --proxy-mode "nftables"`}},
+		{"iptables is the default", "proxy-mode: iptables\n", "```klab\nklab node add n\n```\n", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := "---\nname: t-labs-lint\ntitle: T\nsummary: S\ntime: 5m\n" + tc.extra + "---\n## S\n" + tc.body

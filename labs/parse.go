@@ -30,7 +30,7 @@ var displayLangs = map[string]bool{
 	"iptables": true, "markdown": true, "md": true,
 }
 
-var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns"}
+var frontMatterFields = []string{"name", "title", "summary", "prerequisites", "time", "backend", "dns", "control-plane", "cni", "proxy-mode"}
 
 var (
 	fenceRE   = regexp.MustCompile("^( {0,3})(`{3,}|~{3,})(.*)$")
@@ -157,11 +157,29 @@ func (p *parser) frontMatter() int {
 			default:
 				p.errorf(ln, "dns %q is neither true nor false", val)
 			}
+		case "control-plane":
+			if val != "etcd" {
+				p.errorf(ln, "control-plane %q is not known: use etcd", val)
+			}
+			l.ControlPlane = val
+		case "cni":
+			switch val {
+			case "true":
+				l.CNI = true
+			case "false":
+			default:
+				p.errorf(ln, "cni %q is neither true nor false", val)
+			}
 		case "backend":
 			if val != "vxlan" && val != "host-gw" {
 				p.errorf(ln, "backend %q is not known: use vxlan or host-gw", val)
 			}
 			l.Backend = val
+		case "proxy-mode":
+			if val != "iptables" && val != "nftables" {
+				p.errorf(ln, "proxy-mode %q is not one klab builds: use iptables or nftables", val)
+			}
+			l.ProxyMode = val
 		case "prerequisites":
 			if raw == "" {
 				listKey = key

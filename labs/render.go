@@ -92,6 +92,9 @@ func (r *Renderer) Header(l *Lab, instance string) {
 	if l.DNS {
 		facts = append(facts, "cluster DNS")
 	}
+	if l.ControlPlane != "" {
+		facts = append(facts, "control plane "+l.ControlPlane)
+	}
 	if l.Backend != "" {
 		facts = append(facts, "backend "+l.Backend)
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/klab-dev/klab/pkg/doctor"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/plan"
 	"io"
@@ -338,15 +339,20 @@ func (r *Runner) explore(l *Lab, inst string, failed bool) {
 		r.R.Note("Lab %s stays up. Look around:", inst)
 	}
 	r.R.printf("    export KLAB_LAB=%s\n", inst)
-	r.R.printf("    sudo -E klab show node1               # links, routes, neighbours, FDB\n")
-	r.R.printf("    sudo -E klab exec node1 -- ip route   # any command inside a node or pod\n")
+	// sudo only where it is needed: a container or a root shell has none.
+	sudoE := ""
+	if doctor.Sudo() != "" {
+		sudoE = "sudo -E "
+	}
+	r.R.printf("    %sklab show node1               # links, routes, neighbours, FDB\n", sudoE)
+	r.R.printf("    %sklab exec node1 -- ip route   # any command inside a node or pod\n", sudoE)
 	check := l.Name
 	if inst != l.Name {
 		check += " --lab " + inst
 	}
-	r.R.printf("    sudo klab lab check %s   # run the lab's checks again\n", check)
+	r.R.printf("    %sklab lab check %s   # run the lab's checks again\n", doctor.Sudo(), check)
 	r.R.Note("When you are done:")
-	r.R.printf("    sudo klab destroy %s\n", inst)
+	r.R.printf("    %sklab destroy %s\n", doctor.Sudo(), inst)
 }
 
 // prompt waits for Enter (true) or q (false). End of input means go on; an

@@ -15,6 +15,9 @@ var xtablesTool = regexp.MustCompile(`^ip6?tables(-nft|-legacy)?(-restore)?$`)
 // --wait, or "". It looks at every word, including those of a script given
 // to sh -c, up to the next shell separator.
 func xtablesNoWait(args []string) string {
+	if len(args) > 0 && args[0] == "proxy-mode" {
+		return "" // 'klab proxy-mode set iptables' names kube-proxy's mode
+	}
 	var words []string
 	for _, a := range args {
 		words = append(words, strings.FieldsFunc(a, func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '"' || r == '\'' })...)

@@ -57,10 +57,13 @@ run 'make bench' in klab's source tree (docs/performance.md).`,
 				fmt.Printf("klab bench: flannel labs of N nodes x %d pods, lab %q (Ctrl-C stops and cleans up)\n", pods, lab)
 				fmt.Printf(row, "NODES", "PODS", "NAMESPACES", "UP", "PODS/S", "DOWN", "KERNEL DONE", "MEMORY", "KLAB RSS")
 			}
+			setBar, endBar := progressBar("klab bench: building")
 			c := bench.Capacity{
 				StateDir: globals.stateDir, Lab: lab, PodsPerNode: pods, Nodes: bench.DefaultNodes,
 				MaxNodes: maxNodes, TimeBudget: budget, MemReserve: reserveMB << 20,
+				BuildProgress: setBar,
 				Progress: func(s bench.Step) {
+					endBar()
 					if jsonOutput() {
 						return
 					}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/doctor"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/spf13/cobra"
@@ -44,7 +45,8 @@ func needRoot() error {
 	if os.Geteuid() != 0 {
 		return errors.New("klab needs root to create network namespaces and links: run it with sudo")
 	}
-	return nil
+	return doctor.MissingCapability() // root in a container, or capabilities dropped
+
 }
 
 // openLab locks and opens the current lab; create, if not nil, creates it

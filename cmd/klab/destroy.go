@@ -121,13 +121,13 @@ repairs or removes it.`,
 				return nil
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "LAB\tBACKEND\tNODES\tPODS\tSERVICES\tSERVERS\tSTATUS")
+			fmt.Fprintln(w, "LAB\tBACKEND\tPROXY\tNODES\tPODS\tSERVICES\tSERVERS\tSTATUS")
 			for _, i := range infos {
 				status := "ok"
 				if i.Damaged() {
 					status = "DAMAGED"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, dash(i.Backend), dash(strings.Join(i.Nodes, ",")), dash(strings.Join(i.Pods, ",")), dash(strings.Join(i.Services, ",")), len(i.Servers), status)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, dash(i.Backend), dash(i.ProxyMode), dash(strings.Join(i.Nodes, ",")), dash(strings.Join(i.Pods, ",")), dash(strings.Join(i.Services, ",")), len(i.Servers), status)
 			}
 			w.Flush()
 			for _, i := range infos {

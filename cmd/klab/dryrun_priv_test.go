@@ -75,9 +75,11 @@ func TestDryRunChangesNothing(t *testing.T) {
 		{"service", "set-endpoints", "web", "pa", "--lab", lab},
 		{"serve", "pa", "--port", "8080", "--lab", lab},
 		{"repair", lab},
+		{"proxy-mode", "set", "nftables", "--lab", lab},
 		{"destroy", lab},
 		// a lab that does not exist yet
 		{"node", "add", "node1", "--lab", fresh},
+		{"node", "add", "node1", "--proxy-mode", "nftables", "--lab", fresh},
 		{"destroy", fresh},
 	}
 	for _, args := range ok {
@@ -116,6 +118,9 @@ func TestDryRunChangesNothing(t *testing.T) {
 		{"serve", "pz", "--port", "8080", "--lab", lab},
 		{"pod", "add", "px", "--node", "node1", "--lab", fresh}, // no such lab
 		{"repair", fresh},
+		{"proxy-mode", "set", "ipvs", "--lab", lab},
+		{"proxy-mode", "set", "bogus", "--lab", lab},
+		{"node", "add", "node1", "--proxy-mode", "ipvs", "--lab", fresh},
 	}
 	for _, args := range bad {
 		wantOut, wantErr, wantCode := runSplit(t, k, env, args...)

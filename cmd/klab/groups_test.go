@@ -9,8 +9,9 @@ import (
 )
 
 // ownRunE are the verbs that have subcommands and also run themselves
-// ('klab trace POINT...' and 'klab trace journey'): they are not groups.
-var ownRunE = map[string]bool{"klab trace": true}
+// ('klab trace POINT...' and 'klab trace journey', 'klab graph' and
+// 'klab graph journey'): they are not groups.
+var ownRunE = map[string]bool{"klab trace": true, "klab graph": true}
 
 // TestGroupsRejectUnknownSubcommands walks the whole command tree and runs
 // every command group (and the root) through run, the path main takes, with

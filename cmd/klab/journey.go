@@ -17,6 +17,7 @@ func newTraceJourneyCmd() *cobra.Command {
 		proto    string
 		port     int
 		pcapPath string
+		graphOut string
 		timeout  time.Duration
 		noEnrich bool
 	)
@@ -99,6 +100,11 @@ answer.`,
 			if err != nil {
 				return exitError{code: 1, msg: err.Error()}
 			}
+			if graphOut != "" {
+				if err := writeJourneyGraph(graphOut, lab, rep); err != nil {
+					return err
+				}
+			}
 			if jsonOutput() {
 				b, err := json.Marshal(rep)
 				if err != nil {
@@ -125,6 +131,7 @@ answer.`,
 	f.IntVarP(&port, "port", "p", 0, "TCP destination port (or write TARGET as HOST:PORT)")
 	f.StringVar(&pcapPath, "pcap", "", "also write every captured packet to this pcapng file")
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the probe's answer")
+	f.StringVar(&graphOut, "graph", "", "also draw the journey into `FILE` (.svg over the lab's picture, .mmd Mermaid, else ASCII; see klab graph journey)")
 	f.BoolVar(&noEnrich, "no-enrich", false, "skip the conntrack and iptables counter look-ups")
 	return cmd
 }

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/klab-dev/klab/labs"
+	"github.com/klab-dev/klab/pkg/doctor"
 	"github.com/spf13/cobra"
 )
 
@@ -169,7 +170,7 @@ func dryRunLab(cmd *cobra.Command, r *labs.Runner, l *labs.Lab) error {
 	}
 	defer os.RemoveAll(scratch)
 	ex := r.Exec.(labs.ExecExecutor)
-	ex.Env = []string{"KLAB_STATE_DIR=" + scratch, simulateEnv + "=1", "KLAB_SCRIPT="}
+	ex.Env = append([]string{"KLAB_STATE_DIR=" + scratch, simulateEnv + "=1", "KLAB_SCRIPT="}, labEnv(l)...)
 	r.Exec = ex
 	return r.DryRun(cmd.Context(), l, isMutating)
 }
@@ -197,7 +198,7 @@ func newLabRunner(cmd *cobra.Command, l *labs.Lab, tf trustFlags) (*labs.Runner,
 		inst = globals.lab
 	}
 	return &labs.Runner{
-		Exec:     labs.ExecExecutor{Path: self, Env: []string{"KLAB_STATE_DIR=" + globals.stateDir}, Sandbox: !tf.trust},
+		Exec:     labs.ExecExecutor{Path: self, Env: append([]string{"KLAB_STATE_DIR=" + globals.stateDir}, labEnv(l)...), Sandbox: !tf.trust},
 		R:        labs.NewRenderer(os.Stdout),
 		In:       os.Stdin,
 		Instance: inst,
@@ -207,6 +208,9 @@ func newLabRunner(cmd *cobra.Command, l *labs.Lab, tf trustFlags) (*labs.Runner,
 func labsRequireRoot(what string) error {
 	if os.Geteuid() != 0 {
 		return exitError{code: 1, msg: fmt.Sprintf("klab needs root to %s (its commands create namespaces and links): run it with sudo", what)}
+	}
+	if err := doctor.MissingCapability(); err != nil {
+		return exitError{code: 1, msg: err.Error()}
 	}
 	return nil
 }
@@ -329,7 +333,7 @@ func newLabsCmd() *cobra.Command {
 			for _, l := range all {
 				fmt.Printf("%s: %s\n", l.Name, l.Summary)
 			}
-			fmt.Println("\nRun one with: sudo klab run LAB   (read it first with: klab lab show LAB)")
+			fmt.Printf("\nRun one with: %sklab run LAB   (read it first with: klab lab show LAB)\n", doctor.Sudo())
 			return nil
 		},
 	}
@@ -543,4 +547,13 @@ func labsPrintJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// labEnv is what a lab's front matter asks of its commands' environment:
+// "cni: true" makes every 'klab pod add' run the real CNI plugins.
+func labEnv(l *labs.Lab) []string {
+	if l.CNI {
+		return []string{cniEnv + "=1"}
+	}
+	return []string{cniEnv + "="}
 }

@@ -47,9 +47,9 @@ func TestValidateKlabArgsKeepsGlobals(t *testing.T) {
 }
 
 func TestCompleteLabNames(t *testing.T) {
-	got, _ := completeLabNames(nil, nil, "flan")
+	got, _ := completeLabNames(nil, nil, "flannel-cr")
 	if len(got) != 1 || !strings.HasPrefix(got[0], "flannel-crossnode\t") {
-		t.Errorf("completion of flan: %q", got)
+		t.Errorf("completion of flannel-cr: %q", got)
 	}
 	got, _ = completeLabNames(nil, nil, "./")
 	if len(got) != 1 || got[0] != "md" {

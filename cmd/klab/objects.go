@@ -118,7 +118,10 @@ func manifestVerb(files []string, forDelete bool, do func(*cluster.Cluster, *k8s
 		return err
 	}
 	defer guardBuild(c)()
+	var endBar func()
+	c.Progress, endBar = progressBar("klab: building")
 	res, err := do(c, set)
+	endBar()
 	if err != nil {
 		failed(c.A)
 		return err
@@ -347,7 +350,7 @@ func getObjects(kind, ns string, all bool, name string) error {
 		all = false
 		header = []string{"NAME", "STATUS", "ROLES", "AGE", "VERSION"}
 		if wide {
-			header = append(header, "INTERNAL-IP", "POD-CIDR", "BACKEND")
+			header = append(header, "INTERNAL-IP", "POD-CIDR", "BACKEND", "PROXY-MODE")
 		}
 		for _, n := range l.Nodes {
 			if name != "" && n.Name != name {
@@ -357,7 +360,7 @@ func getObjects(kind, ns string, all bool, name string) error {
 			items = append(items, &o)
 			r := []string{n.Name, "Ready", "<none>", age(l), "klab"}
 			if wide {
-				r = append(r, n.IP.String(), n.PodCIDR.String(), l.Backend)
+				r = append(r, n.IP.String(), n.PodCIDR.String(), l.Backend, l.Mode())
 			}
 			rows = append(rows, r)
 		}

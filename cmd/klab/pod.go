@@ -22,9 +22,14 @@ func newPodCmd() *cobra.Command {
 	return cmd
 }
 
+// cniEnv, set to 1, makes --cni the default of 'klab pod add' (a lab's
+// front matter "cni: true").
+const cniEnv = "KLAB_CNI"
+
 func newPodAddCmd() *cobra.Command {
 	var node, ip string
 	var labels []string
+	var useCNI bool
 	cmd := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Add a pod: a namespace with eth0 on its node's cni0, like the CNI bridge plugin's ADD",
@@ -35,8 +40,14 @@ and eth0: one end of a veth pair created directly in the pod and named eth0;
 the other end, veth<8 hex>, is plugged into the node's cni0 with hairpin mode
 on. eth0 gets the next free address of the node's subnet (host-local style,
 from .2) and two routes via cni0's address: the default route and the cluster
-network.`,
+network.
+
+With --cni the real CNI plugins wire the pod instead, as kubelet and
+containerd do on a flannel node: the chain flannel's CNI plugin delegates to
+(bridge with host-local, then portmap, from /usr/lib/cni) runs with ADD
+through libcni; --explain shows each plugin's call and the result JSON.`,
 		Example: `  klab pod add pod-a --node node1
+  klab pod add pod-b --node node1 --cni --explain
   klab pod add web-1 --node node2 --ip 10.244.2.10 --label app=web --explain`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -56,7 +67,11 @@ network.`,
 			}
 			defer c.Close()
 			defer guardBuild(c)()
-			p, err := c.AddPod(spec)
+			add := c.AddPod
+			if useCNI {
+				add = c.AddPodCNI
+			}
+			p, err := add(spec)
 			if err != nil {
 				failed(c.A)
 				return interrupted(c, "pod "+spec.Name, false, err)
@@ -72,6 +87,7 @@ network.`,
 	f.StringVar(&node, "node", "", "node to run the pod on (may be left out when the lab has one node)")
 	f.StringVar(&ip, "ip", "", "pod address (default: next free in the node's subnet)")
 	f.StringSliceVarP(&labels, "label", "l", nil, "label key=value (repeatable), for service selectors")
+	f.BoolVar(&useCNI, "cni", os.Getenv(cniEnv) == "1", "wire the pod with the real CNI plugins (bridge, host-local, portmap) through libcni (default $"+cniEnv+"=1, a lab's \"cni: true\")")
 	cmd.RegisterFlagCompletionFunc("node", completeNodes)
 	return cmd
 }

@@ -71,6 +71,9 @@ readable state cannot be repaired: remove it with 'klab destroy LAB'.`,
 			for _, r := range rep.Policies {
 				fmt.Fprintf(w, "rebuilt policies: %s\n", r)
 			}
+			for _, r := range rep.Started {
+				fmt.Fprintf(w, "started %s again\n", r)
+			}
 			if err != nil {
 				return fmt.Errorf("repair of lab %s stopped: %w (remove the lab with 'klab destroy %s')", name, err, name)
 			}

@@ -29,6 +29,9 @@ func ownedRulesSection(c *cluster.Cluster, target, ns string) (string, []string,
 	if c.Lab.Node(target) == nil {
 		return "", nil, nil
 	}
+	if c.Lab.NFTables() {
+		return nftRulesSection(c, c.Lab.Node(target), ns)
+	}
 	chains, err := nat.ReadOwned(ns, c.Lab.Name)
 	if err != nil {
 		return "", nil, err
@@ -58,7 +61,13 @@ set of pods. kube-proxy in iptables mode implements it entirely with NAT rules
 on every node: KUBE-SERVICES matches the ClusterIP and port, a KUBE-SVC chain
 picks an endpoint at random (probability 1/n, 1/(n-1), ... 1/2, then the last
 one unconditionally), and a KUBE-SEP chain DNATs to that pod. klab writes the
-same chains, with kube-proxy's chain names, into every node's namespace.`,
+same chains, with kube-proxy's chain names, into every node's namespace.
+
+In a lab created with --proxy-mode nftables (or switched with 'klab
+proxy-mode set nftables') the same Service is kube-proxy's nftables mode: an
+element of the service-ips verdict map, a service-... chain whose numgen vmap
+picks the endpoint, and an endpoint-... chain per pod doing the DNAT, in
+'table ip kube-proxy', sent over netlink as one transaction per change.`,
 	}
 	cmd.AddCommand(newServiceAddCmd(), newServiceDelCmd(), newServiceListCmd(), newServiceShowCmd(), newServiceSetEndpointsCmd())
 	return cmd
@@ -422,6 +431,9 @@ chain for NodePort traffic and one KUBE-SEP chain (DNAT) per endpoint.`,
 			}
 			v := serviceView(c.Lab, s)
 			svc, _ := c.Lab.NATService(s.Name)
+			if c.Lab.NFTables() {
+				return showServiceNFT(c, s, v, svc)
+			}
 			perNode := map[string][]nat.Chain{}
 			for _, n := range c.Lab.Nodes {
 				chains, err := nat.ReadOwned(c.NS(n.Name), c.Lab.Name)

@@ -252,6 +252,8 @@ func newServeWorkerCmd() *cobra.Command {
 			ctx, cancel := signalContext()
 			defer cancel()
 			switch proto {
+			case "etcd", "agent":
+				return serveControlPlane(ctx, proto, name)
 			case "dns":
 				return cluster.ServeDNS(ctx, globals.stateDir, globals.lab)
 			case "dns-authority":

@@ -28,6 +28,8 @@ type Capacity struct {
 	MemReserve int64
 	// Progress, if set, is called after each size.
 	Progress func(Step)
+	// BuildProgress, when not nil, is told how far each build has got.
+	BuildProgress func(done, total int)
 }
 
 // DefaultNodes are the sizes Capacity tries by default.
@@ -144,6 +146,7 @@ func (c Capacity) step(q *Quiet, nodes int) (s Step, err error) {
 	if err != nil {
 		return s, err
 	}
+	cl.Progress = c.BuildProgress
 	t0 := time.Now()
 	_, _, err = cl.Build(spec)
 	s.Up = time.Since(t0)

@@ -53,7 +53,11 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		nodes = append(nodes, n)
 	}
 	if len(nodes) > 0 {
-		if err := checkIptablesRestore(); err != nil {
+		if err := checkIptablesRestore(); err != nil && !c.Lab.NFTables() {
+			restore()
+			return nil, nil, err
+		}
+		if err := c.cpPrepareBuild(); err != nil {
 			restore()
 			return nil, nil, err
 		}
@@ -200,7 +204,7 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		workers = 1
 	}
 	c.A.Overlap = true
-	err = c.A.ApplyEach(len(jobs)+1, workers, planJob)
+	err = c.A.ApplyEach(len(jobs)+1, workers, c.counted(len(jobs)+1, planJob))
 	c.A.Overlap = false
 	if err != nil {
 		return undo(err)
@@ -214,6 +218,9 @@ func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 		if err := policyCheck("the pods are up", c.syncPolicies()); err != nil {
 			return nodes, pods, err
 		}
+	}
+	if err := c.cpStartAgents(nodes); err != nil {
+		return nodes, pods, fmt.Errorf("the nodes are up, but their agents are not: %w", err)
 	}
 	if len(nodes) > 0 {
 		if err := c.ensureDNS(); err != nil {

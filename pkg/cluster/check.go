@@ -96,6 +96,9 @@ func isUnderlayPort(lab, obj string) bool {
 // what a service change killed between programming the nodes and saving
 // the state leaves. It returns one description per difference.
 func rulesDrift(l *Lab, n *Node) []string {
+	if l.NFTables() {
+		return nftDrift(l, n)
+	}
 	want, err := l.Rules(n)
 	if err != nil {
 		return nil
@@ -135,6 +138,7 @@ func rulesDrift(l *Lab, n *Node) []string {
 			out = append(out, fmt.Sprintf("%s/%s is not the lab's", k.t, k.name))
 		}
 	}
+	out = append(out, iptablesNFTDrift(l, n)...)
 	sort.Strings(out)
 	return out
 }

@@ -26,6 +26,12 @@ type Options struct {
 	VNI          int
 	Port         int
 	DNS          bool // cluster DNS (see dns.go)
+	// ControlPlane "etcd", FlannelMode and LeaseTTL: see controlplane.go.
+	ControlPlane string
+	FlannelMode  string
+	LeaseTTL     time.Duration
+	// ProxyMode is kube-proxy's mode: "" (iptables), iptables or nftables (proxymode.go).
+	ProxyMode string
 }
 
 // withDefaults fills the zero fields with seed 003's values.
@@ -57,6 +63,9 @@ func (o Options) withDefaults() Options {
 // Validate checks lab-wide settings.
 func (o Options) Validate() error {
 	o = o.withDefaults()
+	if err := ValidateProxyMode(o.ProxyMode); err != nil {
+		return err
+	}
 	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW {
 		return fmt.Errorf("backend %q is not known: use vxlan or host-gw", o.Backend)
 	}
@@ -90,6 +99,9 @@ func (o Options) Validate() error {
 	if o.VNI < 1 || o.VNI > 1<<24-1 {
 		return fmt.Errorf("VNI %d is out of range: use 1-16777215", o.VNI)
 	}
+	if err := o.validateControlPlane(); err != nil {
+		return err
+	}
 	if o.Port < 1 || o.Port > 65535 {
 		return fmt.Errorf("VXLAN port %d is out of range: use 1-65535 (8472 is flannel's default)", o.Port)
 	}
@@ -115,6 +127,10 @@ type Cluster struct {
 	// target (echo servers, the DNS servers, the readiness prober); the
 	// CLI sets it to its own binary.
 	Serve ServerArgv
+
+	// Progress, when not nil, is told how far a bulk build (Build, and
+	// so apply) has got: done of total nodes (see progress.go).
+	Progress func(done, total int)
 
 	lock   *os.File
 	states map[string]*plan.State // read since the last apply (see read)
@@ -220,8 +236,9 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 		l = &Lab{
 			Name: lab, Backend: o.Backend, ClusterCIDR: o.ClusterCIDR, ServiceCIDR: o.ServiceCIDR,
 			UnderlayCIDR: o.UnderlayCIDR, UnderlayGateway: o.UnderlayCIDR.Addr().Next(), UnderlayMTU: o.UnderlayMTU,
-			VNI: o.VNI, Port: o.Port, DNS: o.DNS, Created: time.Now().UTC(),
+			VNI: o.VNI, Port: o.Port, DNS: o.DNS, ProxyMode: o.ProxyMode, Created: time.Now().UTC(),
 		}
+		l.ControlPlane = o.newControlPlane(l.UnderlayCIDR)
 		err = nil
 	}
 	if err != nil {
@@ -320,6 +337,9 @@ func (c *Cluster) CheckOptions(o Options, changed func(flag string) bool) error 
 		{"underlay-cidr", o.UnderlayCIDR.String(), l.UnderlayCIDR.String()},
 		{"service-cidr", o.ServiceCIDR.String(), l.ServiceCIDR.String()},
 		{"dns", fmt.Sprint(o.DNS), fmt.Sprint(l.DNS)},
+		{"control-plane", o.ControlPlane, l.controlPlaneKind()},
+		{"flannel-mode", o.FlannelMode, l.flannelMode()},
+		{"proxy-mode", (&Lab{ProxyMode: o.ProxyMode}).Mode(), l.Mode()},
 	} {
 		if changed(f.flag) && f.want != f.has {
 			return fmt.Errorf("lab %s already uses %s %s, and --%s only applies when a lab is created: destroy the lab first (klab destroy %s) or pick another --lab", l.Name, f.flag, f.has, f.flag, l.Name)

@@ -65,6 +65,7 @@ func PlanDestroy(stateDir, lab string) (plan.Plan, error) {
 	if len(procs) > 0 {
 		p.Add(killOp(procs))
 	}
+	p.Add(planCNIDestroy(stateDir, lab)...) // CNI-wired pods: DEL (cni.go)
 	sort.Strings(nss)
 	for _, ns := range nss {
 		p.Add(plan.Op{Verb: plan.NetnsDel, NS: ns})

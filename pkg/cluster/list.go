@@ -17,6 +17,7 @@ import (
 type LabInfo struct {
 	Name       string   `json:"name"`
 	Backend    string   `json:"backend,omitempty"`
+	ProxyMode  string   `json:"proxyMode,omitempty"`
 	Nodes      []string `json:"nodes"`
 	Pods       []string `json:"pods"`
 	Services   []string `json:"services,omitempty"`
@@ -86,6 +87,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		problem("%v", err)
 	default:
 		info.Backend = l.Backend
+		info.ProxyMode = l.Mode()
 		info.Services = serviceNames(l)
 		for _, n := range l.Nodes {
 			info.Nodes = append(info.Nodes, n.Name)
@@ -102,7 +104,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		if len(l.Nodes) > 0 && !have[UnderlayName] {
 			problem("the underlay namespace %s is missing: no node can reach another", netns.Name(name, UnderlayName))
 		}
-		known := map[string]bool{UnderlayName: true, ExternalName: true}
+		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil}
 		for _, n := range l.Names() {
 			known[netns.Object(n)] = true
 		}
@@ -118,6 +120,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 			}
 		}
 		info.Problems = append(info.Problems, kernelProblems(l, have)...)
+		info.Problems = append(info.Problems, CNICheck(stateDir, l)...)
 		for _, s := range l.Servers {
 			info.Servers = append(info.Servers, fmt.Sprintf("%s %s/%d (pid %d)", s.Target, s.Proto, s.Port, s.PID))
 			if !alive(s.PID) {

@@ -46,7 +46,7 @@ func (c *Cluster) validateName(kind, name string) error {
 	} else if err := netns.ValidateObject(kind, name); err != nil {
 		return err
 	}
-	if name == UnderlayName || name == ExternalName {
+	if name == UnderlayName || name == ExternalName || name == ControlPlaneName {
 		return fmt.Errorf("%s name %q is reserved for the lab's own %s namespace: choose another name", kind, name, name)
 	}
 	if c.Lab.Node(name) != nil {
@@ -70,6 +70,9 @@ func (c *Cluster) PlanNode(s NodeSpec) (*Node, error) {
 	}
 	n := &Node{Name: s.Name, IP: s.IP, PodCIDR: s.PodCIDR}
 	used := map[netip.Addr]bool{l.UnderlayGateway: true}
+	if l.ControlPlane != nil {
+		used[l.ControlPlane.IP] = true
+	}
 	for _, o := range l.Nodes {
 		used[o.IP] = true
 	}
@@ -158,10 +161,13 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 	}
 	// Every node runs kube-proxy's and flannel's rules: check for the tool
 	// before anything is built.
-	if err := checkIptablesRestore(); err != nil {
+	if err := checkIptablesRestore(); err != nil && !c.Lab.NFTables() {
 		return nil, err
 	}
 	if err := c.interrupted(); err != nil {
+		return nil, err
+	}
+	if err := c.cpPrepareNode(n, s); err != nil {
 		return nil, err
 	}
 	p, err := c.planUnderlay()
@@ -197,6 +203,10 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 		c.Lab.Nodes = c.Lab.Nodes[:len(c.Lab.Nodes)-1]
 		c.rollbackNode(n)
 		return nil, err
+	}
+	if err := c.cpStartAgent(n); err != nil {
+		c.DelNode(n.Name)
+		return nil, fmt.Errorf("node %s: %w (the node was removed again)", n.Name, err)
 	}
 	if err := c.ensureDNS(); err != nil {
 		return n, fmt.Errorf("node %s is up, but the cluster DNS is not: %w", n.Name, err)
@@ -308,7 +318,7 @@ func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
 		return nil, err
 	}
 	p.Add(bp...)
-	if l.Backend == BackendVXLAN {
+	if l.Backend == BackendVXLAN && !c.agentsProgram() {
 		p.Add(vxlan.PlanDevice(c.vxlanConfig(n), st)...)
 	}
 	rp, err := c.planNodeRules(n, st)
@@ -317,7 +327,7 @@ func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
 	}
 	p.Add(rp...)
 	env := vxlan.WriteSubnetEnv(c.SubnetEnvPath(n.Name), l.ClusterCIDR, n.PodCIDR, l.MTU(), true)
-	if old, err := os.ReadFile(env.File.Path); err != nil || !bytes.Equal(old, env.File.Data) {
+	if old, err := os.ReadFile(env.File.Path); !c.agentsProgram() && (err != nil || !bytes.Equal(old, env.File.Data)) {
 		env.New = err != nil
 		p.Add(env)
 	}
@@ -338,6 +348,9 @@ func (c *Cluster) peerOf(o *Node) vxlan.Peer {
 // flannel.1 ARP/FDB/route triple, or the host-gw route), against st, n's
 // state.
 func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
+	if c.agentsProgram() {
+		return nil // the agents program peers from the leases
+	}
 	peers := make([]vxlan.Peer, len(others))
 	for i, o := range others {
 		peers[i] = c.peerOf(o)
@@ -350,6 +363,9 @@ func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
 
 // planUnpeer plans the removal of node n's entries for node o.
 func (c *Cluster) planUnpeer(n, o *Node, st *plan.State) plan.Plan {
+	if c.agentsProgram() {
+		return nil // the agents remove a peer when its lease goes
+	}
 	if c.Lab.Backend == BackendHostGW {
 		return vxlan.PlanDelHostGW(c.NS(n.Name), NodeUplink, c.peerOf(o), st)
 	}
@@ -396,6 +412,9 @@ func (c *Cluster) DelNode(name string) error {
 		if err := c.DelPod(p.Name); err != nil {
 			return err
 		}
+	}
+	if err := c.cpDelNode(n); err != nil {
+		return err
 	}
 	p, err := c.planTeardownNode(n)
 	if err != nil {

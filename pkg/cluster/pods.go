@@ -189,7 +189,9 @@ func (c *Cluster) DelPod(name string) error {
 		return err
 	}
 	var pl plan.Plan
-	if nst, err := c.read(p.Node); err != nil {
+	if p.CNI {
+		pl.Add(c.cniDelOps(p)...) // DEL: the plugins remove the veth and free the address (cni.go)
+	} else if nst, err := c.read(p.Node); err != nil {
 		return err
 	} else if vp, err := veth.PlanDelete(c.NS(p.Node), p.HostVeth, nst); err != nil {
 		return err
@@ -202,7 +204,7 @@ func (c *Cluster) DelPod(name string) error {
 	if dir := filepath.Dir(c.resolvConfPath(p.Name)); exists(dir) {
 		pl.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: dir, Recurse: true}})
 	}
-	if n := c.Lab.Node(p.Node); n != nil {
+	if n := c.Lab.Node(p.Node); n != nil && !p.CNI {
 		rp, err := c.ipamStore(n).ReleaseOps(p.Name)
 		if err != nil {
 			return err

@@ -317,6 +317,9 @@ func (c *Cluster) syncRules(before, after *Lab) error {
 	if len(after.Nodes) == 0 || servicesEqual(before.natServices(), after.natServices()) {
 		return nil
 	}
+	if after.NFTables() {
+		return c.syncNFT(before, after)
+	}
 	type result struct {
 		node      *Node
 		prev, cur *nat.Ruleset
@@ -373,6 +376,13 @@ func servicesEqual(a, b []nat.Service) bool {
 // exist yet gets them in one iptables-restore; an existing one is compared
 // with what its kernel holds (see nat.Plan).
 func (c *Cluster) planNodeRules(n *Node, st *plan.State) (plan.Plan, error) {
+	if c.Lab.NFTables() {
+		return c.planNodeNFT(n, st)
+	}
+	cleanup, err := c.planNFTCleanup(n, st)
+	if err != nil {
+		return nil, err
+	}
 	rs, err := c.Lab.Rules(n)
 	if err != nil {
 		return nil, err
@@ -384,7 +394,7 @@ func (c *Cluster) planNodeRules(n *Node, st *plan.State) (plan.Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("program iptables of node %s: %w", n.Name, err)
 	}
-	return p, nil
+	return append(cleanup, p...), nil
 }
 
 // unknownPod is the error for an endpoint that names no pod.

@@ -60,6 +60,7 @@ type Lab struct {
 	VNI             int          `json:"vni"`
 	Port            int          `json:"port"`
 	DNS             bool         `json:"dns,omitempty"` // cluster DNS on (dns.go)
+	ProxyMode       string       `json:"proxyMode,omitempty"`
 	Created         time.Time    `json:"created"`
 	Nodes           []*Node      `json:"nodes"`
 	Namespaces      []*Namespace `json:"namespaces,omitempty"` // beyond the built-in ones
@@ -68,6 +69,9 @@ type Lab struct {
 	// Policies are the NetworkPolicies applied (policies.go).
 	Policies []*networkingv1.NetworkPolicy `json:"networkPolicies,omitempty"`
 	Servers  []*Server                     `json:"servers,omitempty"`
+	// ControlPlane is set when etcd and node agents run the lab
+	// (controlplane.go).
+	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
 }
 
 // Node is a Kubernetes node: a namespace on the underlay with a pod subnet.
@@ -98,6 +102,8 @@ type Pod struct {
 	Subdomain string `json:"subdomain,omitempty"`
 	// Readiness is the pod's readinessProbe (see readiness.go).
 	Readiness *ReadinessProbe `json:"readinessProbe,omitempty"`
+	// CNI is set when the real CNI plugins wired the pod (cni.go).
+	CNI bool `json:"cni,omitempty"`
 }
 
 // Server is a background traffic server started by klab in a namespace.

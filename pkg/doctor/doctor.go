@@ -63,17 +63,19 @@ func Run() []Check {
 		out = append(out, Check{"kernel features", Warn, "not checked (needs root)", "run 'sudo klab doctor'"})
 	}
 	out = append(out, IptablesChecks()...)
+	out = append(out, ContainerChecks()...) // container.go
+	out = append(out, CNIChecks()...)
 	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil {
 		out = append(out, Check{"br_netfilter", OK, "loaded: bridged pod-to-pod traffic traverses iptables (needed for same-node ClusterIP hairpin)", ""})
 	} else {
 		out = append(out, Check{"br_netfilter", Warn, "not loaded: a pod reaching a ClusterIP whose endpoint is on its own bridge may not be un-NATed correctly", "modprobe br_netfilter"})
 	}
 	if b, err := os.ReadFile("/proc/modules"); err == nil && strings.Contains(string(b), "ip_vs ") {
-		out = append(out, Check{"ipvs", OK, "ip_vs loaded: kube-proxy's IPVS mode could be shown", ""})
+		out = append(out, Check{"ipvs", OK, "ip_vs loaded, but klab does not implement kube-proxy's ipvs mode: use --proxy-mode nftables or iptables", ""})
 	} else if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
-		out = append(out, Check{"ipvs", OK, "IPVS available", ""})
+		out = append(out, Check{"ipvs", OK, "IPVS available, but klab does not implement kube-proxy's ipvs mode: use --proxy-mode nftables or iptables", ""})
 	} else {
-		out = append(out, Check{"ipvs", Warn, "no IPVS in this kernel: labs use kube-proxy's iptables mode (the default anyway)", "modprobe ip_vs (if your kernel has it)"})
+		out = append(out, Check{"ipvs", Warn, "this kernel has no IP_VS, so --proxy-mode ipvs is refused: use --proxy-mode nftables or iptables (the default)", "modprobe ip_vs (if your kernel has it)"})
 	}
 	if _, err := exec.LookPath("conntrack"); err == nil {
 		out = append(out, Check{"conntrack tool", OK, "conntrack is installed (to list NAT entries)", ""})

@@ -10,46 +10,30 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/klabtest"
 	"github.com/klab-dev/klab/pkg/nat"
 	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/probe"
 	"github.com/klab-dev/klab/trace"
 )
 
-// seed003 builds the two-node flannel network of seed 003 with pkg/cluster:
+// seed003 builds the two-node flannel network of seed 003 with klabtest:
 // node1 192.168.1.101 (pod-a, pod-b) and node2 192.168.1.102 (pod-c). The
-// lab is destroyed in Cleanup; the returned state is unlocked.
+// lab is destroyed in Cleanup; the returned state is a copy, unlocked.
 func seed003(t *testing.T, backend string) *cluster.Lab {
 	t.Helper()
-	testutil.RequireRoot(t)
-	lab := testutil.LabName(t, "t-jny")
-	state := t.TempDir()
-	c, err := cluster.Open(state, lab, &cluster.Options{Backend: backend}, nil)
+	lab := klabtest.New(t, klabtest.Prefix("t-jny"), klabtest.Backend(backend), klabtest.Nodes(2), klabtest.PodsPerNode(0))
+	for _, p := range [][2]string{{"pod-a", "node1"}, {"pod-b", "node1"}, {"pod-c", "node2"}} {
+		lab.AddPod(p[0], p[1])
+	}
+	if n := lab.Node("node2"); n.IP != netip.MustParseAddr("192.168.1.102") || n.PodCIDR != netip.MustParsePrefix("10.244.2.0/24") {
+		t.Fatalf("node2 is %s with %s; the journeys expect seed 003's 192.168.1.102 and 10.244.2.0/24", n.IP, n.PodCIDR)
+	}
+	l, err := cluster.Load(lab.StateDir, lab.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Close()
-		if err := cluster.Destroy(state, lab, nil, nil); err != nil {
-			t.Errorf("destroy: %v", err)
-		}
-	})
-	for i, n := range []string{"node1", "node2"} {
-		ip := netip.AddrFrom4([4]byte{192, 168, 1, byte(101 + i)})
-		sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(1 + i), 0}), 24)
-		if _, err := c.AddNode(cluster.NodeSpec{Name: n, IP: ip, PodCIDR: sub}); err != nil {
-			t.Fatalf("add %s: %v", n, err)
-		}
-	}
-	for _, p := range [][2]string{{"pod-a", "node1"}, {"pod-b", "node1"}, {"pod-c", "node2"}} {
-		if _, err := c.AddPod(cluster.PodSpec{Name: p[0], Node: p[1]}); err != nil {
-			t.Fatalf("add %s: %v", p[0], err)
-		}
-	}
-	l := c.Lab
-	c.Close()
 	return l
 }
 

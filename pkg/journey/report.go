@@ -38,6 +38,12 @@ func (r *Report) String() string {
 	if r.Policy != "" {
 		b.WriteString(r.Policy + "\n")
 	}
+	if len(r.NFTrace) > 0 {
+		b.WriteString("nftables rules the probe met (klab's nftrace; kube-proxy's rules have no counters):\n")
+		for _, h := range r.NFTrace {
+			fmt.Fprintf(&b, "  %s\n", h)
+		}
+	}
 	if len(r.Rules) > 0 {
 		b.WriteString("iptables rules the probe hit (packet counters before -> after):\n")
 		for _, h := range r.Rules {

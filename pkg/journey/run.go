@@ -51,6 +51,9 @@ type Report struct {
 	// Policy is the NetworkPolicy verdict for the probe, confirmed (or
 	// not) by the kernel; empty when the lab has no policy.
 	Policy string `json:"policy,omitempty"`
+	// NFTrace is, in an nftables-mode lab, every nftables chain and rule
+	// the probe met in each node, from the kernel's trace (nftrace.go).
+	NFTrace []NFTHop `json:"nftrace,omitempty"`
 }
 
 // Run captures at plan.Points, sends one probe from plan.From, and follows
@@ -82,6 +85,10 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 	done := make(chan error, 1)
 	go func() { done <- rec.Run(cctx, nil) }()
 
+	var tracing *nftTracing
+	if !o.NoEnrich {
+		tracing = startNFTTrace(lab, plan)
+	}
 	rep.Probe, rep.Src = send(ctx, plan, o.Timeout)
 	select {
 	case <-time.After(o.Grace):
@@ -91,6 +98,7 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 	if err := <-done; err != nil {
 		return nil, err
 	}
+	rep.NFTrace = tracing.stop()
 	pkts := rec.Packets()
 	rep.Captured = len(pkts)
 	idx := FindProbe(pkts, plan)

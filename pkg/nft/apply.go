@@ -17,6 +17,29 @@ import (
 	"github.com/klab-dev/klab/pkg/netns"
 )
 
+// elemBytes bounds the elements' encoded size in one netlink message: they
+// travel in one nested attribute (NFTA_SET_ELEM_LIST_ELEMENTS), whose
+// length field is 16 bits. Past 64 KiB the length wraps and the kernel
+// reads a truncated list without an error: service-ips elements (a goto
+// to a ~45-byte chain name) are ~100 bytes, so 1,024 of them lost all but
+// the first ~255. Measured per element, as the attribute grows.
+const elemBytes = 48 << 10
+
+// batchLen is how many of elems fit in one message (at least one, at most
+// elemBatch).
+func batchLen(elems []Element) int {
+	size := 0
+	for i, e := range elems {
+		// key (<= 16 bytes) + attribute headers, the verdict with its
+		// chain name, the comment in userdata, and padding.
+		size += 64 + len(e.Value) + len(e.Comment)
+		if i > 0 && (size > elemBytes || i == elemBatch) {
+			return i
+		}
+	}
+	return len(elems)
+}
+
 // elemBatch is the most elements sent in one netlink message (the whole
 // transaction is still one batch: one Flush, one kernel commit).
 const elemBatch = 1024
@@ -49,7 +72,10 @@ func ApplyChange(nsName string, ch *Change) error {
 	if ch.Family != TableFamily {
 		return fmt.Errorf("table family %q is not supported (only ip)", ch.Family)
 	}
-	if err := e.change(ch); err != nil {
+	encodeMu.Lock()
+	err = e.change(ch)
+	encodeMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("encode nftables change for namespace %s: %w", nsName, err)
 	}
 	if err := conn.Flush(); err != nil {
@@ -273,10 +299,7 @@ func (e *encoder) addSet(s *Set, elems []Element) error {
 	if err != nil {
 		return err
 	}
-	first := elems
-	if len(first) > elemBatch {
-		first = first[:elemBatch]
-	}
+	first := elems[:batchLen(elems)]
 	ne, err := encodeElements(s, fields, first)
 	if err != nil {
 		return err
@@ -301,7 +324,7 @@ func (e *encoder) elements(se SetElements, add bool) error {
 
 func (e *encoder) sendElements(ns *nftables.Set, s *Set, fields []string, elems []Element, add bool) error {
 	for len(elems) > 0 {
-		n := min(len(elems), elemBatch)
+		n := batchLen(elems)
 		ne, err := encodeElements(s, fields, elems[:n])
 		if err != nil {
 			return err

@@ -81,6 +81,18 @@ func BenchmarkApply(b *testing.B) {
 				}
 			}
 		})
+		b.Run(fmt.Sprintf("%d/netlink-staged", n), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				if err := Delete(ns); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if err := (&Batch{Changes: []*Change{Diff(nil, tab)}, Staged: true}).Apply(ns); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		if _, err := exec.LookPath("nft"); err != nil {
 			continue
 		}

@@ -42,23 +42,38 @@ func (c *Change) Empty() bool {
 // kernel has no such table yet (or its content is unknown): a full change.
 func Diff(prev, next *Table) *Change {
 	ch := &Change{Family: next.Family, Table: next.Name}
-	if prev == nil || !sameSkeleton(prev, next) {
+	if prev == nil {
 		ch.Full = next
 		return ch
 	}
 	prev.index()
 	next.index()
+	// Match every chain of next with prev's once (names are long and
+	// mostly equal: comparing them is most of a diff's time at 10,000
+	// services), then use the match for the skeleton check, the changed
+	// chains and the stale ones.
+	olds := make([]*Chain, len(next.Chains))
+	used := make([]bool, len(prev.Chains))
 	for i, c := range next.Chains {
-		old := chainAt(prev, i, c.Name)
+		if j := chainIndex(prev, i, c.Name); j >= 0 {
+			olds[i], used[j] = prev.Chains[j], true
+		}
+	}
+	if !sameSkeletonMatched(prev, next, olds) {
+		ch.Full = next
+		return ch
+	}
+	for i, c := range next.Chains {
+		old := olds[i]
 		switch {
 		case old == nil:
 			ch.AddChains = append(ch.AddChains, c)
-		case !rulesEqual(old.Rules, c.Rules):
+		case old != c && !rulesEqual(old.Rules, c.Rules):
 			ch.RewriteChains = append(ch.RewriteChains, c)
 		}
 	}
-	for i, c := range prev.Chains {
-		if chainAt(next, i, c.Name) == nil {
+	for j, c := range prev.Chains {
+		if !used[j] {
 			ch.DelChains = append(ch.DelChains, c.Name)
 		}
 	}
@@ -109,17 +124,16 @@ func Diff(prev, next *Table) *Change {
 	return ch
 }
 
-// sameSkeleton: same table, same base chains, and every set present in both
-// has the same definition (a changed set definition, e.g. an affinity
-// timeout, would need the set replaced while rules refer to it: rebuild).
-func sameSkeleton(a, b *Table) bool {
+// sameSkeletonMatched: same table, same base chains, and every set present
+// in both has the same definition (a changed set definition, e.g. an
+// affinity timeout, would need the set replaced while rules refer to it:
+// rebuild). olds[i] is a's chain of b.Chains[i]'s name, or nil.
+func sameSkeletonMatched(a, b *Table, olds []*Chain) bool {
 	if a.Family != b.Family || a.Name != b.Name || a.Comment != b.Comment {
 		return false
 	}
-	a.index()
-	b.index()
 	for i, c := range b.Chains {
-		if o := chainAt(a, i, c.Name); o != nil && (o.Hook != c.Hook || o.Type != c.Type || o.Priority != c.Priority || o.Comment != c.Comment) {
+		if o := olds[i]; o != nil && (o.Hook != c.Hook || o.Type != c.Type || o.Priority != c.Priority || o.Comment != c.Comment) {
 			return false
 		}
 	}
@@ -131,13 +145,17 @@ func sameSkeleton(a, b *Table) bool {
 	return true
 }
 
-// chainAt is t.Chain(name), trying index i first (two renderings of mostly
-// the same services have most chains at the same index).
-func chainAt(t *Table, i int, name string) *Chain {
+// chainIndex is the index of t's chain name, trying index i first (two
+// renderings of mostly the same services have most chains at the same
+// index); -1 if t has none.
+func chainIndex(t *Table, i int, name string) int {
 	if i < len(t.Chains) && t.Chains[i].Name == name {
-		return t.Chains[i]
+		return i
 	}
-	return t.Chain(name)
+	if j, ok := t.chainIdx[name]; ok {
+		return j
+	}
+	return -1
 }
 
 func rulesEqual(a, b []Rule) bool {

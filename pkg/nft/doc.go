@@ -30,4 +30,17 @@
 // no `nft` binary is needed. google/nftables v0.3 cannot set table or chain
 // comments, so the kernel copy lacks those two (rule, set and element
 // comments are kept).
+//
+// In a lab in nftables mode (pkg/cluster, --proxy-mode nftables) the tables
+// reach the kernel as a Batch — changes to several tables and tables
+// deleted, one transaction — carried by a plan.NFT operation, whose command
+// is Batch.Text (`nft -f` input) and whose apply is Batch.Apply; a new
+// table can load in stages (Batch.Staged, see batch.go for why).
+// RenderFlannel is flannel's own `table ip flannel-ipv4` (flannel's
+// EnableNFTables, pkg/trafficmngr/nftables). ReadSummary and Drift compare a
+// table in the kernel with a rendering by rules per chain and elements per
+// set (drift checks, repair); ServiceObjects picks what serves one Service
+// (klab service show). trace.go is klab's own tracing for journeys:
+// RenderTrace's klab-trace table sets nftrace on the probe, ListenTrace
+// decodes the kernel's trace events, Describe names their rules.
 package nft

@@ -190,6 +190,8 @@ func protoNum(p string) (byte, error) {
 		return unix.IPPROTO_UDP, nil
 	case "sctp":
 		return unix.IPPROTO_SCTP, nil
+	case "icmp":
+		return unix.IPPROTO_ICMP, nil
 	}
 	return 0, fmt.Errorf("protocol %q is not tcp, udp or sctp", p)
 }

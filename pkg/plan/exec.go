@@ -66,6 +66,8 @@ func (a *Applier) do(op Op) error {
 		return iptablesRule(op.NS, op.Rules)
 	case IPSet:
 		return ipsetRestore(op.NS, op.Sets)
+	case NFT:
+		return op.NFT.Apply(op.NS)
 	}
 	h, err := a.handle(op.NS)
 	if err != nil {
@@ -172,7 +174,7 @@ func (a *Applier) linkAdd(h *netlink.Handle, op Op) error {
 		if err != nil {
 			return err
 		}
-		link = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, VtepDevIndex: dev, SrcAddr: l.Local.AsSlice(), Port: l.Port, Learning: l.Learning}
+		link = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, VtepDevIndex: dev, SrcAddr: l.Local.AsSlice(), Port: l.Port, Learning: l.Learning, Proxy: l.Proxy, L2miss: l.L2Miss, L3miss: l.L3Miss}
 	case "veth":
 		v := &netlink.Veth{LinkAttrs: attrs, PeerName: l.PeerName, PeerMTU: uint32(l.PeerMTU), PeerHardwareAddr: l.PeerMAC}
 		if l.PeerNS != "" {

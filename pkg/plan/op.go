@@ -34,6 +34,7 @@ const (
 	Restore        Verb = "iptables-restore" // iptables-restore [--noflush] --wait <<EOF
 	IPTables       Verb = "iptables"         // one rule: iptables -C ... || iptables -I/-A ...; or -D
 	IPSet          Verb = "ipset restore"    // ipset restore <<EOF (sets of addresses, inside the namespace)
+	NFT            Verb = "nft"              // nft -f - <<EOF: one nf_tables transaction, sent over netlink
 	WriteFile      Verb = "write"            // a file klab keeps (IPAM, subnet.env, state)
 	RemoveFile     Verb = "remove"           // rm -rf PATH
 	Exec           Verb = "exec"             // anything else: a process started or stopped
@@ -61,6 +62,9 @@ type Op struct {
 	// Sets is the `ipset restore` input of an IPSet operation: create,
 	// flush, add, del, swap and destroy lines, run as one command.
 	Sets string
+	// NFT is the transaction of an NFT operation (pkg/nft.Batch): its
+	// `nft -f` text for Command, and its netlink apply.
+	NFT  NFTables
 	File *File // WriteFile, RemoveFile
 	Proc *Proc // Exec
 
@@ -92,6 +96,10 @@ type Link struct {
 	Dev      string // underlay device
 	Port     int
 	Learning bool
+	// Proxy, L2Miss and L3Miss are old flannel's (<= 0.9) device: the
+	// kernel answers ARP from the device's neighbour table and tells
+	// userspace (RTM_GETNEIGH) about every IP or MAC it has no entry for.
+	Proxy, L2Miss, L3Miss bool
 }
 
 // Addr is an address on a device.
@@ -131,6 +139,15 @@ type Rules struct {
 	// present).
 	Table, Chain, Action string
 	Rule                 []string
+}
+
+// NFTables is an nf_tables transaction in one namespace, as pkg/nft builds
+// it: Text is the equivalent `nft -f` input, Apply sends it over netlink
+// (no nft binary) as one batch. (An interface, since pkg/nft's renderers
+// build on pkg/nat, which builds on this package.)
+type NFTables interface {
+	Text() string
+	Apply(ns string) error
 }
 
 // File is a file klab writes or removes. State files are klab's own
@@ -225,6 +242,8 @@ func (op Op) command() string {
 		return in("iptables-restore "+flags) + " <<'EOF'\n" + withNewline(op.Rules.Input) + "EOF"
 	case IPSet:
 		return in("ipset restore") + " <<'EOF'\n" + withNewline(op.Sets) + "EOF"
+	case NFT:
+		return in("nft -f -") + " <<'EOF'\n" + withNewline(op.NFT.Text()) + "EOF"
 	case IPTables:
 		r := op.Rules
 		spec := r.Chain + " " + ShellJoin(r.Rule)
@@ -305,6 +324,15 @@ func linkAddArgs(l *Link) string {
 		if !l.Learning {
 			b.WriteString(" nolearning")
 		}
+		if l.Proxy {
+			b.WriteString(" proxy")
+		}
+		if l.L2Miss {
+			b.WriteString(" l2miss")
+		}
+		if l.L3Miss {
+			b.WriteString(" l3miss")
+		}
 	}
 	return b.String()
 }
@@ -352,6 +380,8 @@ func (op Op) Object() string {
 		return "iptables rules" + where
 	case op.Verb == IPSet:
 		return "ipsets" + where
+	case op.Verb == NFT:
+		return "nftables tables" + where
 	case op.Rules != nil:
 		return fmt.Sprintf("iptables rule in %s/%s%s", op.Rules.Table, op.Rules.Chain, where)
 	case op.File != nil:

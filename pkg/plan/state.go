@@ -274,6 +274,7 @@ func linkState(l netlink.Link) *LinkState {
 	ls := &LinkState{Link: Link{Name: at.Name, Type: l.Type(), MTU: at.MTU, MAC: at.HardwareAddr, Up: at.Flags&net.FlagUp != 0}, Index: at.Index}
 	if vx, ok := l.(*netlink.Vxlan); ok {
 		ls.VNI, ls.Port, ls.Learning = vx.VxlanId, vx.Port, vx.Learning
+		ls.Proxy, ls.L2Miss, ls.L3Miss = vx.Proxy, vx.L2miss, vx.L3miss
 		ls.Local, _ = netip.AddrFromSlice(vx.SrcAddr.To4())
 	}
 	return ls

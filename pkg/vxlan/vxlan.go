@@ -31,6 +31,8 @@ type Config struct {
 	MTU      int              //
 	MAC      net.HardwareAddr // VtepMAC, fixed at creation
 	Subnet   netip.Prefix     // the node's pod subnet: the device gets its .0/32
+	// Miss makes old flannel's device (proxy l2miss l3miss): see miss.go.
+	Miss bool
 }
 
 // Peer is what a node learns about another node from its lease.
@@ -45,7 +47,7 @@ func (p Peer) Gateway() netip.Addr { return p.Subnet.Masked().Addr() }
 
 // want is the device cfg describes, as plan data.
 func (cfg Config) want() *plan.Link {
-	return &plan.Link{Name: DeviceName(cfg.VNI), Type: "vxlan", MTU: cfg.MTU, MAC: cfg.MAC, VNI: cfg.VNI, Local: cfg.Local, Dev: cfg.Underlay, Port: cfg.Port}
+	return &plan.Link{Name: DeviceName(cfg.VNI), Type: "vxlan", MTU: cfg.MTU, MAC: cfg.MAC, VNI: cfg.VNI, Local: cfg.Local, Dev: cfg.Underlay, Port: cfg.Port, Proxy: cfg.Miss, L2Miss: cfg.Miss, L3Miss: cfg.Miss}
 }
 
 // PlanDevice returns the operations that make flannel.<VNI> exist as cfg
@@ -95,6 +97,8 @@ func incompatible(old *plan.LinkState, want *plan.Link) string {
 		return "underlay device"
 	case old.Learning != want.Learning:
 		return "learning"
+	case old.L2Miss != want.L2Miss || old.L3Miss != want.L3Miss || old.Proxy != want.Proxy:
+		return "miss mode"
 	case want.MTU != 0 && old.MTU != want.MTU:
 		return "mtu"
 	case want.MAC != nil && old.MAC.String() != want.MAC.String():
