@@ -25,10 +25,16 @@ import (
 // 8080) and a client pod on node2.
 func localLab(t *testing.T) *Cluster {
 	t.Helper()
+	return localLabMode(t, "")
+}
+
+// localLabMode is localLab with kube-proxy in the given proxy mode.
+func localLabMode(t *testing.T, mode string) *Cluster {
+	t.Helper()
 	testutil.RequireRoot(t)
 	lab := testutil.LabName(t, "dp")
 	state := t.TempDir()
-	c, err := Open(state, lab, &Options{Backend: BackendVXLAN}, nil)
+	c, err := Open(state, lab, &Options{Backend: BackendVXLAN, ProxyMode: mode}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,5 +279,52 @@ func TestExplainPolicyNFLOG(t *testing.T) {
 	}
 	if !x.Confirmed || !x.Verdict.Allowed || len(x.Logged) != 0 {
 		t.Errorf("explain client -> web-1: %+v, want a confirmed allow, nothing logged", x)
+	}
+}
+
+// TestExternalTrafficPolicyLocalNFTables is the Local policy in kube-proxy's
+// nftables mode: node1 (web-1's) answers the external host with its own
+// address and has the local- chain; node2 drops, by the drop element of
+// no-endpoint-nodeports, read back with nft.
+func TestExternalTrafficPolicyLocalNFTables(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (nftables; scripts/install-deps.sh installs it)")
+	}
+	c := localLabMode(t, ProxyNFTables)
+	if _, err := c.AddService(ServiceSpec{Name: "web", Ports: []nat.ServicePort{{Port: 80, TargetPort: 8080, NodePort: 30081}},
+		Endpoints: []string{"web-1"}, ExternalTrafficPolicy: nat.PolicyLocal}); err != nil {
+		t.Fatal(err)
+	}
+	list := func(node string) string {
+		out, err := exec.Command("ip", "netns", "exec", c.NS(node), "nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list in %s: %v: %s", node, err, out)
+		}
+		return string(out)
+	}
+	if l := list("node1"); !strings.Contains(l, "goto local-") || strings.Contains(l, `comment "default/web" : drop`) {
+		t.Errorf("node1's kube-proxy table (web-1 is local):\n%s", l)
+	}
+	if l := list("node2"); !strings.Contains(l, `tcp . 30081 comment "default/web" : drop`) || strings.Contains(l, "chain local-") {
+		t.Errorf("node2's kube-proxy table (no local endpoint):\n%s", l)
+	}
+	if body := curlFrom(t, c, ExternalName, "http://192.168.1.101:30081/"); !strings.HasPrefix(body, "web-1\n") || !strings.Contains(body, "client: "+ExternalIP.String()+":") {
+		t.Errorf("external host -> node1:30081 got %q, want web-1 seeing %s", body, ExternalIP)
+	}
+	if body := curlFrom(t, c, ExternalName, "http://192.168.1.102:30081/"); body != "" {
+		t.Errorf("external host -> node2:30081 got %q, want a timeout", body)
+	}
+	if body := curlFrom(t, c, "client", "http://192.168.1.102:30081/"); !strings.HasPrefix(body, "web-1\n") {
+		t.Errorf("client pod -> node2:30081 got %q, want web-1", body)
+	}
+	// The endpoint moves: the per-node partial syncs follow.
+	if err := c.SetEndpoints("web", []string{"web-4"}); err != nil {
+		t.Fatal(err)
+	}
+	if l := list("node2"); !strings.Contains(l, "goto local-") || strings.Contains(l, `comment "default/web" : drop`) {
+		t.Errorf("node2's table after the move:\n%s", l)
+	}
+	if body := curlFrom(t, c, ExternalName, "http://192.168.1.102:30081/"); !strings.HasPrefix(body, "web-4\n") || !strings.Contains(body, "client: "+ExternalIP.String()+":") {
+		t.Errorf("external host -> node2:30081 after the move got %q, want web-4 seeing %s", body, ExternalIP)
 	}
 }
