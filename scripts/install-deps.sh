@@ -29,6 +29,12 @@ command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v capsh >/dev/null 2>&1 || need="$need libcap2-bin"
 command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v make >/dev/null 2>&1 || need="$need make"
+# 'make bench' only (not make test): the DNS benchmark's load generator and
+# its baseline server.
+if [ "${KLAB_BENCH_DEPS:-0}" = 1 ]; then
+	command -v dnsperf >/dev/null 2>&1 || need="$need dnsperf"
+	command -v unbound >/dev/null 2>&1 || need="$need unbound"
+fi
 # klab ui's end-to-end test drives a real headless browser (large; opt out with KLAB_WITH_CHROMIUM=0).
 if [ "${KLAB_WITH_CHROMIUM:-1}" = 1 ]; then
 	command -v chromium >/dev/null 2>&1 || need="$need chromium"

@@ -71,15 +71,32 @@ func (l *Lab) Mode() string {
 func (l *Lab) NFTables() bool { return l.Mode() == ProxyNFTables }
 
 // NFTConfig is the rendering input of kube-proxy's nftables table: the
-// same on every node (flannel's lease is in flannel's own table).
-func (l *Lab) nftServices() (*nft.Table, error) {
-	return nft.Render(nat.Config{Lab: l.Name, ClusterCIDR: l.ClusterCIDR, ServiceCIDR: l.ServiceCIDR}, l.natServices())
+// same on every node (flannel's lease is in flannel's own table), except
+// for services with the Local external traffic policy, whose local- chain
+// holds node n's own endpoints (n nil: rendered for no node).
+func (l *Lab) nftServices(n *Node) (*nft.Table, error) {
+	cfg := nat.Config{Lab: l.Name, ClusterCIDR: l.ClusterCIDR, ServiceCIDR: l.ServiceCIDR}
+	if n != nil {
+		cfg.NodeName = n.Name
+	}
+	return nft.Render(cfg, l.natServices())
+}
+
+// hasLocalPolicy reports whether a service has the Local external traffic
+// policy (kube-proxy's table then differs from node to node).
+func (l *Lab) hasLocalPolicy() bool {
+	for _, s := range l.Services {
+		if s.ExternalTrafficPolicy == nat.PolicyLocal {
+			return true
+		}
+	}
+	return false
 }
 
 // NFTTables renders node n's two nftables tables as the lab stands:
 // kube-proxy's and flannel's.
 func (l *Lab) NFTTables(n *Node) (kubeProxy, flannel *nft.Table, err error) {
-	kp, err := l.nftServices()
+	kp, err := l.nftServices(n)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -167,42 +184,63 @@ func (c *Cluster) planNFTCleanup(n *Node, st *plan.State) (plan.Plan, error) {
 // partial-sync transaction. The nodes that took it are rolled back when
 // one fails.
 func (c *Cluster) syncNFT(before, after *Lab) error {
-	cur, err := after.nftServices()
+	// With a Local service the table is rendered and diffed per node.
+	perNode := after.hasLocalPolicy() || before.hasLocalPolicy()
+	diff := func(n *Node) (fwd, back *nft.Change, err error) {
+		cur, err := after.nftServices(n)
+		if err != nil {
+			return nil, nil, err
+		}
+		var prev *nft.Table
+		if before.NFTables() {
+			if prev, err = before.nftServices(n); err != nil {
+				prev = nil
+			}
+		}
+		fwd = nft.Diff(prev, cur)
+		if prev != nil {
+			back = nft.Diff(cur, prev)
+		}
+		return fwd, back, nil
+	}
+	fwd, back, err := diff(nil)
 	if err != nil {
 		return err
 	}
-	var prev *nft.Table
-	if before.NFTables() {
-		if prev, err = before.nftServices(); err != nil {
-			prev = nil
-		}
-	}
-	fwd := nft.Diff(prev, cur)
-	if fwd.Empty() {
+	if !perNode && fwd.Empty() {
 		return nil
-	}
-	var back *nft.Change
-	if prev != nil {
-		back = nft.Diff(cur, prev)
 	}
 	plans := make([]plan.Plan, 0, len(after.Nodes))
 	var nodes []*Node
+	backs := map[string]*nft.Change{}
 	for _, n := range after.Nodes {
 		if before.Node(n.Name) == nil {
 			continue // a node being added is planned whole (planNodeNFT)
 		}
+		nf, nb := fwd, back
+		if perNode {
+			if nf, nb, err = diff(n); err != nil {
+				return err
+			}
+			if nf.Empty() {
+				continue
+			}
+		}
 		nodes = append(nodes, n)
-		plans = append(plans, nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{fwd}}, "kube-proxy partial sync"))
+		backs[n.Name] = nb
+		plans = append(plans, nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{nf}}, "kube-proxy partial sync"))
 	}
 	c.A.Ctx = c.Ctx
 	err = c.A.ApplyAll(plans, len(plans))
-	if err == nil || back == nil {
+	if err == nil {
 		return err
 	}
 	for _, n := range nodes {
 		// A node whose transaction did not commit refuses the reverse
 		// change as a whole (nothing to delete): no harm.
-		c.A.Apply(nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{back}}, "roll back"))
+		if b := backs[n.Name]; b != nil {
+			c.A.Apply(nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{b}}, "roll back"))
+		}
 	}
 	return err
 }

@@ -51,7 +51,7 @@ func policyVerdict(lab *cluster.Lab, plan *Plan, rep *Report) string {
 			drops = append(drops, fmt.Sprintf("%s %s +%d", h.Node, h.Chain, h.Packets))
 		}
 	}
-	answered := rep.Probe == "reply" || rep.Probe == "connected"
+	answered := rep.Probe == "reply" || rep.Probe == "connected" || strings.HasPrefix(rep.Probe, "answered")
 	switch {
 	case !v.Allowed && len(drops) > 0:
 		return fmt.Sprintf("policy: %s (confirmed: drop rule %s)", v.Reason, strings.Join(drops, ", "))
