@@ -313,3 +313,48 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 	}
 	return out
 }
+
+// TestControlPlaneProxySameAsDirect: the same objects, once synced by the
+// agents from etcd and once written by the CLI in a direct-mode lab,
+// leave the same iptables on every node (iptables-save, the lab's name
+// aside) - also a NodePort service with externalTrafficPolicy Local,
+// rendered per node.
+func TestControlPlaneProxySameAsDirect(t *testing.T) {
+	t.Parallel()
+	cp := newKPLab(t)
+	direct := &cpLab{cli: cp.cli, lab: testutil.LabName(t, "kp")}
+	t.Cleanup(func() { cp.assertClean(direct.lab, "after destroy") })
+	cp.destroyOnCleanup(direct.lab) // runs before the check above
+	direct.must("node", "add", "node1", "--lab", direct.lab)
+	for _, l := range []*cpLab{cp, direct} {
+		l.must("node", "add", "node2", "--lab", l.lab)
+		l.must("pod", "add", "a", "--node", "node1", "--lab", l.lab)
+		l.must("pod", "add", "b", "--node", "node2", "--lab", l.lab)
+		l.must("pod", "add", "c", "--node", "node2", "--lab", l.lab)
+		l.must("service", "add", "web", "--endpoints", "a,b,c", "--port", "80", "--target-port", "8080", "--affinity", "clientip", "--lab", l.lab)
+		l.must("service", "add", "loc", "--endpoints", "b,c", "--port", "81", "--type", "NodePort", "--node-port", "30090", "--external-traffic-policy", "Local", "--lab", l.lab)
+		l.must("pod", "set-ready", "c", "false", "--lab", l.lab)
+	}
+	rules := func(l *cpLab, node string) string {
+		out := sh(t, "ip", "netns", "exec", l.ns(node), "iptables-save")
+		var keep []string
+		for _, line := range strings.Split(out, "\n") {
+			if !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, ":") { // comments, counters
+				keep = append(keep, strings.ReplaceAll(line, l.lab, "LAB"))
+			}
+		}
+		sort.Strings(keep)
+		return strings.Join(keep, "\n")
+	}
+	for _, n := range []string{"node1", "node2"} {
+		a, b := rules(cp, n), rules(direct, n)
+		if a != b {
+			t.Errorf("%s: the agent's rules differ from direct mode's:\n--- control plane\n%s\n--- direct\n%s", n, a, b)
+		}
+		if !strings.Contains(a, "KUBE-SVL-") && n == "node2" {
+			t.Errorf("%s has no Local chain:\n%s", n, a)
+		}
+	}
+	cp.must("destroy", cp.lab)
+	direct.must("destroy", direct.lab)
+}

@@ -399,6 +399,11 @@ func serviceFromObject(o *corev1.Service) *Service {
 	if o.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
 		s.Affinity = nat.AffinityClientIP
 	}
+	if o.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+		// Rendered per node: only the endpoints whose nodeName is this
+		// node's answer its NodePort (natConfig's NodeName).
+		s.ExternalTrafficPolicy = nat.PolicyLocal
+	}
 	for _, p := range o.Spec.Ports {
 		sp := nat.ServicePort{Name: p.Name, Port: int(p.Port), NodePort: int(p.NodePort)}
 		if p.Protocol == corev1.ProtocolUDP {
@@ -540,14 +545,14 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *c
 		// nftables mode: the partial sync syncNFT does for the CLI, the
 		// difference from the last table this agent loaded.
 		var cur *nft.Table
-		if cur, err = ac.Lab.nftServices(); err == nil {
+		if cur, err = ac.Lab.nftServices(n); err == nil {
 			if fwd := nft.Diff(view.prevNFT, cur); !fwd.Empty() {
 				p = nftOp(ac.NS(n.Name), &nft.Batch{Changes: []*nft.Change{fwd}}, "kube-proxy partial sync")
 			}
 			view.curNFT = cur
 		}
 	} else if p, err = ac.planNodeRules(n, st); err == nil && ac.Lab.NFTables() {
-		view.curNFT, err = ac.Lab.nftServices()
+		view.curNFT, err = ac.Lab.nftServices(n)
 	}
 	t2 := time.Now()
 	if err == nil {

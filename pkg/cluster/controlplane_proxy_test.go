@@ -36,10 +36,12 @@ func TestProxyObjectsRoundTrip(t *testing.T) {
 		{Name: "prod/d", Node: "node1", IP: netip.MustParseAddr("10.244.1.3")},
 	}
 	l := &Lab{Name: "t", ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/12"), ProxyMode: ProxyNFTables,
-		Nodes: []*Node{{Name: "node1", PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}}, Pods: pods,
+		Nodes: []*Node{{Name: "node1", PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, {Name: "node2", PodCIDR: netip.MustParsePrefix("10.244.2.0/24")}}, Pods: pods,
 		Services: []*Service{
 			{Name: "web", ClusterIP: netip.MustParseAddr("10.96.0.2"), Selector: map[string]string{"app": "web"}, Affinity: nat.AffinityClientIP,
 				Ports: []nat.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, NodePort: 30080}, {Name: "dns", Protocol: nat.UDP, Port: 53}}},
+			{Name: "local", ClusterIP: netip.MustParseAddr("10.96.0.5"), Endpoints: []string{"a", "c"}, Affinity: nat.AffinityNone, ExternalTrafficPolicy: nat.PolicyLocal,
+				Ports: []nat.ServicePort{{Port: 80, NodePort: 30081}}},
 			{Name: "listed", ClusterIP: netip.MustParseAddr("10.96.0.3"), Endpoints: []string{"c", "a"}, Affinity: nat.AffinityNone, Ports: []nat.ServicePort{{Port: 81}}},
 			{Name: "prod/api", ClusterIP: netip.MustParseAddr("10.96.0.4"), Endpoints: []string{"d"}, Affinity: nat.AffinityNone, Ports: []nat.ServicePort{{Port: 443, TargetPort: 8443}}},
 			{Name: "none", Type: ServiceHeadless, Selector: map[string]string{"app": "web"}},
@@ -64,10 +66,15 @@ func TestProxyObjectsRoundTrip(t *testing.T) {
 	if !servicesEqual(want, have) {
 		t.Fatalf("agent renders\n%+v\nCLI renders\n%+v", have, want)
 	}
-	a, _ := l.Rules(l.Nodes[0])
-	b, _ := got.Rules(l.Nodes[0])
-	if a.Text() != b.Text() {
-		t.Fatal("the agent's iptables rules differ from the CLI's")
+	for _, n := range l.Nodes { // per node: Local keeps the node's own endpoints
+		a, _ := l.Rules(n)
+		b, _ := got.Rules(n)
+		if a.Text() != b.Text() {
+			t.Fatalf("the agent's iptables rules for %s differ from the CLI's", n.Name)
+		}
+		if n.Name == "node2" && !strings.Contains(a.Text(), "10.244.2.3") {
+			t.Fatal("no endpoint rendered")
+		}
 	}
 }
 
