@@ -8,9 +8,12 @@ package cluster
 // (planNodeRules: iptables or nftables mode, flannel's masquerade), and
 // pkg/cluster imports pkg/agent; RunAgent starts it beside flanneld's loop.
 //
-// Keys: the API server's storage layout (kubernetes pkg/registry/core/
-// service/storage and pkg/registry/discovery/endpointslice/storage: the
-// resource prefix under /registry, then namespace/name):
+// Keys: the API server's storage layout, /registry/<prefix>/<ns>/<name>,
+// the prefix being the resource's special one or its lowercased name
+// (kubernetes/kubernetes pkg/kubeapiserver/default_storage_factory_builder.go
+// SpecialDefaultResourcePrefixes, services -> "services/specs"; and
+// staging/src/k8s.io/apiserver/pkg/server/storage/storage_factory.go
+// ResourcePrefix, commit fa7ba8e2f963, so endpointslices -> "endpointslices"):
 //
 //	/registry/services/specs/<ns>/<name>       a v1 Service
 //	/registry/endpointslices/<ns>/<name>       a discovery.k8s.io/v1 EndpointSlice
