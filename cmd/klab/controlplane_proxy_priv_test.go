@@ -175,6 +175,14 @@ func TestControlPlaneProxy(t *testing.T) {
 	l.must("service", "set-endpoints", "web", "a", "--lab", l.lab)
 	everyNode("a change after etcd came back", ep("a"))
 
+	// A node added now is built without the services; its agent's first
+	// sync adds them before node add returns.
+	l.must("node", "add", "node4", "--lab", l.lab)
+	if got := l.dnatTargets("node4", "web"); !slices.Equal(got, []string{ep("a")}) {
+		t.Fatalf("node4 right after node add DNATs web to %v", got)
+	}
+	nodes = append(nodes, "node4")
+
 	l.must("service", "del", "web", "--lab", l.lab)
 	if keys := l.etcdctl("get", "--prefix", "--keys-only", "/registry/services/") + l.etcdctl("get", "--prefix", "--keys-only", "/registry/endpointslices/"); strings.TrimSpace(keys) != "" {
 		t.Fatalf("deleted service still in etcd: %s", keys)
