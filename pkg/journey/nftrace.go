@@ -74,7 +74,11 @@ func (tr *nftTracing) stop() []NFTHop {
 		evs := t.Events()
 		kp, fl, err := tr.lab.NFTTables(n)
 		if err == nil {
-			nft.Describe(ns, evs, kp, fl)
+			tables := []*nft.Table{kp, fl}
+			if pt := policyTable(tr.lab, n.Name); pt != nil {
+				tables = append(tables, pt)
+			}
+			nft.Describe(ns, evs, tables...)
 		}
 		// The probe's first packet (the SYN, the echo request) is the one
 		// that walks the NAT chains; the connection's later packets are
