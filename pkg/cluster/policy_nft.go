@@ -153,3 +153,36 @@ func (c *Cluster) dropCounters(ns string) (map[string]uint64, error) {
 	}
 	return policy.DropCounters(ns)
 }
+
+// movePolicies re-applies, after a proxy mode switch, the plan each node
+// last applied in the other mode's form, in the new mode's form: the same
+// compiled policies, the old form's objects removed in the same plan.
+func (c *Cluster) movePolicies() error {
+	var plans []plan.Plan
+	for _, n := range c.Lab.Nodes {
+		var prev *policy.Plan
+		var err error
+		if c.Lab.NFTables() {
+			prev, err = c.loadPolicyPlan(n.Name)
+		} else {
+			prev, err = c.loadPolicyNFTPlan(n.Name)
+		}
+		if err != nil {
+			return err
+		}
+		if prev == nil {
+			continue
+		}
+		p, err := c.planNodePolicies(n.Name, prev)
+		if err != nil {
+			return err
+		}
+		plans = append(plans, p)
+	}
+	if len(plans) == 0 {
+		return nil
+	}
+	c.states = nil
+	c.A.Ctx = c.Ctx
+	return c.A.ApplyAll(plans, len(plans))
+}

@@ -299,7 +299,7 @@ func (c *Cluster) SetProxyMode(mode string) error {
 		l.ProxyMode = old
 		return err
 	}
-	return c.syncPolicies() // the policies move to the new mode's form (policy_nft.go)
+	return c.movePolicies() // the policies move to the new mode's form (policy_nft.go)
 }
 
 // proxyModes lists the modes a flag accepts (completion, help).
