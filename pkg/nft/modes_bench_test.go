@@ -42,6 +42,9 @@ func servicesOf(n, m int) []nat.Service {
 //
 //	klab       Diff + ApplyChange over netlink (what a sync does)
 //	diff-only  the Diff alone
+//	partial    RenderChanged (only the changed service rendered and
+//	           diffed, partial.go) + ApplyChange over netlink
+//	partial-only  RenderChanged alone
 //	floor      the same transaction, encoded beforehand: only the kernel's
 //	           part (the Flush: sendmsg, the commit, the acks) is timed
 //	nft-f      `nft -f` of the change's text, as knftables runs it
@@ -111,6 +114,45 @@ func BenchmarkOneServiceChange(b *testing.B) {
 				kern = to
 			}
 		})
+		// partial: RenderChanged (only the changed service rendered, in
+		// both versions, and diffed) + ApplyChange, from the kernel's
+		// table as the previous call patched it.
+		key := "bench/" + svcs[k].Name
+		pt, psvcs := kern, svcs
+		if kern == tb {
+			psvcs = changed
+		}
+		other := func(s []nat.Service) []nat.Service {
+			if &s[0] == &svcs[0] {
+				return changed
+			}
+			return svcs
+		}
+		b.Run(name+"/partial", func(b *testing.B) {
+			for b.Loop() {
+				to := other(psvcs)
+				nt, ch, err := RenderChanged(benchConfig, pt, psvcs, to, []string{key})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := ApplyChange(ns, ch); err != nil {
+					b.Fatal(err)
+				}
+				pt, psvcs = nt, to
+			}
+		})
+		b.Run(name+"/partial-only", func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := RenderChanged(benchConfig, pt, psvcs, other(psvcs), []string{key}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		if &psvcs[0] == &svcs[0] {
+			kern = ta
+		} else {
+			kern = tb
+		}
 		if _, err := exec.LookPath("nft"); err == nil {
 			dir := b.TempDir()
 			files := map[*Table]string{}
