@@ -68,7 +68,7 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 	}
 	rep := &Report{Plan: plan, Points: plan.Labels()}
 	var before map[string]counters
-	if !o.NoEnrich {
+	if !o.NoEnrich && (lab.NFTables() || !iptablesNFT()) {
 		before = readCounters(lab)
 	}
 	flt, err := trace.ParseFilter(plan.Proto)
@@ -126,7 +126,11 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 			first = rep.Journey.Hops[0].Packet.Innermost()
 		}
 		rep.Conntrack = conntrackFor(lab, plan, rep.Src, first)
-		rep.Rules = diffCounters(before, readCounters(lab))
+		if tracing != nil && tracing.iptables {
+			rep.Rules = tracing.hits // iptables-nft: the rules nftrace saw (iptnft.go)
+		} else {
+			rep.Rules = diffCounters(before, readCounters(lab))
+		}
 		rep.Policy = policyVerdict(lab, plan, rep)
 	}
 	return rep, nil
