@@ -162,28 +162,36 @@ func (c *Cluster) planNFTCleanup(n *Node, st *plan.State) (plan.Plan, error) {
 }
 
 // syncNFT is syncRules in nftables mode: kube-proxy's table is the same on
-// every node, so it is rendered and diffed once (before against after, the
-// way kube-proxy keeps its last rendering), and every node gets that one
-// partial-sync transaction. The nodes that took it are rolled back when
+// every node, so the change is computed once (before against after, from
+// the changed services only, as kube-proxy's partial sync does), and every
+// node gets that one partial-sync transaction. The nodes that took it are rolled back when
 // one fails.
 func (c *Cluster) syncNFT(before, after *Lab) error {
-	cur, err := after.nftServices()
-	if err != nil {
-		return err
-	}
-	var prev *nft.Table
+	// Only the changed services are rendered and diffed (pkg/nft
+	// partial.go), both ways; the whole table only when the kernel's is
+	// not before's nftables table (a switch from iptables mode) or before
+	// does not render.
+	var fwd, back *nft.Change
+	var err error
 	if before.NFTables() {
-		if prev, err = before.nftServices(); err != nil {
-			prev = nil
+		cfg := nat.Config{Lab: after.Name, ClusterCIDR: after.ClusterCIDR, ServiceCIDR: after.ServiceCIDR}
+		bs, as := before.natServices(), after.natServices()
+		if back, err = nft.DiffServices(cfg, as, bs); err == nil {
+			if fwd, err = nft.DiffServices(cfg, bs, as); err != nil {
+				return err
+			}
 		}
 	}
-	fwd := nft.Diff(prev, cur)
+	if fwd == nil {
+		back = nil
+		cur, err := after.nftServices()
+		if err != nil {
+			return err
+		}
+		fwd = nft.Diff(nil, cur)
+	}
 	if fwd.Empty() {
 		return nil
-	}
-	var back *nft.Change
-	if prev != nil {
-		back = nft.Diff(cur, prev)
 	}
 	plans := make([]plan.Plan, 0, len(after.Nodes))
 	var nodes []*Node

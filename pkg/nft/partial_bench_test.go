@@ -17,12 +17,11 @@ import (
 //	floor    the change's transaction encoded beforehand, only the Flush
 //	         timed (the kernel's part)
 //	klab     Diff of the two full renderings + ApplyChange
-//	partial  RenderChanged (only the changed service rendered and diffed,
-//	         the previous table patched) + ApplyChange
+//	partial  DiffServices (the changed service found, rendered in both
+//	         versions and diffed; no full rendering) + ApplyChange
 //
 // Each moves the kernel to the other rendering (one endpoint of one
-// service replaced); partial starts from the table it patched last, which
-// is what the kernel holds again after the other two's two moves.
+// service replaced).
 func BenchmarkOneServiceChangeInterleaved(b *testing.B) {
 	for _, sz := range []struct{ n, m int }{{10000, 2}, {1000, 10}} {
 		svcs := servicesOf(sz.n, sz.m)
@@ -41,7 +40,6 @@ func BenchmarkOneServiceChangeInterleaved(b *testing.B) {
 		if _, err := Apply(ns, nil, ta); err != nil {
 			b.Fatal(err)
 		}
-		key := "bench/" + svcs[k].Name
 		b.Run(fmt.Sprintf("%dx%d", sz.n, sz.m), func(b *testing.B) {
 			kern := ta
 			flip := func() *Table {
@@ -50,7 +48,7 @@ func BenchmarkOneServiceChangeInterleaved(b *testing.B) {
 				}
 				return ta
 			}
-			pt, psvcs := ta, svcs
+			psvcs := svcs
 			var floor, klab, partial time.Duration
 			n := 0
 			for b.Loop() {
@@ -76,13 +74,13 @@ func BenchmarkOneServiceChangeInterleaved(b *testing.B) {
 				}
 				klab += time.Since(t0)
 				kern = to
-				// partial: the kernel is back at pt's content
+				// partial: from the service list the kernel holds now
 				next := changed
 				if kern == tb {
 					next = svcs
 				}
 				t0 = time.Now()
-				nt, ch, err := RenderChanged(benchConfig, pt, psvcs, next, []string{key})
+				ch, err := DiffServices(benchConfig, psvcs, next)
 				if err == nil {
 					err = ApplyChange(ns, ch)
 				}
@@ -90,7 +88,7 @@ func BenchmarkOneServiceChangeInterleaved(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				pt, psvcs = nt, next
+				psvcs = next
 				kern = flip()
 				n++
 			}
@@ -101,4 +99,36 @@ func BenchmarkOneServiceChangeInterleaved(b *testing.B) {
 			b.ReportMetric(float64(partial)/float64(floor), "partial/floor")
 		})
 	}
+}
+
+// BenchmarkPartialCPU is the CPU a one-service change costs before the
+// kernel, at 10,000 x 2, three ways: two full Renders and a Diff (what a
+// stateless sync does), a Diff of two renderings already made, and
+// DiffServices (ChangedServices, the changed service rendered twice and
+// diffed; no full rendering).
+func BenchmarkPartialCPU(b *testing.B) {
+	svcs := servicesOf(10000, 2)
+	changed := cloneServices(svcs)
+	changed[5000].Endpoints = append(append([]nat.Endpoint(nil), svcs[5000].Endpoints[1:]...), nat.Endpoint{IP: netip.MustParseAddr("10.244.250.1")})
+	ta, _ := Render(benchConfig, svcs)
+	tb, _ := Render(benchConfig, changed)
+	b.Run("render2+diff", func(b *testing.B) {
+		for b.Loop() {
+			x, _ := Render(benchConfig, svcs)
+			y, _ := Render(benchConfig, changed)
+			Diff(x, y)
+		}
+	})
+	b.Run("diff", func(b *testing.B) {
+		for b.Loop() {
+			Diff(ta, tb)
+		}
+	})
+	b.Run("DiffServices", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := DiffServices(benchConfig, svcs, changed); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

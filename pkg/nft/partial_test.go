@@ -2,6 +2,7 @@ package nft
 
 import (
 	"cmp"
+	"reflect"
 	"net/netip"
 	"slices"
 	"testing"
@@ -83,6 +84,16 @@ func TestRenderChanged(t *testing.T) {
 			if ch.Empty() {
 				t.Error("empty change")
 			}
+			if got := ChangedServices(prevSvcs, next); !slices.Equal(got, []string{key}) {
+				t.Errorf("ChangedServices = %v, want [%s]", got, key)
+			}
+			ds, err := DiffServices(benchConfig, prevSvcs, next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := Diff(prev, full); want.Text() != ds.Text() {
+				t.Errorf("DiffServices differs from the full diff:\nfull:\n%s\npartial:\n%s", want.Text(), ds.Text())
+			}
 		})
 	}
 }
@@ -94,4 +105,16 @@ func cloneServices(s []nat.Service) []nat.Service {
 		out[i].Endpoints = slices.Clone(out[i].Endpoints)
 	}
 	return out
+}
+
+// sameService compares every field of nat.Service: a new field must be
+// added there (and here).
+func TestSameServiceFields(t *testing.T) {
+	compared := []string{"Namespace", "Name", "ClusterIP", "Ports", "Affinity", "AffinityTimeout", "Endpoints"}
+	typ := reflect.TypeFor[nat.Service]()
+	for i := range typ.NumField() {
+		if !slices.Contains(compared, typ.Field(i).Name) {
+			t.Errorf("nat.Service.%s is not compared by sameService (partial.go): add it", typ.Field(i).Name)
+		}
+	}
 }
