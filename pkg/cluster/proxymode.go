@@ -5,8 +5,9 @@ package cluster
 // kube-proxy` and flannel's is `table ip flannel-ipv4` (flannel's
 // EnableNFTables), both sent over netlink as one nf_tables transaction per
 // sync through the plan applier (plan.NFT): such a node has no iptables
-// KUBE-* or FLANNEL-* chains. NetworkPolicy stays iptables + ipset in both
-// modes. ipvs mode is refused: it needs the kernel's IP_VS, and klab does
+// KUBE-* or FLANNEL-* chains. NetworkPolicy follows the mode too: table ip
+// klab-policy with nftables sets on an nftables node (policy_nft.go),
+// iptables chains and ipsets otherwise. ipvs mode is refused: it needs the kernel's IP_VS, and klab does
 // not fake kernel features.
 
 import (

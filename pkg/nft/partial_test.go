@@ -2,8 +2,8 @@ package nft
 
 import (
 	"cmp"
-	"reflect"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
