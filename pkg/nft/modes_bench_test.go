@@ -42,9 +42,9 @@ func servicesOf(n, m int) []nat.Service {
 //
 //	klab       Diff + ApplyChange over netlink (what a sync does)
 //	diff-only  the Diff alone
-//	partial    RenderChanged (only the changed service rendered and
-//	           diffed, partial.go) + ApplyChange over netlink
-//	partial-only  RenderChanged alone
+//	partial    DiffServices (only the changed service rendered, before
+//	           and after, and diffed; partial.go) + ApplyChange
+//	partial-only  DiffServices alone
 //	floor      the same transaction, encoded beforehand: only the kernel's
 //	           part (the Flush: sendmsg, the commit, the acks) is timed
 //	nft-f      `nft -f` of the change's text, as knftables runs it
@@ -114,11 +114,9 @@ func BenchmarkOneServiceChange(b *testing.B) {
 				kern = to
 			}
 		})
-		// partial: RenderChanged (only the changed service rendered, in
-		// both versions, and diffed) + ApplyChange, from the kernel's
-		// table as the previous call patched it.
-		key := "bench/" + svcs[k].Name
-		pt, psvcs := kern, svcs
+		// partial: DiffServices (only the changed service rendered, in
+		// both versions, and diffed; no full rendering) + ApplyChange.
+		psvcs := svcs
 		if kern == tb {
 			psvcs = changed
 		}
@@ -131,19 +129,19 @@ func BenchmarkOneServiceChange(b *testing.B) {
 		b.Run(name+"/partial", func(b *testing.B) {
 			for b.Loop() {
 				to := other(psvcs)
-				nt, ch, err := RenderChanged(benchConfig, pt, psvcs, to, []string{key})
+				ch, err := DiffServices(benchConfig, psvcs, to)
 				if err != nil {
 					b.Fatal(err)
 				}
 				if err := ApplyChange(ns, ch); err != nil {
 					b.Fatal(err)
 				}
-				pt, psvcs = nt, to
+				psvcs = to
 			}
 		})
 		b.Run(name+"/partial-only", func(b *testing.B) {
 			for b.Loop() {
-				if _, _, err := RenderChanged(benchConfig, pt, psvcs, other(psvcs), []string{key}); err != nil {
+				if _, err := DiffServices(benchConfig, psvcs, other(psvcs)); err != nil {
 					b.Fatal(err)
 				}
 			}
