@@ -15,7 +15,7 @@ type Lab struct {
 	Summary       string        // front matter "summary": one sentence for 'klab labs'
 	Prerequisites []string      // front matter "prerequisites": labs to do first
 	Time          time.Duration // front matter "time": how long it takes a student
-	Backend       string        // front matter "backend": vxlan (default) or host-gw
+	Backend       string        // front matter "backend": vxlan (default), host-gw or calico
 	DNS           bool          // front matter "dns: true": the lab runs cluster DNS (its first node add has --dns)
 	ControlPlane  string        // front matter "control-plane: etcd": etcd and node agents (its first node add has --control-plane etcd)
 	CNI           bool          // front matter "cni: true": every pod add runs the real CNI plugins ($KLAB_CNI=1, as --cni)

@@ -10,11 +10,11 @@ import (
 
 // plannedVerbs are the verbs labs may use (docs/lab-format.md); the real
 // command tree is checked by 'klab lab lint' in the cmd layer.
-var plannedVerbs = map[string]bool{"node": true, "pod": true, "exec": true, "show": true, "ping": true, "serve": true, "curl": true, "service": true, "trace": true, "traceroute": true, "destroy": true, "apply": true, "delete": true, "get": true, "policy": true, "namespace": true, "agent": true, "proxy-mode": true}
+var plannedVerbs = map[string]bool{"node": true, "pod": true, "exec": true, "show": true, "ping": true, "serve": true, "curl": true, "service": true, "trace": true, "traceroute": true, "destroy": true, "apply": true, "delete": true, "get": true, "policy": true, "namespace": true, "agent": true, "proxy-mode": true, "calico": true}
 
 func TestEmbeddedLabs(t *testing.T) {
 	names := Names()
-	want := []string{"cluster-dns", "cni-plugins", "flannel-control-plane", "flannel-crossnode", "host-gw", "networkpolicy", "pod-egress", "pod-netns", "pod-same-node", "service-clusterip", "service-nftables", "service-nodeport"}
+	want := []string{"calico", "cluster-dns", "cni-plugins", "flannel-control-plane", "flannel-crossnode", "host-gw", "networkpolicy", "pod-egress", "pod-netns", "pod-same-node", "service-clusterip", "service-nftables", "service-nodeport"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("embedded labs %q, want %q", names, want)
 	}

@@ -25,7 +25,7 @@ func Lint(l *Lab, validate Validator) error {
 	add := func(line int, format string, args ...any) {
 		errs = append(errs, &Error{File: l.File, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
-	hostGWNode, firstNode := false, false
+	hostGWNode, firstNode, calicoNode := false, false, false
 	for _, c := range l.Commands() {
 		flags := c.Args
 		for i, a := range c.Args {
@@ -93,6 +93,7 @@ func Lint(l *Lab, validate Validator) error {
 				add(c.Line, "this node uses --backend %s but the front matter says backend: %s: make them agree", b, want)
 			}
 			hostGWNode = hostGWNode || b == "host-gw"
+			calicoNode = calicoNode || b == "calico"
 		}
 		if validate != nil {
 			if err := validate(c.Args); err != nil {
@@ -104,6 +105,9 @@ func Lint(l *Lab, validate Validator) error {
 		if tool := xtablesNoWait(c.Args); tool != "" {
 			add(c.Line, "%s without -w: it fails at once when another command holds the xtables lock (a second lab being built, say); write '%s -w ...'", tool, tool)
 		}
+	}
+	if l.Backend == "calico" && !calicoNode {
+		add(1, "backend: calico, but no \"klab node add ... --backend calico\" builds the lab that way: add the flag to the first node add")
 	}
 	if l.Backend == "host-gw" && !hostGWNode {
 		add(1, "backend: host-gw, but no \"klab node add ... --backend host-gw\" builds the lab that way: add the flag to the first node add")

@@ -171,8 +171,8 @@ func (p *parser) frontMatter() int {
 				p.errorf(ln, "cni %q is neither true nor false", val)
 			}
 		case "backend":
-			if val != "vxlan" && val != "host-gw" {
-				p.errorf(ln, "backend %q is not known: use vxlan or host-gw", val)
+			if val != "vxlan" && val != "host-gw" && val != "calico" {
+				p.errorf(ln, "backend %q is not known: use vxlan, host-gw or calico", val)
 			}
 			l.Backend = val
 		case "proxy-mode":

@@ -4,8 +4,9 @@
 # iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
 # kube-proxy's nftables table), ipset (NetworkPolicy peer sets), dig/getent
 # checks of the cluster DNS (bind9-dnsutils), traceroute (klab traceroute
-# is compared with it) and etcd-server/etcd-client (etcdctl reads back the
-# control plane's leases).
+# is compared with it), etcd-server/etcd-client (etcdctl reads back the
+# control plane's leases) and bird2 (the calico backend runs BIRD on every
+# node).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"
@@ -18,6 +19,7 @@ if [ "${KLAB_WITH_TSHARK:-1}" = 1 ]; then
 fi
 command -v nft >/dev/null 2>&1 || need="$need nftables"
 command -v ipset >/dev/null 2>&1 || need="$need ipset"
+command -v bird >/dev/null 2>&1 || [ -x /usr/sbin/bird ] || need="$need bird2"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
 command -v etcdctl >/dev/null 2>&1 || need="$need etcd-client"
@@ -27,6 +29,12 @@ command -v traceroute >/dev/null 2>&1 || need="$need traceroute"
 command -v capsh >/dev/null 2>&1 || need="$need libcap2-bin"
 command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v make >/dev/null 2>&1 || need="$need make"
+# 'make bench' only (not make test): the DNS benchmark's load generator and
+# its baseline server.
+if [ "${KLAB_BENCH_DEPS:-0}" = 1 ]; then
+	command -v dnsperf >/dev/null 2>&1 || need="$need dnsperf"
+	command -v unbound >/dev/null 2>&1 || need="$need unbound"
+fi
 # klab ui's end-to-end test drives a real headless browser (large; opt out with KLAB_WITH_CHROMIUM=0).
 if [ "${KLAB_WITH_CHROMIUM:-1}" = 1 ]; then
 	command -v chromium >/dev/null 2>&1 || need="$need chromium"

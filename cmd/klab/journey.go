@@ -34,7 +34,10 @@ with the outer addresses and VNI, dnat, snat (MASQUERADE), ttl, mac.
 
 TARGET is a pod, a node, an address, a Service name (once services exist) or
 HOST:PORT. The probe is an ICMP echo request, or with --proto tcp (the
-default when a port is given) one TCP connection, whose SYN is followed.
+default when a port is given) one TCP connection, whose SYN is followed, or
+with --proto udp one datagram and its answer (to port 53 a DNS query, so
+'klab trace journey pod-a 10.96.0.10:53 --proto udp' follows a lookup to a
+DNS pod and back).
 When the target is not a pod or node (a ClusterIP), every point of the lab
 is armed, since the DNAT decides where the packet goes. The journey also
 shows the conntrack entry of the connection in each node (original and reply
@@ -124,7 +127,7 @@ answer.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&proto, "proto", "", "probe: icmp (an echo request) or tcp (one connection's SYN); default icmp, tcp when a port is given")
+	f.StringVar(&proto, "proto", "", "probe: icmp (an echo request), tcp (one connection's SYN) or udp (one datagram: a DNS query to port 53); default icmp, tcp when a port is given")
 	f.IntVarP(&port, "port", "p", 0, "TCP destination port (or write TARGET as HOST:PORT)")
 	f.StringVar(&pcapPath, "pcap", "", "also write every captured packet to this pcapng file")
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the probe's answer")
@@ -136,5 +139,5 @@ answer.`,
 // answered tells from a journey's probe outcome whether the source got an
 // answer: an echo reply, a connection, or a TCP reset.
 func answered(probe string) bool {
-	return probe == "reply" || probe == "connected" || strings.HasPrefix(probe, "refused")
+	return probe == "reply" || probe == "connected" || strings.HasPrefix(probe, "refused") || strings.HasPrefix(probe, "answered")
 }

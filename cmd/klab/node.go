@@ -24,6 +24,8 @@ func newNodeCmd() *cobra.Command {
 func newNodeAddCmd() *cobra.Command {
 	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR, proxyMode string
 	var withDNS bool
+	var calicoOpts cluster.CalicoSettings
+	var graceful time.Duration
 	var controlPlane, flannelMode string
 	var leaseTTL time.Duration
 	cmd := &cobra.Command{
@@ -59,7 +61,13 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
   klab node add node1 --lab nft --proxy-mode nftables`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, ProxyMode: proxyMode}
+			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, ProxyMode: proxyMode, Calico: calicoOpts}
+			if graceful != 0 {
+				if graceful < time.Second || graceful%time.Second != 0 {
+					return fmt.Errorf("--bgp-graceful-restart %s is not a whole number of seconds: write it like 5s (calico-node uses 120s)", graceful)
+				}
+				opts.Calico.GracefulRestart = int(graceful / time.Second)
+			}
 			var err error
 			for _, f := range []struct {
 				name, val string
@@ -106,7 +114,11 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
 	f := cmd.Flags()
 	f.StringVar(&ip, "ip", "", "underlay address (default: next free from .101)")
 	f.StringVar(&podCIDR, "pod-cidr", "", "pod subnet (default: next free /24 of the cluster network)")
-	f.StringVar(&backend, "backend", "", "for a new lab: vxlan (flannel's default) or host-gw")
+	f.StringVar(&backend, "backend", "", "for a new lab: vxlan (flannel's default), host-gw, or calico (routed pods, BGP by BIRD)")
+	f.IntVar(&calicoOpts.BlockSize, "block-size", 0, "for a new calico lab: the prefix length of the IPAM blocks nodes claim (default 26)")
+	f.StringVar(&calicoOpts.Encapsulation, "encapsulation", "", "for a new calico lab: none (routed by BGP, the default) or vxlan (Felix's vxlan.calico, no BIRD); ipip is refused (this kernel has no IPIP)")
+	f.BoolVar(&calicoOpts.RouteReflector, "route-reflector", false, "for a new calico lab: no node-to-node mesh; the first node is a route reflector every other node peers with")
+	f.DurationVar(&graceful, "bgp-graceful-restart", 0, "for a new calico lab: how long peers keep a dead BIRD's routes (default 120s, calico-node's)")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "for a new lab: the pod network (default 10.244.0.0/16)")
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
 	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
@@ -115,7 +127,7 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
 	f.StringVar(&flannelMode, "flannel-mode", "", "for a new lab with --control-plane etcd: miss is old flannel's mode (flannel.1 with l2miss/l3miss, entries answered on demand)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "for a new lab with --control-plane etcd: the subnet leases' TTL (default 24h, flannel's)")
 	f.StringVar(&proxyMode, "proxy-mode", "", "for a new lab: kube-proxy's mode, iptables (default) or nftables (ipvs needs IP_VS, which this kernel lacks)")
-	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw"))
+	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw", "calico"))
 	cmd.RegisterFlagCompletionFunc("control-plane", fixedCompletion("etcd"))
 	cmd.RegisterFlagCompletionFunc("flannel-mode", fixedCompletion("miss"))
 	cmd.RegisterFlagCompletionFunc("proxy-mode", fixedCompletion(cluster.ProxyModes()...))

@@ -68,6 +68,9 @@ readable state cannot be repaired: remove it with 'klab destroy LAB'.`,
 			for _, r := range rep.Released {
 				fmt.Fprintf(w, "released address %s\n", r)
 			}
+			for _, r := range rep.Policies {
+				fmt.Fprintf(w, "rebuilt policies: %s\n", r)
+			}
 			for _, r := range rep.Started {
 				fmt.Fprintf(w, "started %s again\n", r)
 			}

@@ -55,6 +55,8 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		newExecCmd, newEnterCmd, newPingCmd, newTracerouteCmd, newCurlCmd, newServeCmd, newTraceCmd, newShowCmd, newGraphCmd, newUICmd,
 		// the lab's life cycle
 		newListCmd, newRepairCmd, newDestroyCmd, newProxyModeCmd,
+		// the calico backend's BGP
+		newCalicoCmd,
 		// tools around them
 		newDoctorCmd, newBenchCmd,
 		// the control plane's node agents

@@ -140,6 +140,7 @@ type serviceFlags struct {
 	endpoints          []string
 	selector           []string
 	affinity           string
+	trafficPolicy      string
 }
 
 func (f serviceFlags) spec(name string, portSet bool) (cluster.ServiceSpec, error) {
@@ -235,6 +236,16 @@ func (f serviceFlags) spec(name string, portSet bool) (cluster.ServiceSpec, erro
 	default:
 		return s, fmt.Errorf("--affinity %q is not known: use none or clientip", f.affinity)
 	}
+	switch strings.ToLower(f.trafficPolicy) {
+	case "", "cluster":
+	case "local":
+		if nodePort == 0 {
+			return s, fmt.Errorf("service %s: --external-traffic-policy Local applies to NodePort traffic: add --type NodePort (or --node-port N)", name)
+		}
+		s.ExternalTrafficPolicy = nat.PolicyLocal
+	default:
+		return s, fmt.Errorf("--external-traffic-policy %q is not known: use Cluster or Local", f.trafficPolicy)
+	}
 	return s, nil
 }
 
@@ -298,6 +309,8 @@ with a matching label (or a listed name) and it joins.`,
 	_ = cmd.RegisterFlagCompletionFunc("protocol", fixedCompletion("tcp", "udp"))
 	_ = cmd.RegisterFlagCompletionFunc("type", fixedCompletion("ClusterIP", "NodePort"))
 	_ = cmd.RegisterFlagCompletionFunc("affinity", fixedCompletion("none", "clientip"))
+	fl.StringVar(&f.trafficPolicy, "external-traffic-policy", "Cluster", "NodePort traffic: Cluster (any endpoint, client masqueraded) or Local (only the receiving node's endpoints, client address kept, dropped on nodes without one)")
+	_ = cmd.RegisterFlagCompletionFunc("external-traffic-policy", fixedCompletion("Cluster", "Local"))
 	_ = cmd.RegisterFlagCompletionFunc("endpoints", completePods)
 	return cmd
 }
@@ -449,13 +462,15 @@ chain for NodePort traffic and one KUBE-SEP chain (DNAT) per endpoint.`,
 
 // serviceJSON is a service as 'klab service' prints it.
 type serviceJSON struct {
-	Name      string            `json:"name"`
-	Type      string            `json:"type"`
-	ClusterIP netip.Addr        `json:"clusterIP"`
-	Ports     []string          `json:"ports"`
-	Affinity  nat.Affinity      `json:"affinity"`
-	Selector  map[string]string `json:"selector,omitempty"`
-	Endpoints []endpointJSON    `json:"endpoints"`
+	Name      string       `json:"name"`
+	Type      string       `json:"type"`
+	ClusterIP netip.Addr   `json:"clusterIP"`
+	Ports     []string     `json:"ports"`
+	Affinity  nat.Affinity `json:"affinity"`
+	// ExternalTrafficPolicy is Cluster or Local.
+	ExternalTrafficPolicy nat.TrafficPolicy `json:"externalTrafficPolicy"`
+	Selector              map[string]string `json:"selector,omitempty"`
+	Endpoints             []endpointJSON    `json:"endpoints"`
 	// Missing lists named endpoints whose pod does not exist (now).
 	Missing []string `json:"missing,omitempty"`
 	Chains  []string `json:"chains"`
@@ -471,6 +486,10 @@ func serviceView(l *cluster.Lab, s *cluster.Service) serviceJSON {
 	v := serviceJSON{Name: s.Name, Type: "ClusterIP", ClusterIP: s.ClusterIP, Affinity: s.Affinity, Selector: s.Selector, Endpoints: []endpointJSON{}}
 	if v.Affinity == "" {
 		v.Affinity = nat.AffinityNone
+	}
+	v.ExternalTrafficPolicy = nat.PolicyCluster
+	if s.ExternalTrafficPolicy == nat.PolicyLocal {
+		v.ExternalTrafficPolicy = nat.PolicyLocal
 	}
 	for _, p := range l.EndpointPods(s) {
 		v.Endpoints = append(v.Endpoints, endpointJSON{p.Name, p.Node, p.IP})
@@ -507,6 +526,9 @@ func serviceView(l *cluster.Lab, s *cluster.Service) serviceJSON {
 func printService(l *cluster.Lab, s *cluster.Service) {
 	v := serviceView(l, s)
 	fmt.Printf("service %s: %s %s, port(s) %s, affinity %s\n", s.Name, v.Type, s.ClusterIP, strings.Join(v.Ports, ", "), v.Affinity)
+	if v.ExternalTrafficPolicy == nat.PolicyLocal {
+		fmt.Println("  external traffic policy Local: NodePort clients keep their address and reach only the receiving node's endpoints")
+	}
 	if len(v.Endpoints) == 0 {
 		fmt.Println("  endpoints: none (connections are rejected)")
 	}

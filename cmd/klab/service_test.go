@@ -61,6 +61,18 @@ func TestServiceFlagsSpec(t *testing.T) {
 		{"empty endpoint", func(f *serviceFlags) { f.port, f.endpoints = 80, []string{"a,,b"} }, true, "empty name", nil},
 		{"bad selector", func(f *serviceFlags) { f.port, f.selector = 80, []string{"app"} }, true, "key=value", nil},
 		{"bad affinity", func(f *serviceFlags) { f.port, f.affinity, f.endpoints = 80, "cookie", []string{"a"} }, true, "none or clientip", nil},
+		{"traffic policy local", func(f *serviceFlags) {
+			f.port, f.svcType, f.trafficPolicy, f.endpoints = 80, "NodePort", "Local", []string{"a"}
+		}, true, "",
+			func(t *testing.T, s cluster.ServiceSpec) {
+				if s.ExternalTrafficPolicy != nat.PolicyLocal || s.Ports[0].NodePort != cluster.AutoNodePort {
+					t.Errorf("spec %+v", s)
+				}
+			}},
+		{"traffic policy without node port", func(f *serviceFlags) { f.port, f.trafficPolicy, f.endpoints = 80, "local", []string{"a"} }, true, "add --type NodePort", nil},
+		{"bad traffic policy", func(f *serviceFlags) {
+			f.port, f.svcType, f.trafficPolicy, f.endpoints = 80, "NodePort", "nearest", []string{"a"}
+		}, true, "use Cluster or Local", nil},
 		{"node port on several ports", func(f *serviceFlags) { f.tcp, f.nodePort, f.endpoints = []string{"80", "443"}, "30080", []string{"a"} }, false, "cannot serve several ports", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -139,6 +139,13 @@ var rows = []row{
 	{what: "klab exec --sandbox node1 -- true", klab: fig{"cmd/klab/BenchmarkExecSandbox", "sandbox-ms"}, base: fig{"cmd/klab/BenchmarkExecSandbox", "plain-ms"}, baseName: "klab exec (full root)", ratio: "of"},
 	{what: "klab exec: what the sandbox adds per command", klab: fig{"cmd/klab/BenchmarkExecSandbox", "added-ms"}, base: fig{"cmd/klab/BenchmarkExecSandbox", "ipnetns-ms"}, baseName: "ip netns exec (whole command)",
 		target: "< 5 ms", met: func(k, _ float64) bool { return k < 5 }},
+	{what: "cluster DNS, A/SRV/NXDOMAIN over UDP (dnsperf, queries/s)", klab: fig{"pkg/dns/BenchmarkDNSPerf/klab", "qps"}, base: fig{"pkg/dns/BenchmarkDNSPerf/unbound", "qps"}, baseName: "Unbound, same records", ratio: "of",
+		target: ">= 1x Unbound", met: func(_, r float64) bool { return r >= 1 }},
+	{what: "cluster DNS p99 latency under dnsperf", klab: fig{"pkg/dns/BenchmarkDNSPerf/klab", "p99-ms"}, base: fig{"pkg/dns/BenchmarkDNSPerf/unbound", "p99-ms"}, baseName: "Unbound, same records", ratio: "of"},
+	{what: "one NetworkPolicy change, 1,000 policies x 300 pods (fresh compile)", klab: fig{"pkg/policy/BenchmarkPolicies/change/klab", "ms/op"}, base: fig{"pkg/policy/BenchmarkPolicies/change/baseline", "ms/op"}, baseName: "iptables-restore of the changed chains", ratio: "of",
+		target: "<= 50 ms", met: func(k, _ float64) bool { return k <= 50 }},
+	{what: "one NetworkPolicy change, incremental (policy.Compiler)", klab: fig{"pkg/policy/BenchmarkPolicies/change/klab-incremental", "ms/op"}, base: fig{"pkg/policy/BenchmarkPolicies/change/baseline", "ms/op"}, baseName: "iptables-restore of the changed chains", ratio: "of",
+		target: "<= 50 ms", met: func(k, _ float64) bool { return k <= 50 }},
 	{what: "decode a VXLAN frame (packets/s)", klab: fig{tr + "klab", "pkts/s"}, base: fig{tr + "dlp", "pkts/s"}, baseName: "gopacket DecodingLayerParser", ratio: "rate"},
 	{what: "decode a VXLAN frame vs gopacket.NewPacket", klab: fig{tr + "klab", "pkts/s"}, base: fig{tr + "newpacket", "pkts/s"}, baseName: "gopacket.NewPacket", ratio: "rate"},
 }
@@ -152,6 +159,8 @@ func format(v float64, unit string) string {
 		return fmt.Sprintf("%.2f M/s", v/1e6)
 	case "peak-MB":
 		return fmt.Sprintf("%.1f MB", v)
+	case "qps":
+		return fmt.Sprintf("%.0f q/s", v)
 	}
 	switch {
 	case v >= 60000:

@@ -5,7 +5,6 @@ package cluster
 // services.
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -246,7 +245,7 @@ func (c *Cluster) restoreService(s *Service) {
 	if c.Lab.Service(s.Name) != nil {
 		c.DelService(s.Name)
 	}
-	c.AddService(ServiceSpec{Name: s.Name, Type: s.Type, ClusterIP: s.ClusterIP, ExternalName: s.ExternalName, Ports: s.Ports, Affinity: s.Affinity, Endpoints: s.Endpoints, Selector: s.Selector})
+	c.AddService(ServiceSpec{Name: s.Name, Type: s.Type, ClusterIP: s.ClusterIP, ExternalName: s.ExternalName, Ports: s.Ports, Affinity: s.Affinity, Endpoints: s.Endpoints, Selector: s.Selector, ExternalTrafficPolicy: s.ExternalTrafficPolicy})
 }
 
 func containerPorts(p *corev1.Pod) []ContainerPort {
@@ -284,7 +283,7 @@ func (c *Cluster) serviceSpec(s *corev1.Service) (ServiceSpec, error) {
 		spec.ClusterIP = ip
 	}
 	if s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
-		return spec, errors.New("spec.externalTrafficPolicy: Local is not rendered by klab's kube-proxy yet: use Cluster")
+		spec.ExternalTrafficPolicy = nat.PolicyLocal
 	}
 	for i, p := range s.Spec.Ports {
 		sp := nat.ServicePort{Name: p.Name, Protocol: nat.TCP, Port: int(p.Port)}
@@ -334,7 +333,7 @@ func (c *Cluster) namedPort(spec ServiceSpec, name string, proto nat.Protocol) (
 
 func serviceSame(s *Service, spec ServiceSpec) bool {
 	return s.Type == spec.Type && (!spec.ClusterIP.IsValid() || s.ClusterIP == spec.ClusterIP) && s.ExternalName == spec.ExternalName &&
-		s.Affinity == spec.Affinity && maps.Equal(s.Selector, spec.Selector) && slices.EqualFunc(s.Ports, spec.Ports, func(a, b nat.ServicePort) bool {
+		s.Affinity == spec.Affinity && s.ExternalTrafficPolicy == spec.ExternalTrafficPolicy && maps.Equal(s.Selector, spec.Selector) && slices.EqualFunc(s.Ports, spec.Ports, func(a, b nat.ServicePort) bool {
 		return a.Name == b.Name && a.Protocol == b.Protocol && a.Port == b.Port && a.TargetPort == b.TargetPort && (b.NodePort == AutoNodePort && a.NodePort > 0 || a.NodePort == b.NodePort)
 	})
 }

@@ -35,6 +35,9 @@ type Spec struct {
 func (c *Cluster) Build(s Spec) ([]*Node, []*Pod, error) {
 	// (Not named results: a return must not clear what the deferred
 	// rollback removes.)
+	if c.Lab.Backend == BackendCalico {
+		return c.buildCalico(s)
+	}
 	var nodes []*Node
 	var pods []*Pod
 	before := *c.Lab

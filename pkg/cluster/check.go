@@ -44,6 +44,12 @@ func kernelProblems(l *Lab, have map[string]bool) []string {
 			continue
 		}
 		want := []string{NodeUplink, bridge.DefaultName}
+		if l.Backend == BackendCalico {
+			want = []string{NodeUplink}
+			if l.calicoVXLAN() {
+				want = append(want, CalicoVXLANDevice)
+			}
+		}
 		if l.Backend == BackendVXLAN {
 			want = append(want, vxlan.DeviceName(l.VNI))
 		}
@@ -66,6 +72,7 @@ func kernelProblems(l *Lab, have map[string]bool) []string {
 			out = append(out, fmt.Sprintf("node %s's iptables rules differ from the lab's services (%s; an interrupted service change): 'klab repair %s' rewrites them", n.Name, strings.Join(d, ", "), l.Name))
 		}
 	}
+	out = append(out, policyProblems(l, have)...)
 	for _, p := range l.Pods {
 		if !have[p.Name] {
 			continue

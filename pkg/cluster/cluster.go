@@ -26,6 +26,8 @@ type Options struct {
 	VNI          int
 	Port         int
 	DNS          bool // cluster DNS (see dns.go)
+	// Calico holds the calico backend's settings (calico.go).
+	Calico CalicoSettings
 	// ControlPlane "etcd", FlannelMode and LeaseTTL: see controlplane.go.
 	ControlPlane string
 	FlannelMode  string
@@ -66,8 +68,11 @@ func (o Options) Validate() error {
 	if err := ValidateProxyMode(o.ProxyMode); err != nil {
 		return err
 	}
-	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW {
-		return fmt.Errorf("backend %q is not known: use vxlan or host-gw", o.Backend)
+	if o.Backend != BackendVXLAN && o.Backend != BackendHostGW && o.Backend != BackendCalico {
+		return fmt.Errorf("backend %q is not known: use vxlan, host-gw or calico", o.Backend)
+	}
+	if err := o.validateCalico(); err != nil {
+		return err
 	}
 	for _, c := range []struct {
 		what string
@@ -79,7 +84,7 @@ func (o Options) Validate() error {
 	}
 	// Nodes lease /24s and, as flannel does, the first one (holding the
 	// network address) is skipped: a /24 would leave no lease at all.
-	if o.ClusterCIDR.Bits() > 23 {
+	if o.Backend != BackendCalico && o.ClusterCIDR.Bits() > 23 {
 		return fmt.Errorf("cluster CIDR %s is too small: each node leases a /24 of it and the first /24 is never leased (as in flannel), so use /23 or larger (10.244.0.0/16)", o.ClusterCIDR)
 	}
 	if o.UnderlayCIDR.Bits() > 29 {
@@ -134,6 +139,9 @@ type Cluster struct {
 
 	lock   *os.File
 	states map[string]*plan.State // read since the last apply (see read)
+	// deferBird holds BIRD (re)configuration until a bulk build is done
+	// (calico.go).
+	deferBird bool
 }
 
 // Dir is the lab's state directory.
@@ -239,6 +247,7 @@ func Open(stateDir, lab string, create *Options, wait io.Writer) (*Cluster, erro
 			VNI: o.VNI, Port: o.Port, DNS: o.DNS, ProxyMode: o.ProxyMode, Created: time.Now().UTC(),
 		}
 		l.ControlPlane = o.newControlPlane(l.UnderlayCIDR)
+		l.Calico = o.calicoSettings()
 		err = nil
 	}
 	if err != nil {

@@ -236,6 +236,10 @@ func planEtcNetnsCleanup(lab string) plan.Plan {
 // names to the external host. It prints "listening" once the sockets are
 // open (StartServer waits for that).
 func ServeDNS(ctx context.Context, stateDir, lab string) error {
+	// The file as it was before the first read: the watcher below reloads
+	// only what changed after it (not the same 10,000 services again).
+	path := StateFile(stateDir, lab)
+	last, _ := os.Stat(path)
 	l, err := Load(stateDir, lab)
 	if err != nil {
 		return err
@@ -254,8 +258,6 @@ func ServeDNS(ctx context.Context, stateDir, lab string) error {
 	}
 	fmt.Printf("listening on udp and tcp :53: the cluster DNS of lab %s (zone %s)\n", lab, DNSZone)
 	go func() {
-		path := StateFile(stateDir, lab)
-		var last os.FileInfo
 		for ctx.Err() == nil {
 			time.Sleep(100 * time.Millisecond)
 			fi, err := os.Stat(path)

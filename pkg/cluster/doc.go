@@ -21,6 +21,12 @@
 // chains that changed. An "external" host (203.0.113.10, beyond the
 // underlay's gateway) stands for the world outside the cluster.
 //
+// With the calico backend (calico*.go) nodes have no cni0 and claim IPAM
+// blocks instead of a /24: pods are routed on their own cali* veths (a /32
+// each, 169.254.1.1 as gateway), and one real BIRD per node, supervised
+// like klab's servers, spreads the blocks by BGP (or, in Calico's VXLAN
+// mode, Felix's vxlan.calico entries are programmed per peer).
+//
 // Every change validates the whole request before touching the kernel, and
 // rolls back what it created if the kernel fails half-way. Commands on one
 // lab are serialised by a lock file; different labs never share a name,

@@ -57,6 +57,9 @@ func (l *Lab) ServiceObject(s *Service) corev1.Service {
 	if s.Affinity == nat.AffinityClientIP {
 		o.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 	}
+	if s.ExternalTrafficPolicy == nat.PolicyLocal {
+		o.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}
 	for _, p := range s.Ports {
 		proto := corev1.ProtocolTCP
 		if p.Protocol == nat.UDP {

@@ -120,6 +120,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 			}
 		}
 		info.Problems = append(info.Problems, kernelProblems(l, have)...)
+		info.Problems = append(info.Problems, birdProblems(stateDir, l, have)...)
 		info.Problems = append(info.Problems, CNICheck(stateDir, l)...)
 		for _, s := range l.Servers {
 			info.Servers = append(info.Servers, fmt.Sprintf("%s %s/%d (pid %d)", s.Target, s.Proto, s.Port, s.PID))

@@ -92,6 +92,12 @@ func (c *Cluster) PlanNode(s NodeSpec) (*Node, error) {
 			return nil, fmt.Errorf("underlay network %s is full: create the lab with a larger --underlay-cidr", l.UnderlayCIDR)
 		}
 	}
+	if l.Backend == BackendCalico {
+		if err := c.planCalicoBlock(n, s); err != nil {
+			return nil, err
+		}
+		return n, nil
+	}
 	var subnets []netip.Prefix
 	for _, o := range l.Nodes {
 		subnets = append(subnets, o.PodCIDR)
@@ -208,6 +214,9 @@ func (c *Cluster) AddNode(s NodeSpec) (*Node, error) {
 		c.DelNode(n.Name)
 		return nil, fmt.Errorf("node %s: %w (the node was removed again)", n.Name, err)
 	}
+	if err := c.afterNodeChange(); err != nil {
+		return n, err
+	}
 	if err := c.ensureDNS(); err != nil {
 		return n, fmt.Errorf("node %s is up, but the cluster DNS is not: %w", n.Name, err)
 	}
@@ -295,6 +304,9 @@ func (c *Cluster) planExternal() (plan.Plan, error) {
 // rules and subnet.env, against u (the underlay's state) and st (the
 // node's).
 func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
+	if c.Lab.Backend == BackendCalico {
+		return c.planCalicoNode(n, u, st)
+	}
 	l := c.Lab
 	name := c.NS(n.Name)
 	var p plan.Plan
@@ -348,6 +360,9 @@ func (c *Cluster) peerOf(o *Node) vxlan.Peer {
 // flannel.1 ARP/FDB/route triple, or the host-gw route), against st, n's
 // state.
 func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
+	if c.Lab.Backend == BackendCalico {
+		return c.planCalicoPeers(n, others, st) // BIRD learns them by BGP, or Felix's VXLAN entries
+	}
 	if c.agentsProgram() {
 		return nil // the agents program peers from the leases
 	}
@@ -363,6 +378,9 @@ func (c *Cluster) planPeers(n *Node, others []*Node, st *plan.State) plan.Plan {
 
 // planUnpeer plans the removal of node n's entries for node o.
 func (c *Cluster) planUnpeer(n, o *Node, st *plan.State) plan.Plan {
+	if c.Lab.Backend == BackendCalico {
+		return c.planCalicoUnpeer(n, o, st) // BGP withdraws its routes, or Felix's VXLAN entries go
+	}
 	if c.agentsProgram() {
 		return nil // the agents remove a peer when its lease goes
 	}
@@ -396,6 +414,7 @@ func (c *Cluster) planTeardownNode(n *Node) (plan.Plan, error) {
 		return nil, err
 	}
 	p.Add(vp...)
+	p.Add(c.teardownBird(n)...)
 	if netns.Exists(c.NS(n.Name)) {
 		p.Add(plan.Op{Verb: plan.NetnsDel, NS: c.NS(n.Name)})
 	}
@@ -407,6 +426,9 @@ func (c *Cluster) DelNode(name string) error {
 	n := c.Lab.Node(name)
 	if n == nil {
 		return fmt.Errorf("node %q does not exist in lab %s: see 'klab node list'", name, c.Lab.Name)
+	}
+	if err := c.checkDelReflector(n); err != nil {
+		return err
 	}
 	for _, p := range c.Lab.PodsOn(name) {
 		if err := c.DelPod(p.Name); err != nil {
@@ -438,5 +460,5 @@ func (c *Cluster) DelNode(name string) error {
 		c.Lab.Nodes = before
 		return err
 	}
-	return nil
+	return c.afterNodeChange()
 }

@@ -35,6 +35,9 @@ func (c *Cluster) ipamStore(node *Node) ipam.Store {
 // would set it up: eth0 with an address from the node's subnet and two
 // routes via cni0's address (default, and the cluster network).
 func (c *Cluster) PodAttachment(p *Pod) veth.Attachment {
+	if c.Lab.Backend == BackendCalico {
+		return c.calicoAttachment(p)
+	}
 	n := c.Lab.Node(p.Node)
 	gw := ipam.Gateway(n.PodCIDR)
 	cluster := c.Lab.ClusterCIDR
@@ -67,6 +70,9 @@ func ParseLabels(kvs []string) (map[string]string, error) {
 // services it joins and the state, as plans. On failure what this call
 // created is removed and the address released.
 func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
+	if c.Lab.Backend == BackendCalico {
+		return c.addCalicoPod(s)
+	}
 	n, err := c.podNode(&s)
 	if err != nil {
 		return nil, err
@@ -151,6 +157,9 @@ func (c *Cluster) planPod(p *Pod) (plan.Plan, error) {
 
 // podPlan is planPod given the node's and the pod's State.
 func (c *Cluster) podPlan(p *Pod, nst, pst *plan.State) (plan.Plan, error) {
+	if c.Lab.Backend == BackendCalico {
+		return c.calicoPodPlan(p, nst, pst)
+	}
 	var pl plan.Plan
 	if !pst.Exists {
 		pl.Add(plan.Op{Verb: plan.NetnsAdd, NS: c.NS(p.Name), New: true})

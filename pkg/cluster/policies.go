@@ -53,6 +53,12 @@ func (l *Lab) PolicyState() policy.State {
 		// The node's own addresses: its underlay address, cni0's and
 		// flannel.1's.
 		st.NodeIPs[n.Name] = []netip.Addr{n.IP, ipam.Gateway(n.PodCIDR), n.PodCIDR.Masked().Addr()}
+		if l.Backend == BackendCalico {
+			st.NodeIPs[n.Name] = []netip.Addr{n.IP} // no cni0: the block's addresses are pods', but the VXLAN tunnel's
+			if n.TunnelIP.IsValid() {
+				st.NodeIPs[n.Name] = append(st.NodeIPs[n.Name], n.TunnelIP)
+			}
+		}
 	}
 	return st
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -177,6 +178,10 @@ type PolicyExplanation struct {
 	// Dropped is how many packets the watched drop rules counted during
 	// the attempt.
 	Dropped uint64
+	// Logged lists the NFLOG prefixes of the watched drop rules that the
+	// nodes logged during the attempt (policy.ListenDrops on their group):
+	// the same drop seen as an event rather than a counter.
+	Logged []string
 	// Connected: the attempt got the echo server's answer.
 	Connected bool
 	// Confirmed: the kernel agrees with the verdict (a drop: no answer and
@@ -209,8 +214,10 @@ func (c *Cluster) ExplainPolicy(st policy.State, conn policy.Connection, timeout
 		return nil, err
 	}
 	x := &PolicyExplanation{Verdict: v}
-	// The drop rules to watch, by node namespace.
+	// The drop rules to watch, by node namespace, and the NFLOG prefixes
+	// they log with.
 	watch := map[string][]string{}
+	prefixes := map[string]bool{}
 	for _, s := range []struct {
 		dir  string
 		side policy.Side
@@ -219,12 +226,15 @@ func (c *Cluster) ExplainPolicy(st policy.State, conn policy.Connection, timeout
 			continue
 		}
 		rule := policy.DropComment(c.Lab.Name, s.dir, s.side.Pod)
+		prefix := policy.NFLOGPrefix(c.Lab.Name, s.dir, s.side.Pod)
 		if !v.Allowed && !s.side.Allowed {
 			watch = map[string][]string{c.NS(s.side.Node): {rule}}
+			prefixes = map[string]bool{prefix: true}
 			x.Node, x.Rule = s.side.Node, rule
 			break
 		}
 		watch[c.NS(s.side.Node)] = append(watch[c.NS(s.side.Node)], rule)
+		prefixes[prefix] = true
 	}
 	count := func() (map[string]uint64, error) {
 		m := map[string]uint64{}
@@ -249,8 +259,27 @@ func (c *Cluster) ExplainPolicy(st policy.State, conn policy.Connection, timeout
 	if conn.Protocol != corev1.ProtocolUDP && timeout >= time.Second {
 		timeout = 900 * time.Millisecond
 	}
+	// NFLOG listeners on the deciding nodes' group; without one (another
+	// listener holds the group) the counters still decide.
+	var logs []*policy.DropLog
+	for ns := range watch {
+		if d, err := policy.ListenDrops(ns, policy.DefaultNFLOGGroup); err == nil {
+			logs = append(logs, d)
+		}
+	}
 	_, perr := Attempt(context.Background(), c.NS(src.Name), conn.Protocol, netip.AddrPortFrom(dstIP, uint16(conn.Port)), timeout)
 	x.Connected = perr == nil
+	for _, d := range logs {
+		for _, p := range d.Close(10 * time.Millisecond) {
+			if prefixes[p] && !slices.Contains(x.Logged, p) {
+				x.Logged = append(x.Logged, p)
+			}
+		}
+	}
+	logged := ""
+	if len(x.Logged) > 0 {
+		logged = fmt.Sprintf("; NFLOG group %d logged %q", policy.DefaultNFLOGGroup, strings.Join(x.Logged, ", "))
+	}
 	after, err := count()
 	if err != nil {
 		return nil, err
@@ -261,12 +290,12 @@ func (c *Cluster) ExplainPolicy(st policy.State, conn policy.Connection, timeout
 	switch {
 	case !v.Allowed && !x.Connected && x.Dropped > 0:
 		x.Confirmed = true
-		x.Text = fmt.Sprintf("%s (confirmed: drop rule counter +%d)", v.Reason, x.Dropped)
+		x.Text = fmt.Sprintf("%s (confirmed: drop rule counter +%d%s)", v.Reason, x.Dropped, logged)
 	case v.Allowed && x.Connected && x.Dropped == 0:
 		x.Confirmed = true
 		x.Text = fmt.Sprintf("%s (confirmed: connected, no drop rule counted)", v.Reason)
 	case !v.Allowed:
-		x.Text = fmt.Sprintf("%s (NOT confirmed by the kernel: connected=%v, drop rule counter +%d)", v.Reason, x.Connected, x.Dropped)
+		x.Text = fmt.Sprintf("%s (NOT confirmed by the kernel: connected=%v, drop rule counter +%d%s)", v.Reason, x.Connected, x.Dropped, logged)
 	default:
 		x.Text = fmt.Sprintf("%s (NOT confirmed by the kernel: connected=%v: %v, drop rules counted %d)", v.Reason, x.Connected, perr, x.Dropped)
 	}

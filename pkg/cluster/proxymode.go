@@ -72,15 +72,32 @@ func (l *Lab) Mode() string {
 func (l *Lab) NFTables() bool { return l.Mode() == ProxyNFTables }
 
 // NFTConfig is the rendering input of kube-proxy's nftables table: the
-// same on every node (flannel's lease is in flannel's own table).
-func (l *Lab) nftServices() (*nft.Table, error) {
-	return nft.Render(nat.Config{Lab: l.Name, ClusterCIDR: l.ClusterCIDR, ServiceCIDR: l.ServiceCIDR}, l.natServices())
+// same on every node (flannel's lease is in flannel's own table), except
+// for services with the Local external traffic policy, whose local- chain
+// holds node n's own endpoints (n nil: rendered for no node).
+func (l *Lab) nftServices(n *Node) (*nft.Table, error) {
+	cfg := nat.Config{Lab: l.Name, ClusterCIDR: l.ClusterCIDR, ServiceCIDR: l.ServiceCIDR}
+	if n != nil {
+		cfg.NodeName = n.Name
+	}
+	return nft.Render(cfg, l.natServices())
+}
+
+// hasLocalPolicy reports whether a service has the Local external traffic
+// policy (kube-proxy's table then differs from node to node).
+func (l *Lab) hasLocalPolicy() bool {
+	for _, s := range l.Services {
+		if s.ExternalTrafficPolicy == nat.PolicyLocal {
+			return true
+		}
+	}
+	return false
 }
 
 // NFTTables renders node n's two nftables tables as the lab stands:
 // kube-proxy's and flannel's.
 func (l *Lab) NFTTables(n *Node) (kubeProxy, flannel *nft.Table, err error) {
-	kp, err := l.nftServices()
+	kp, err := l.nftServices(n)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -163,55 +180,73 @@ func (c *Cluster) planNFTCleanup(n *Node, st *plan.State) (plan.Plan, error) {
 }
 
 // syncNFT is syncRules in nftables mode: kube-proxy's table is the same on
-// every node, so the change is computed once (before against after, from
-// the changed services only, as kube-proxy's partial sync does), and every
-// node gets that one partial-sync transaction. The nodes that took it are rolled back when
-// one fails.
+// every node (except with a Local service), so the change is computed once
+// (before against after, from the changed services only, as kube-proxy's
+// partial sync does), and every node gets that one partial-sync
+// transaction. The nodes that took it are rolled back when one fails.
 func (c *Cluster) syncNFT(before, after *Lab) error {
-	// Only the changed services are rendered and diffed (pkg/nft
-	// partial.go), both ways; the whole table only when the kernel's is
-	// not before's nftables table (a switch from iptables mode) or before
-	// does not render.
-	var fwd, back *nft.Change
-	var err error
-	if before.NFTables() {
-		cfg := nat.Config{Lab: after.Name, ClusterCIDR: after.ClusterCIDR, ServiceCIDR: after.ServiceCIDR}
-		bs, as := before.natServices(), after.natServices()
-		if back, err = nft.DiffServices(cfg, as, bs); err == nil {
-			if fwd, err = nft.DiffServices(cfg, bs, as); err != nil {
-				return err
+	// With a Local service the table is rendered and diffed per node. Only
+	// the changed services are rendered and diffed (pkg/nft partial.go),
+	// both ways; the whole table only when the kernel's is not before's
+	// nftables table (a switch from iptables mode) or before does not
+	// render.
+	perNode := after.hasLocalPolicy() || before.hasLocalPolicy()
+	diff := func(n *Node) (fwd, back *nft.Change, err error) {
+		if before.NFTables() {
+			cfg := nat.Config{Lab: after.Name, ClusterCIDR: after.ClusterCIDR, ServiceCIDR: after.ServiceCIDR}
+			if n != nil {
+				cfg.NodeName = n.Name
+			}
+			bs, as := before.natServices(), after.natServices()
+			if back, err = nft.DiffServices(cfg, as, bs); err == nil {
+				fwd, err = nft.DiffServices(cfg, bs, as)
+				return fwd, back, err
 			}
 		}
-	}
-	if fwd == nil {
-		back = nil
-		cur, err := after.nftServices()
+		cur, err := after.nftServices(n)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		fwd = nft.Diff(nil, cur)
+		return nft.Diff(nil, cur), nil, nil
 	}
-	if fwd.Empty() {
+	fwd, back, err := diff(nil)
+	if err != nil {
+		return err
+	}
+	if !perNode && fwd.Empty() {
 		return nil
 	}
 	plans := make([]plan.Plan, 0, len(after.Nodes))
 	var nodes []*Node
+	backs := map[string]*nft.Change{}
 	for _, n := range after.Nodes {
 		if before.Node(n.Name) == nil {
 			continue // a node being added is planned whole (planNodeNFT)
 		}
+		nf, nb := fwd, back
+		if perNode {
+			if nf, nb, err = diff(n); err != nil {
+				return err
+			}
+			if nf.Empty() {
+				continue
+			}
+		}
 		nodes = append(nodes, n)
-		plans = append(plans, nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{fwd}}, "kube-proxy partial sync"))
+		backs[n.Name] = nb
+		plans = append(plans, nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{nf}}, "kube-proxy partial sync"))
 	}
 	c.A.Ctx = c.Ctx
 	err = c.A.ApplyAll(plans, len(plans))
-	if err == nil || back == nil {
+	if err == nil {
 		return err
 	}
 	for _, n := range nodes {
 		// A node whose transaction did not commit refuses the reverse
 		// change as a whole (nothing to delete): no harm.
-		c.A.Apply(nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{back}}, "roll back"))
+		if b := backs[n.Name]; b != nil {
+			c.A.Apply(nftOp(c.NS(n.Name), &nft.Batch{Changes: []*nft.Change{b}}, "roll back"))
+		}
 	}
 	return err
 }

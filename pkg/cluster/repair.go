@@ -19,6 +19,7 @@ type RepairReport struct {
 	Stopped  []int    `json:"stopped,omitempty"`  // servers of the lab the state did not know, or outside their namespace
 	Forgot   []string `json:"forgot,omitempty"`   // servers the state listed that no longer run
 	Released []string `json:"released,omitempty"` // addresses held by pods the state does not know
+	Policies []string `json:"policies,omitempty"` // NetworkPolicy chains and sets that drifted (rebuilt)
 	Started  []string `json:"started,omitempty"`  // control-plane servers (etcd, agents) started again
 }
 
@@ -137,7 +138,13 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 		}
 		p.Add(rp...)
 	}
+	pp, err := c.repairPolicies(rep)
+	if err != nil {
+		return rep, err
+	}
+	p.Add(pp...)
 	p.Add(c.repairServers(rep)...)
+	p.Add(c.repairBird(rep)...)
 	sort.Strings(rep.Released)
 	p.Add(c.savePlan()...)
 	if err := c.apply(p); err != nil {

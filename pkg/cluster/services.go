@@ -29,6 +29,9 @@ type Service struct {
 	Affinity     nat.Affinity      `json:"affinity,omitempty"`
 	Endpoints    []string          `json:"endpoints,omitempty"`
 	Selector     map[string]string `json:"selector,omitempty"`
+	// ExternalTrafficPolicy is Local or empty (Cluster): see
+	// nat.Service.ExternalTrafficPolicy.
+	ExternalTrafficPolicy nat.TrafficPolicy `json:"externalTrafficPolicy,omitempty"`
 }
 
 // ServiceSpec asks for a service; a zero ClusterIP is allocated from the
@@ -42,6 +45,9 @@ type ServiceSpec struct {
 	Affinity     nat.Affinity
 	Endpoints    []string
 	Selector     map[string]string
+	// ExternalTrafficPolicy: Local keeps NodePort clients' addresses (only
+	// endpoints on the receiving node); empty or Cluster is the default.
+	ExternalTrafficPolicy nat.TrafficPolicy
 }
 
 // AutoNodePort in a ServiceSpec's port asks for an allocated node port.
@@ -121,7 +127,7 @@ func (l *Lab) natServices() []nat.Service {
 		if !s.proxied() {
 			continue
 		}
-		ns := nat.Service{Namespace: s.Namespace(), Name: s.ShortName(), ClusterIP: s.ClusterIP, Ports: s.Ports, Affinity: s.Affinity}
+		ns := nat.Service{Namespace: s.Namespace(), Name: s.ShortName(), ClusterIP: s.ClusterIP, Ports: s.Ports, Affinity: s.Affinity, ExternalTrafficPolicy: s.ExternalTrafficPolicy}
 		for _, p := range l.EndpointPods(s) {
 			ns.Endpoints = append(ns.Endpoints, nat.Endpoint{IP: p.IP, PodName: p.Name, NodeName: p.Node})
 		}
@@ -136,6 +142,8 @@ func (l *Lab) natConfig(n *Node) nat.Config {
 	return nat.Config{
 		Lab: l.Name, ClusterCIDR: l.ClusterCIDR, ServiceCIDR: l.ServiceCIDR,
 		Flannel: &nat.FlannelMasq{PodCIDR: n.PodCIDR},
+		// The node's own endpoints, for services with the Local policy.
+		NodeName: n.Name,
 	}
 }
 
@@ -180,7 +188,13 @@ func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 		}
 	}
 	svc := &Service{Name: s.Name, Type: s.Type, ExternalName: s.ExternalName, ClusterIP: s.ClusterIP, Ports: slices.Clone(s.Ports), Affinity: s.Affinity,
-		Endpoints: slices.Clone(s.Endpoints), Selector: maps.Clone(s.Selector)}
+		Endpoints: slices.Clone(s.Endpoints), Selector: maps.Clone(s.Selector), ExternalTrafficPolicy: s.ExternalTrafficPolicy}
+	if svc.ExternalTrafficPolicy == nat.PolicyCluster {
+		svc.ExternalTrafficPolicy = "" // the default, stored as such
+	}
+	if svc.ExternalTrafficPolicy != "" && !slices.ContainsFunc(svc.Ports, func(p nat.ServicePort) bool { return p.NodePort != 0 }) {
+		return nil, fmt.Errorf("service %s: external traffic policy %s needs a NodePort (the policy applies to traffic arriving at a node): add --type NodePort, or leave the policy out", s.Name, svc.ExternalTrafficPolicy)
+	}
 	if !svc.proxied() {
 		svc.ClusterIP = netip.Addr{}
 		return svc, nil
@@ -352,7 +366,7 @@ func (c *Cluster) syncRules(before, after *Lab) error {
 // servicesEqual reports whether two resolved service sets render the same.
 func servicesEqual(a, b []nat.Service) bool {
 	return slices.EqualFunc(a, b, func(x, y nat.Service) bool {
-		return x.Name == y.Name && x.ClusterIP == y.ClusterIP && x.Affinity == y.Affinity &&
+		return x.Name == y.Name && x.ClusterIP == y.ClusterIP && x.Affinity == y.Affinity && x.ExternalTrafficPolicy == y.ExternalTrafficPolicy &&
 			x.AffinityTimeout == y.AffinityTimeout && slices.Equal(x.Ports, y.Ports) && slices.Equal(x.Endpoints, y.Endpoints)
 	})
 }

@@ -21,6 +21,7 @@ import (
 const (
 	BackendVXLAN  = "vxlan"
 	BackendHostGW = "host-gw"
+	BackendCalico = "calico" // routed pods, BGP by BIRD (calico.go)
 )
 
 // Reserved object names: namespaces klab creates for the lab itself.
@@ -69,6 +70,8 @@ type Lab struct {
 	// Policies are the NetworkPolicies applied (policies.go).
 	Policies []*networkingv1.NetworkPolicy `json:"networkPolicies,omitempty"`
 	Servers  []*Server                     `json:"servers,omitempty"`
+	// Calico holds the calico backend's settings (calico.go).
+	Calico *CalicoSettings `json:"calico,omitempty"`
 	// ControlPlane is set when etcd and node agents run the lab
 	// (controlplane.go).
 	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
@@ -80,6 +83,15 @@ type Node struct {
 	IP      netip.Addr   `json:"ip"`
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	VtepMAC string       `json:"vtepMAC,omitempty"`
+	// Blocks are the calico backend's IPAM blocks of this node, in the
+	// order it claimed them; PodCIDR is the first (calico.go).
+	Blocks []netip.Prefix `json:"blocks,omitempty"`
+	// BGPStopped is set while 'klab calico bgp stop' keeps the node's
+	// BIRD down: repair does not start it again.
+	BGPStopped bool `json:"bgpStopped,omitempty"`
+	// TunnelIP is the address of the node's vxlan.calico in Calico's VXLAN
+	// mode: the first address of its first block (calico_vxlan.go).
+	TunnelIP netip.Addr `json:"tunnelIP,omitempty"`
 }
 
 // Pod is a pod: a namespace plugged into its node's cni0.
@@ -118,7 +130,7 @@ type Server struct {
 // MTU of pod-facing links: the underlay's minus VXLAN overhead, or the
 // underlay's own with host-gw.
 func (l *Lab) MTU() int {
-	if l.Backend == BackendVXLAN {
+	if l.Backend == BackendVXLAN || l.calicoVXLAN() {
 		return l.UnderlayMTU - 50
 	}
 	return l.UnderlayMTU

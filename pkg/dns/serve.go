@@ -7,7 +7,12 @@ import (
 	"time"
 
 	miekg "github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 )
+
+// MaxTCPConns bounds the TCP connections a server has open at once (see
+// Serve).
+const MaxTCPConns = 128
 
 // Serve answers DNS queries with h on a UDP socket and a TCP listener
 // (either may be nil, not both) until ctx is done, then closes both and
@@ -17,7 +22,11 @@ import (
 // itself opens none.
 //
 // TCP connections carry any number of queries (RFC 7766) and are closed
-// after 8 s idle; reads and writes time out after 2 s.
+// after 8 s idle; reads and writes time out after 2 s. At most MaxTCPConns
+// are open at once (golang.org/x/net/netutil.LimitListener): more clients
+// wait in the kernel's accept queue instead of each holding a goroutine
+// and buffers here, so a flood of connections that never send a query
+// costs bounded memory.
 func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Listener) error {
 	if udp == nil && tcp == nil {
 		return errors.New("dns: Serve needs a UDP socket or a TCP listener")
@@ -28,6 +37,7 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
 	}
 	if tcp != nil {
+		tcp = netutil.LimitListener(tcp, MaxTCPConns)
 		srvs = append(srvs, &miekg.Server{Listener: tcp, Handler: h,
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			IdleTimeout: func() time.Duration { return 8 * time.Second }})

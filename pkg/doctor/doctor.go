@@ -77,6 +77,7 @@ func Run() []Check {
 	} else {
 		out = append(out, Check{"ipvs", Warn, "this kernel has no IP_VS, so --proxy-mode ipvs is refused: use --proxy-mode nftables or iptables (the default)", "modprobe ip_vs (if your kernel has it)"})
 	}
+	out = append(out, CalicoChecks()...)
 	if _, err := exec.LookPath("conntrack"); err == nil {
 		out = append(out, Check{"conntrack tool", OK, "conntrack is installed (to list NAT entries)", ""})
 	} else {
@@ -108,6 +109,7 @@ func kernelChecks() []Check {
 	try("veth", "veth", &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "dv0"}, PeerName: "dv1"})
 	try("bridge", "bridge", &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "dbr0"}})
 	try("vxlan", "vxlan", &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "dvx0"}, VxlanId: 1, Port: 8472})
+	out = append(out, ipipCheck(h))
 	return out
 }
 

@@ -47,6 +47,12 @@ func Serve(ctx context.Context, dir string, ip netip.Addr, ready func(url string
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.InitialClusterToken = "klab"
+	// A lab's etcd is one member whose data lives in the lab's state dir
+	// (tmpfs /run normally) and does not outlive a reboot anyway, so it
+	// skips fsync (etcd's --unsafe-no-fsync): on a busy classroom VM a
+	// stalled WAL fsync otherwise times proposals out ("etcdserver:
+	// request timed out"). Raft, leases and watches behave the same.
+	cfg.UnsafeNoFsync = true
 	cfg.Logger, cfg.LogLevel = "zap", "warn"
 	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
 	e, err := embed.StartEtcd(cfg)

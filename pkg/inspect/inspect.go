@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Link is one network device.
@@ -44,6 +45,9 @@ type Route struct {
 	Proto  string `json:"proto,omitempty"`
 	Scope  string `json:"scope,omitempty"`
 	Onlink bool   `json:"onlink,omitempty"`
+	// Type is "blackhole" for a blackhole route (Calico's blocks), empty
+	// for a unicast one.
+	Type string `json:"type,omitempty"`
 }
 
 // Neigh is one IPv4 neighbour (ARP) entry.
@@ -134,6 +138,12 @@ func Take(h *netlink.Handle) (*Snapshot, error) {
 		}
 		if r.Protocol == 2 {
 			rt.Proto = "kernel"
+		}
+		if r.Protocol == unix.RTPROT_BIRD {
+			rt.Proto = "bird" // BIRD's routes (the calico backend)
+		}
+		if r.Type == unix.RTN_BLACKHOLE {
+			rt.Type = "blackhole"
 		}
 		if r.Scope == netlink.SCOPE_LINK {
 			rt.Scope = "link"
@@ -262,11 +272,16 @@ func (l Link) String() string {
 
 func (r Route) String() string {
 	var b strings.Builder
+	if r.Type != "" {
+		b.WriteString(r.Type + " ")
+	}
 	b.WriteString(r.Dst)
 	if r.Gw != "" {
 		fmt.Fprintf(&b, " via %s", r.Gw)
 	}
-	fmt.Fprintf(&b, " dev %s", r.Dev)
+	if r.Dev != "" || r.Type == "" {
+		fmt.Fprintf(&b, " dev %s", r.Dev)
+	}
 	if r.Proto != "" {
 		fmt.Fprintf(&b, " proto %s", r.Proto)
 	}

@@ -90,12 +90,12 @@ func ip4(ip net.IP) netip.Addr {
 }
 
 func matchFlow(node string, f *netlink.ConntrackFlow, plan *Plan, src string, first *trace.Header) (Flow, bool) {
-	proto := map[string]uint8{ICMP: unix.IPPROTO_ICMP, TCP: unix.IPPROTO_TCP}[plan.Proto]
+	proto := map[string]uint8{ICMP: unix.IPPROTO_ICMP, TCP: unix.IPPROTO_TCP, UDP: unix.IPPROTO_UDP}[plan.Proto]
 	fw, rv := f.Forward, f.Reverse
 	if fw.Protocol != proto || ip4(fw.DstIP) != plan.Dst {
 		return Flow{}, false
 	}
-	if proto == unix.IPPROTO_TCP {
+	if proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_UDP {
 		ap, err := netip.ParseAddrPort(src)
 		if fw.DstPort != uint16(plan.Port) || err != nil || ip4(fw.SrcIP) != ap.Addr() || fw.SrcPort != ap.Port() {
 			return Flow{}, false
@@ -108,14 +108,15 @@ func matchFlow(node string, f *netlink.ConntrackFlow, plan *Plan, src string, fi
 
 func describeFlow(node, proto string, fw, rv netlink.IPTuple) Flow {
 	tuple := func(t netlink.IPTuple) string {
-		if proto == TCP {
+		if proto == TCP || proto == UDP {
 			return addrPort(ip4(t.SrcIP), t.SrcPort) + " -> " + addrPort(ip4(t.DstIP), t.DstPort)
 		}
 		return ip4(t.SrcIP).String() + " -> " + ip4(t.DstIP).String()
 	}
 	fl := Flow{Node: node, Proto: proto, Original: tuple(fw), Reply: tuple(rv)}
-	dnat := !ip4(rv.SrcIP).IsValid() || ip4(rv.SrcIP) != ip4(fw.DstIP) || (proto == TCP && rv.SrcPort != fw.DstPort)
-	snat := ip4(rv.DstIP) != ip4(fw.SrcIP) || (proto == TCP && rv.DstPort != fw.SrcPort)
+	ports := proto == TCP || proto == UDP
+	dnat := !ip4(rv.SrcIP).IsValid() || ip4(rv.SrcIP) != ip4(fw.DstIP) || (ports && rv.SrcPort != fw.DstPort)
+	snat := ip4(rv.DstIP) != ip4(fw.SrcIP) || (ports && rv.DstPort != fw.SrcPort)
 	switch {
 	case dnat && snat:
 		fl.NAT = "dnat+snat"

@@ -159,7 +159,8 @@ func TestPlanPath(t *testing.T) {
 		{"node1", "192.168.1.101", ICMP, 0, "same object"},
 		{"pod-z", "10.244.1.2", ICMP, 0, `journey source "pod-z" is neither a pod nor a node of lab t-jny-unit: use one of [node1 node2 pod-a pod-b pod-c]`},
 		{"pod-a", "10.244.2.2", TCP, 0, "a tcp journey needs the destination port"},
-		{"pod-a", "10.244.2.2", "udp", 53, `probe protocol "udp" is not known`},
+		{"pod-a", "10.244.2.2", "sctp", 53, `probe protocol "sctp" is not known: use --proto icmp, tcp or udp`},
+		{"pod-a", "10.244.2.2", UDP, 0, "a udp journey needs the destination port"},
 		{"pod-a", "fd00::1", ICMP, 0, "not an IPv4 address"},
 	} {
 		_, err := PlanPath(vx, tc.from, tc.dst, a(tc.dst), tc.proto, tc.port)

@@ -18,6 +18,7 @@ import (
 const (
 	ICMP = "icmp"
 	TCP  = "tcp"
+	UDP  = "udp" // one datagram and its answer (a DNS query to port 53)
 )
 
 // Path kinds: how the probe is expected to travel.
@@ -36,8 +37,8 @@ type Plan struct {
 	FromNS string     `json:"fromNS"` // its namespace
 	Target string     `json:"target"` // as given
 	Dst    netip.Addr `json:"dst"`    // the probe's destination address
-	Port   int        `json:"port"`   // TCP destination port (0 for ICMP)
-	Proto  string     `json:"proto"`  // ICMP or TCP
+	Port   int        `json:"port"`   // TCP or UDP destination port (0 for ICMP)
+	Proto  string     `json:"proto"`  // ICMP, TCP or UDP
 	Kind   string     `json:"kind"`
 	// Points are the capture points, in the order the probe crosses them.
 	Points []trace.Point `json:"-"`
@@ -54,6 +55,9 @@ func (p *Plan) Labels() []string {
 
 // Describe says in one sentence what path the plan expects.
 func (p *Plan) Describe() string {
+	if d, ok := describeCalico(p.Kind); ok {
+		return d
+	}
 	switch p.Kind {
 	case KindSameNode:
 		return "same node: bridged by cni0, no routing"
@@ -118,12 +122,12 @@ func PlanPath(lab *cluster.Lab, from, target string, dst netip.Addr, proto strin
 	switch proto {
 	case ICMP:
 		port = 0
-	case TCP:
+	case TCP, UDP:
 		if port < 1 || port > 65535 {
-			return nil, fmt.Errorf("a tcp journey needs the destination port: write the target as %s:PORT or add --port", target)
+			return nil, fmt.Errorf("a %s journey needs the destination port: write the target as %s:PORT or add --port", proto, target)
 		}
 	default:
-		return nil, fmt.Errorf("probe protocol %q is not known: use --proto icmp or --proto tcp", proto)
+		return nil, fmt.Errorf("probe protocol %q is not known: use --proto icmp, tcp or udp", proto)
 	}
 	if !dst.Is4() {
 		return nil, fmt.Errorf("destination %s is not an IPv4 address: klab labs are IPv4 only", dst)
@@ -139,7 +143,7 @@ func PlanPath(lab *cluster.Lab, from, target string, dst netip.Addr, proto strin
 			return nil, fmt.Errorf("pod %s is on node %s, which lab %s does not have: the lab state is inconsistent ('klab doctor')", from, srcPod.Node, lab.Name)
 		}
 	}
-	vx := lab.Backend != cluster.BackendHostGW
+	vx := lab.Backend != cluster.BackendHostGW && lab.Backend != cluster.BackendCalico
 	tunnel := vxlan.DeviceName(lab.VNI)
 	if lab.VNI == 0 {
 		tunnel = vxlan.DeviceName(1)
@@ -212,6 +216,7 @@ func PlanPath(lab *cluster.Lab, from, target string, dst netip.Addr, proto strin
 		pl.Kind, pl.Expected = KindAnyWhere, false
 		pl.Points = everywhere(lab, srcNode, up, vx, tunnel)
 	}
+	calicoPath(lab, pl)
 	return pl, nil
 }
 

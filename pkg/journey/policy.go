@@ -58,7 +58,7 @@ func policyVerdict(lab *cluster.Lab, plan *Plan, rep *Report) string {
 			drops = append(drops, fmt.Sprintf("%s %s (table ip %s)", h.Node, h.Chain, policy.NFTTable))
 		}
 	}
-	answered := rep.Probe == "reply" || rep.Probe == "connected"
+	answered := rep.Probe == "reply" || rep.Probe == "connected" || strings.HasPrefix(rep.Probe, "answered")
 	switch {
 	case !v.Allowed && len(drops) > 0:
 		return fmt.Sprintf("policy: %s (confirmed: drop rule %s)", v.Reason, strings.Join(drops, ", "))

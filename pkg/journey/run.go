@@ -35,7 +35,7 @@ type Report struct {
 	// Points are the armed capture point labels, in path order.
 	Points []string `json:"points"`
 	// Probe says how the probe went: "reply", "connected",
-	// "refused", or the error.
+	// "answered (...)" (UDP), "refused", or the error.
 	Probe   string   `json:"probe"`
 	Src     string   `json:"src"` // the probe's source as the source saw it (addr or addr:port)
 	Journey *Journey `json:"journey"`
@@ -151,6 +151,8 @@ func send(ctx context.Context, plan *Plan, timeout time.Duration) (result, src s
 			return "reply", ""
 		}
 		return fmt.Sprintf("no reply within %s", timeout), ""
+	case UDP:
+		return sendUDP(ctx, plan, timeout)
 	default:
 		dctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
@@ -169,7 +171,7 @@ func send(ctx context.Context, plan *Plan, timeout time.Duration) (result, src s
 }
 
 // FindProbe returns the index of the probe among pkts: the earliest ICMP
-// echo request, or TCP SYN, addressed to the plan's destination (before
+// echo request, TCP SYN or UDP datagram, addressed to the plan's destination (before
 // any DNAT). When no such packet was captured — a node's own probe is
 // rewritten in OUTPUT before any capture point sees it — it falls back to
 // the earliest echo request or SYN at all. -1 if there is none.
@@ -194,6 +196,10 @@ func findProbe(pkts []trace.Packet, plan *Plan, exact bool) int {
 			}
 		case TCP:
 			if h.Proto != trace.ProtoTCP || (exact && h.DstPort != uint16(plan.Port)) || h.TCPFlags&(trace.TCPSyn|trace.TCPAck) != trace.TCPSyn {
+				continue
+			}
+		case UDP:
+			if h.Proto != trace.ProtoUDP || (exact && h.DstPort != uint16(plan.Port)) {
 				continue
 			}
 		}

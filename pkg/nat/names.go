@@ -10,6 +10,7 @@ import (
 const (
 	svcChainPrefix = "KUBE-SVC-" // per service port: load-balance to endpoints
 	extChainPrefix = "KUBE-EXT-" // per service port: traffic from outside (NodePort)
+	svlChainPrefix = "KUBE-SVL-" // per service port, Local traffic policy: the node's own endpoints
 	sepChainPrefix = "KUBE-SEP-" // per endpoint: DNAT
 )
 
@@ -42,6 +43,13 @@ func EXTChain(portName string, proto Protocol) string {
 	return extChainPrefix + portProtoHash(portName, proto)
 }
 
+// SVLChain is the KUBE-SVL chain of a service port with the Local external
+// traffic policy: load-balancing over the rendered node's endpoints only
+// (same hash as SVCChain).
+func SVLChain(portName string, proto Protocol) string {
+	return svlChainPrefix + portProtoHash(portName, proto)
+}
+
 // SEPChain is the KUBE-SEP chain of one endpoint ("ip:port") of a service
 // port: kube-proxy's servicePortEndpointChainName.
 func SEPChain(portName string, proto Protocol, endpoint string) string {
@@ -49,8 +57,10 @@ func SEPChain(portName string, proto Protocol, endpoint string) string {
 }
 
 // ServiceChains lists the chains a service owns on a node, per port: its
-// KUBE-SVC chain, its KUBE-EXT chain when the port has a NodePort, and one
-// KUBE-SEP chain per endpoint.
+// KUBE-SVC chain, its KUBE-EXT chain when the port has a NodePort, its
+// KUBE-SVL chain when the service has the Local external traffic policy, and
+// one KUBE-SEP chain per endpoint. (The KUBE-SVL chain exists only on nodes
+// that host an endpoint; it is listed on every node.)
 func ServiceChains(s Service) []string {
 	var out []string
 	for _, p := range s.Ports {
@@ -58,6 +68,9 @@ func ServiceChains(s Service) []string {
 		out = append(out, SVCChain(name, proto))
 		if p.NodePort != 0 {
 			out = append(out, EXTChain(name, proto))
+			if s.ExternalLocal() {
+				out = append(out, SVLChain(name, proto))
+			}
 		}
 		for _, e := range s.Endpoints {
 			out = append(out, SEPChain(name, proto, netip.AddrPortFrom(e.IP, uint16(p.targetPort())).String()))

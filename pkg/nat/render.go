@@ -61,6 +61,10 @@ type svcPort struct {
 	svcChain string
 	extChain string // "" without NodePort
 	eps      []sepInfo
+	// With the Local external traffic policy (and a NodePort): the
+	// KUBE-SVL chain and the endpoints on the rendered node, a subset of eps.
+	svlChain string
+	local    []sepInfo
 }
 
 type sepInfo struct {
@@ -114,6 +118,7 @@ type fragmentKey struct {
 // fragment locates one service's rules in a rendering.
 type fragment struct {
 	svc    Service                 // a deep copy of the service rendered
+	node   string                  // the node rendered for, when the service's rules depend on it (Local)
 	src    *Ruleset                // the rendering holding its shared-chain lines
 	shared [len(sharedChains)]span // its lines in each shared chain
 	own    []chainSpan             // its own chains (text set: shared, never copied)
@@ -172,7 +177,10 @@ func (rn *Renderer) Render(cfg Config, services []Service) (*Ruleset, error) {
 	var nports, neps int
 	for i := range svcs {
 		v := &svcs[i]
-		if f := rn.frags[v.ns+"/"+v.s.Name]; f != nil && serviceEqual(f.svc, *v.s) {
+		// A Local service's rules depend on the node (its KUBE-SVL chain
+		// holds that node's endpoints): its fragment is reused only for
+		// the node it was rendered for.
+		if f := rn.frags[v.ns+"/"+v.s.Name]; f != nil && serviceEqual(f.svc, *v.s) && (!v.s.ExternalLocal() || f.node == c.NodeName) {
 			v.old, v.out = f, f
 			size += f.sharedSize()
 			kept += len(f.own)
@@ -208,10 +216,21 @@ func (rn *Renderer) Render(cfg Config, services []Service) (*Ruleset, error) {
 				addr := ip + ":" + tp
 				sp.eps[j] = sepInfo{addr: addr, ip: ip, chain: SEPChain(sp.name, p.protocol(), addr)}
 			}
+			if sp.extChain != "" && v.s.ExternalLocal() {
+				sp.svlChain = svlChainPrefix + sp.svcChain[len(svcChainPrefix):]
+				for j, e := range v.s.Endpoints {
+					if e.NodeName != "" && e.NodeName == c.NodeName {
+						sp.local = append(sp.local, sp.eps[j])
+					}
+				}
+			}
 			ports = append(ports, sp)
 		}
 		v.ports, ports = ports[:len(v.s.Ports):len(v.s.Ports)], ports[len(v.s.Ports):]
 		v.out.svc = *v.s
+		if v.s.ExternalLocal() {
+			v.out.node = c.NodeName
+		}
 		v.out.svc.Ports = slices.Clone(v.s.Ports)
 		v.out.svc.Endpoints = slices.Clone(v.s.Endpoints)
 	}
@@ -412,6 +431,14 @@ func (w serviceWriter) filterExternal(v *rendering) {
 		if len(sp.eps) == 0 && sp.extChain != "" {
 			// The same for a NodePort on any local address of the node.
 			w.b.rule(sp.name+" has no endpoints", "-m", "addrtype", "--dst-type", "LOCAL", "-m", sp.proto, "-p", sp.proto, "--dport", sp.nodePort, "-j", "REJECT")
+		} else if sp.svlChain != "" && len(sp.local) == 0 {
+			// Local traffic policy, endpoints elsewhere but none on this
+			// node: external clients are dropped here (kube-proxy without a
+			// health-check-aware load balancer in front: the client sees a
+			// timeout, not a refusal), while pods and the node itself are
+			// still sent to the cluster-wide endpoints by KUBE-EXT (after
+			// DNAT this rule no longer matches their packets).
+			w.b.rule(sp.name+" has no local endpoints", "-m", "addrtype", "--dst-type", "LOCAL", "-m", sp.proto, "-p", sp.proto, "--dport", sp.nodePort, "-j", "DROP")
 		}
 	}
 }
@@ -443,7 +470,26 @@ func (w serviceWriter) ownChains(v *rendering) {
 		if len(sp.eps) == 0 {
 			continue // no chains: the filter REJECT above handles it
 		}
-		if sp.extChain != "" {
+		if sp.svlChain != "" {
+			// Local traffic policy (kube-proxy's proxier.go, "If we are only
+			// using same-node endpoints, we can retain the source IP").
+			b.chain(NAT, sp.extChain)
+			// Pods reaching a NodePort are subject to neither policy: as if
+			// they went out to a load balancer and came back in.
+			b.rule("pod traffic for "+sp.name+" external destinations", "-s", w.clusterCIDR, "-j", sp.svcChain)
+			// The node itself: its source address is one of the node's own,
+			// so the reply must come back here; masquerade and use any
+			// endpoint.
+			b.rule("masquerade LOCAL traffic for "+sp.name+" external destinations", "-m", "addrtype", "--src-type", "LOCAL", "-j", chainMarkMasq)
+			b.rule("route LOCAL traffic for "+sp.name+" external destinations", "-m", "addrtype", "--src-type", "LOCAL", "-j", sp.svcChain)
+			if len(sp.local) > 0 {
+				// Everyone else: only this node's endpoints, no masquerade,
+				// so the pod sees the client's own address. Without local
+				// endpoints there is no jump: the packet stays addressed to
+				// the node and KUBE-EXTERNAL-SERVICES drops it.
+				b.rule("", "-j", sp.svlChain)
+			}
+		} else if sp.extChain != "" {
 			b.chain(NAT, sp.extChain)
 			// Traffic from outside the cluster may be DNATed to a pod on
 			// another node; masquerade it so the reply returns via this node.
@@ -456,24 +502,13 @@ func (w serviceWriter) ownChains(v *rendering) {
 		// reaching the ClusterIP need SNAT, or the pod's reply would bypass
 		// the DNAT reversal.
 		b.rule(sp.name+" cluster IP", "-m", sp.proto, "-p", sp.proto, "-d", v.cip, "--dport", sp.portStr, "!", "-s", w.clusterCIDR, "-j", chainMarkMasq)
-		if s.Affinity == AffinityClientIP {
-			timeout := strconv.Itoa(s.affinityTimeout())
-			for _, e := range sp.eps {
-				// A client seen recently (per endpoint "recent" list) sticks
-				// to the endpoint it used before.
-				b.rule(sp.name+" -> "+e.addr, "-m", "recent", "--name", e.chain, "--rcheck", "--seconds", timeout, "--reap", "-j", e.chain)
-			}
-		}
-		n := len(sp.eps)
-		for j, e := range sp.eps {
-			if j < n-1 {
-				// Endpoint j of n is taken with probability 1/(n-j) among
-				// the remaining ones, so each gets 1/n overall.
-				b.rule(sp.name+" -> "+e.addr, "-m", "statistic", "--mode", "random", "--probability", probability(n-j), "-j", e.chain)
-			} else {
-				// The last endpoint takes whatever is left.
-				b.rule(sp.name+" -> "+e.addr, "-j", e.chain)
-			}
+		w.balance(s, sp.name, sp.eps)
+		if sp.svlChain != "" && len(sp.local) > 0 {
+			// The Local policy's chain: the same balancing over this
+			// node's endpoints only (no masquerade rule: external clients
+			// keep their address).
+			b.chain(NAT, sp.svlChain)
+			w.balance(s, sp.name, sp.local)
 		}
 		for _, e := range sp.eps {
 			b.chain(NAT, e.chain)
@@ -491,12 +526,37 @@ func (w serviceWriter) ownChains(v *rendering) {
 	}
 }
 
+// balance writes kube-proxy's writeServiceToEndpointRules into the open
+// chain: affinity checks, then one random-probability jump per endpoint.
+func (w serviceWriter) balance(s *Service, name string, eps []sepInfo) {
+	b := w.b
+	if s.Affinity == AffinityClientIP {
+		timeout := strconv.Itoa(s.affinityTimeout())
+		for _, e := range eps {
+			// A client seen recently (per endpoint "recent" list) sticks
+			// to the endpoint it used before.
+			b.rule(name+" -> "+e.addr, "-m", "recent", "--name", e.chain, "--rcheck", "--seconds", timeout, "--reap", "-j", e.chain)
+		}
+	}
+	n := len(eps)
+	for j, e := range eps {
+		if j < n-1 {
+			// Endpoint j of n is taken with probability 1/(n-j) among
+			// the remaining ones, so each gets 1/n overall.
+			b.rule(name+" -> "+e.addr, "-m", "statistic", "--mode", "random", "--probability", probability(n-j), "-j", e.chain)
+		} else {
+			// The last endpoint takes whatever is left.
+			b.rule(name+" -> "+e.addr, "-j", e.chain)
+		}
+	}
+}
+
 // serviceEqual reports whether two services render the same rules: every
 // field compared, endpoints' informational names included (a difference
 // there only costs a re-render).
 func serviceEqual(a, b Service) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && a.ClusterIP == b.ClusterIP &&
-		a.Affinity == b.Affinity && a.AffinityTimeout == b.AffinityTimeout &&
+		a.Affinity == b.Affinity && a.AffinityTimeout == b.AffinityTimeout && a.ExternalTrafficPolicy == b.ExternalTrafficPolicy &&
 		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
 }
 

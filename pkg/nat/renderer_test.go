@@ -98,7 +98,7 @@ func TestServiceEqualCoversEveryField(t *testing.T) {
 	for _, c := range []struct {
 		typ    reflect.Type
 		fields int
-	}{{reflect.TypeOf(Service{}), 7}, {reflect.TypeOf(ServicePort{}), 5}, {reflect.TypeOf(Endpoint{}), 3}} {
+	}{{reflect.TypeOf(Service{}), 8}, {reflect.TypeOf(ServicePort{}), 5}, {reflect.TypeOf(Endpoint{}), 3}} {
 		if n := c.typ.NumField(); n != c.fields {
 			t.Errorf("%s has %d fields, serviceEqual was written for %d: compare the new field in serviceEqual, then update this test", c.typ, n, c.fields)
 		}

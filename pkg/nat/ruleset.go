@@ -41,7 +41,7 @@ func ownedChain(name string) bool {
 		return true
 	}
 	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, sepChainPrefix) ||
-		strings.HasPrefix(name, extChainPrefix)
+		strings.HasPrefix(name, extChainPrefix) || strings.HasPrefix(name, svlChainPrefix)
 }
 
 // Jump is a rule in a built-in chain (PREROUTING, OUTPUT, POSTROUTING,

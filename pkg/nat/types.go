@@ -56,8 +56,10 @@ type ServicePort struct {
 }
 
 // Endpoint is one backend of a service: a pod IP (the port comes from the
-// ServicePort's TargetPort). PodName and NodeName are informational (labs
-// print them; the rules do not depend on them).
+// ServicePort's TargetPort). PodName is informational (labs print it).
+// NodeName is the node hosting the pod: the rules depend on it only for a
+// service with the Local external traffic policy, whose KUBE-SVL chain
+// holds the endpoints of the node being rendered (Config.NodeName).
 type Endpoint struct {
 	IP       netip.Addr `json:"ip"`
 	PodName  string     `json:"podName,omitempty"`
@@ -76,7 +78,26 @@ type Service struct {
 	// DefaultAffinityTimeout.
 	AffinityTimeout int        `json:"affinityTimeout,omitempty"`
 	Endpoints       []Endpoint `json:"endpoints,omitempty"`
+	// ExternalTrafficPolicy is the service's spec.externalTrafficPolicy
+	// (Cluster when empty). Local keeps external clients' source
+	// addresses: NodePort traffic goes only to endpoints on the receiving
+	// node, unmasqueraded, and is dropped on a node without one.
+	ExternalTrafficPolicy TrafficPolicy `json:"externalTrafficPolicy,omitempty"`
 }
+
+// TrafficPolicy is a service's external traffic policy, spelled as in the
+// Kubernetes API.
+type TrafficPolicy string
+
+// The two traffic policies.
+const (
+	PolicyCluster TrafficPolicy = "Cluster"
+	PolicyLocal   TrafficPolicy = "Local"
+)
+
+// ExternalLocal reports whether the service's external traffic policy is
+// Local.
+func (s Service) ExternalLocal() bool { return s.ExternalTrafficPolicy == PolicyLocal }
 
 // FlannelMasq configures flannel's masquerade chains (FLANNEL-POSTRTG in nat,
 // FLANNEL-FWD in filter) on one node.
@@ -104,6 +125,10 @@ type Config struct {
 	MasqueradeBit int `json:"masqueradeBit,omitempty"`
 	// Flannel, when set, adds flannel's masquerade chains to the rendering.
 	Flannel *FlannelMasq `json:"flannel,omitempty"`
+	// NodeName is the node being rendered (kube-proxy's --hostname-override):
+	// endpoints whose NodeName equals it are the node's local endpoints,
+	// used by services with the Local external traffic policy.
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 func (c Config) withDefaults() Config {

@@ -100,6 +100,11 @@ func Validate(cfg Config, services []Service) error {
 		default:
 			return fmt.Errorf("service %s: session affinity %q is unknown: use None or ClientIP", id(), s.Affinity)
 		}
+		switch s.ExternalTrafficPolicy {
+		case "", PolicyCluster, PolicyLocal:
+		default:
+			return fmt.Errorf("service %s: external traffic policy %q is unknown: use Cluster or Local", id(), s.ExternalTrafficPolicy)
+		}
 		if s.AffinityTimeout < 0 || s.AffinityTimeout > 86400 {
 			return fmt.Errorf("service %s: affinity timeout %d s is out of range: use 1-86400 seconds (0 means the default 10800)", id(), s.AffinityTimeout)
 		}

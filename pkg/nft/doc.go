@@ -13,10 +13,10 @@
 // filter-*-pre-dnat at -110 and plain filter-* at 0 and dropped the port
 // match from the service chain's masquerade rule. Names are kube-proxy's
 // hashAndTruncate (8 characters of base32(sha256)), checked against the
-// names upstream's proxier_test.go expects. Only the Cluster traffic policy
-// is rendered: nat.Service has no Local policies, external IPs or load
-// balancers, so local-/firewall- chains never appear and firewall-ips stays
-// empty.
+// names upstream's proxier_test.go expects. Both external traffic
+// policies are rendered (Local per node, from nat.Config.NodeName);
+// nat.Service has no external IPs or load balancers, so firewall- chains
+// never appear and firewall-ips stays empty.
 //
 // partial.go starts a partial sync from the changed services, as
 // kube-proxy does: ChangedServices finds them, DiffServices renders only

@@ -14,7 +14,7 @@ import (
 // (servicePort*NamePrefix constants).
 const (
 	ServicePrefix  = "service-"  // per service port, Cluster traffic policy
-	LocalPrefix    = "local-"    // per service port, Local traffic policy (not rendered by klab)
+	LocalPrefix    = "local-"    // per service port, Local traffic policy: the node's own endpoints
 	ExternalPrefix = "external-" // per service port with external destinations (NodePort)
 	EndpointPrefix = "endpoint-" // per endpoint of a service port
 	AffinityPrefix = "affinity-" // per endpoint, ClientIP affinity set

@@ -212,6 +212,6 @@ func DiffServices(cfg nat.Config, prev, next []nat.Service, opts ...Option) (*Ch
 // compare.
 func sameService(a, b *nat.Service) bool {
 	return a.Name == b.Name && a.Namespace == b.Namespace && a.ClusterIP == b.ClusterIP &&
-		a.Affinity == b.Affinity && a.AffinityTimeout == b.AffinityTimeout &&
+		a.Affinity == b.Affinity && a.AffinityTimeout == b.AffinityTimeout && a.ExternalTrafficPolicy == b.ExternalTrafficPolicy &&
 		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
 }

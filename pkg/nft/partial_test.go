@@ -110,11 +110,41 @@ func cloneServices(s []nat.Service) []nat.Service {
 // sameService compares every field of nat.Service: a new field must be
 // added there (and here).
 func TestSameServiceFields(t *testing.T) {
-	compared := []string{"Namespace", "Name", "ClusterIP", "Ports", "Affinity", "AffinityTimeout", "Endpoints"}
+	compared := []string{"Namespace", "Name", "ClusterIP", "Ports", "Affinity", "AffinityTimeout", "ExternalTrafficPolicy", "Endpoints"}
 	typ := reflect.TypeFor[nat.Service]()
 	for i := range typ.NumField() {
 		if !slices.Contains(compared, typ.Field(i).Name) {
 			t.Errorf("nat.Service.%s is not compared by sameService (partial.go): add it", typ.Field(i).Name)
 		}
+	}
+}
+
+// With the Local external traffic policy the rendering is per node; the
+// partial sync of a node equals its full diff when an endpoint moves.
+func TestDiffServicesLocalPolicy(t *testing.T) {
+	cfg := benchConfig
+	cfg.NodeName = "node1"
+	prev := benchServices(20)
+	for i := range prev {
+		prev[i].Ports[0].NodePort = 30000 + i
+		prev[i].ExternalTrafficPolicy = nat.PolicyLocal
+		prev[i].Endpoints[0].NodeName, prev[i].Endpoints[1].NodeName = "node1", "node2"
+	}
+	next := cloneServices(prev)
+	next[4].Endpoints[1].NodeName = "node1"
+	a, err := Render(cfg, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Render(cfg, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := DiffServices(cfg, prev, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := Diff(a, b); want.Text() != ch.Text() || ch.Empty() {
+		t.Errorf("DiffServices differs from the full diff:\nfull:\n%s\npartial:\n%s", want.Text(), ch.Text())
 	}
 }

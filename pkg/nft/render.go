@@ -107,8 +107,9 @@ func NodePortAddresses(ips ...netip.Addr) Option {
 // upstream version mirrored). It validates the input with nat.Validate and
 // changes nothing. Services are rendered sorted by namespace/name, ports and
 // endpoints in the given order, so equal inputs give equal tables.
-// Only the Cluster traffic policy is rendered (nat.Service has no Local
-// policy, external IPs or load balancers), so there are no local-,
+// Both external traffic policies are rendered; a Local service's
+// local- chain holds the endpoints on cfg.NodeName, so the table is per
+// node. nat.Service has no external IPs or load balancers, so there are no
 // firewall- chains and firewall-ips stays empty, as on such a node.
 func Render(cfg nat.Config, services []nat.Service, opts ...Option) (*Table, error) {
 	if err := nat.Validate(cfg, services); err != nil {
@@ -200,7 +201,7 @@ func Render(cfg nat.Config, services []nat.Service, opts ...Option) (*Table, err
 		rule(chainServices, "", IPInSet{Daddr, SetNodePortIPs}, VmapLookup{ProtoPort, MapServiceNodePorts})
 	}
 
-	// Per service port, as syncProxyRules' loop over svcPortMap (Cluster
+	// Per service port, as syncProxyRules' loop over svcPortMap (either
 	// traffic policy, no masqueradeAll, local detector by cluster CIDR).
 	order := make([]int, len(services))
 	for i := range order {
@@ -268,7 +269,39 @@ func Render(cfg nat.Config, services []nat.Service, opts ...Option) (*Table, err
 				}
 			}
 			sc.Rules = append(sc.Rules, Rule{Stmts: []Stmt{NumgenVmap{eps}}})
-			if p.NodePort != 0 {
+			switch {
+			case p.NodePort != 0 && s.ExternalLocal():
+				// The Local policy, as proxier.go's "If we are only using
+				// same-node endpoints, we can retain the source IP": pods
+				// and the node itself go to any endpoint (the node
+				// masqueraded), everyone else only to this node's
+				// endpoints, unmasqueraded, or is dropped by
+				// no-endpoint-nodeports when there is none here.
+				xc := chain(Chain{Name: extChain})
+				xc.Rules = append(xc.Rules,
+					Rule{Stmts: []Stmt{IPMatch{Field: Saddr, Prefix: clusterCIDR}, Goto(svcChain)}, Comment: "short-circuit pod traffic"},
+					Rule{Stmts: []Stmt{FibLocal{Saddr}, Jump(chainMarkMasq)}, Comment: "masquerade local traffic"},
+					Rule{Stmts: []Stmt{FibLocal{Saddr}, Goto(svcChain)}, Comment: "short-circuit local traffic"})
+				var local []string
+				for j, e := range s.Endpoints {
+					if e.NodeName != "" && e.NodeName == c.NodeName {
+						local = append(local, eps[j])
+					}
+				}
+				if len(local) == 0 {
+					noEPNodePorts.Elements = append(noEPNodePorts.Elements, Element{Key: []string{pr, strconv.Itoa(p.NodePort)}, Value: "drop", Comment: portName})
+					break
+				}
+				localChain := LocalPrefix + base
+				xc.Rules = append(xc.Rules, Rule{Stmts: []Stmt{Goto(localChain)}})
+				lc := chain(Chain{Name: localChain})
+				if affinity {
+					for _, ec := range local {
+						lc.Rules = append(lc.Rules, Rule{Stmts: []Stmt{IPInSet{Saddr, AffinityPrefix + ec[len(EndpointPrefix):]}, Goto(ec)}})
+					}
+				}
+				lc.Rules = append(lc.Rules, Rule{Stmts: []Stmt{NumgenVmap{local}}})
+			case p.NodePort != 0:
 				xc := chain(Chain{Name: extChain})
 				xc.Rules = append(xc.Rules, Rule{Stmts: []Stmt{Jump(chainMarkMasq)}}, Rule{Stmts: []Stmt{Goto(svcChain)}})
 			}

@@ -86,6 +86,14 @@ func (a *Applier) do(op Op) error {
 		}
 		return ignoreGone(h.LinkDel(l))
 	}
+	if op.Route != nil && op.Route.Blackhole {
+		switch op.Verb {
+		case RouteReplace:
+			return h.RouteReplace(route(0, op.Route))
+		case RouteDel:
+			return ignoreGone(h.RouteDel(route(0, op.Route)))
+		}
+	}
 	idx, err := a.ifindex(op.NS, devOf(op))
 	if err != nil {
 		return err
@@ -216,6 +224,9 @@ func route(idx int, r *Route) *netlink.Route {
 	}
 	if r.Onlink {
 		rt.Flags = int(netlink.FLAG_ONLINK)
+	}
+	if r.Blackhole {
+		rt.LinkIndex, rt.Type, rt.Scope = 0, unix.RTN_BLACKHOLE, netlink.SCOPE_UNIVERSE
 	}
 	return rt
 }

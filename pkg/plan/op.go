@@ -114,6 +114,10 @@ type Route struct {
 	Gw     netip.Addr   // invalid means a directly connected route
 	Dev    string
 	Onlink bool
+	// Blackhole makes it a blackhole route (no device, no gateway): the
+	// kernel drops what matches it (Felix blackholes a node's own IPAM
+	// blocks).
+	Blackhole bool
 }
 
 // IsDefault reports whether r is the default route.
@@ -342,6 +346,9 @@ func (r Route) String() string {
 	dst := "default"
 	if !r.IsDefault() {
 		dst = r.Dst.String()
+	}
+	if r.Blackhole {
+		return "blackhole " + dst
 	}
 	s := dst
 	if r.Gw.IsValid() {

@@ -29,6 +29,8 @@ func TestCommand(t *testing.T) {
 		{Op{Verb: AddrAdd, NS: ns, Addr: &Addr{Dev: "cni0", Prefix: netip.MustParsePrefix("10.244.1.1/24")}}, "ip -n klab.demo.node1 addr add 10.244.1.1/24 brd + dev cni0"},
 		{Op{Verb: RouteReplace, NS: ns, Route: &Route{Gw: netip.MustParseAddr("192.168.1.1"), Dev: "eth0"}}, "ip -n klab.demo.node1 route replace default via 192.168.1.1 dev eth0"},
 		{Op{Verb: RouteDel, NS: ns, Route: &Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gw: netip.MustParseAddr("10.244.2.0"), Dev: "flannel.1", Onlink: true}}, "ip -n klab.demo.node1 route del 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"},
+		{Op{Verb: RouteReplace, NS: ns, Route: &Route{Dst: netip.MustParsePrefix("10.244.0.0/26"), Blackhole: true}}, "ip -n klab.demo.node1 route replace blackhole 10.244.0.0/26"},
+		{Op{Verb: RouteReplace, NS: ns, Route: &Route{Dst: netip.MustParsePrefix("10.244.0.5/32"), Dev: "cali5e1c4d6c68c"}}, "ip -n klab.demo.node1 route replace 10.244.0.5/32 dev cali5e1c4d6c68c"},
 		{Op{Verb: NeighReplace, NS: ns, Neigh: &Neigh{Dev: "flannel.1", IP: netip.MustParseAddr("10.244.2.0"), MAC: mac}}, "ip -n klab.demo.node1 neigh replace 10.244.2.0 lladdr 0a:00:00:00:00:01 dev flannel.1 nud permanent"},
 		{Op{Verb: FDBReplace, NS: ns, Neigh: &Neigh{Dev: "flannel.1", IP: netip.MustParseAddr("192.168.1.102"), MAC: mac}}, "bridge -n klab.demo.node1 fdb replace 0a:00:00:00:00:01 dev flannel.1 dst 192.168.1.102 self permanent"},
 		{Op{Verb: Sysctl, NS: ns, Key: "net/ipv4/ip_forward", Value: "1"}, "ip netns exec klab.demo.node1 sysctl -qw net.ipv4.ip_forward=1"},

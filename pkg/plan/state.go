@@ -79,7 +79,7 @@ func (s *State) RouteTo(dst netip.Prefix) *Route {
 }
 
 func sameRoute(a, b Route) bool {
-	return a.IsDefault() == b.IsDefault() && (a.IsDefault() || a.Dst == b.Dst) && a.Gw == b.Gw && a.Dev == b.Dev && a.Onlink == b.Onlink
+	return a.IsDefault() == b.IsDefault() && (a.IsDefault() || a.Dst == b.Dst) && a.Gw == b.Gw && a.Dev == b.Dev && a.Onlink == b.Onlink && a.Blackhole == b.Blackhole
 }
 
 // HasNeigh reports whether a permanent neighbour entry n exists.
@@ -159,6 +159,11 @@ func (a *Applier) Read(ns string, sysctls ...string) (*State, error) {
 		return nil, fmt.Errorf("list routes in %s: %w", ns, err)
 	}
 	for _, r := range routes {
+		if r.Type == unix.RTN_BLACKHOLE && r.Dst != nil {
+			dst, _ := prefixOf(r.Dst)
+			st.Routes = append(st.Routes, Route{Dst: dst.Masked(), Blackhole: true})
+			continue
+		}
 		if r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST {
 			continue // connected routes come with addresses
 		}

@@ -138,6 +138,11 @@ type compiler struct {
 	sets  map[string]*IPSet
 	names map[string]string // kind+key -> set name (hashed once)
 	plan  *Plan
+	// With a Compiler: its memory, and what the chain being compiled
+	// depends on besides its pod and its selecting policies.
+	cc          *Compiler
+	refs        []setRef
+	uncacheable bool
 }
 
 func (c *compiler) setName(kind byte, key string) string {
@@ -167,10 +172,14 @@ func Compile(s State, opts CompileOptions) (*Plan, error) {
 
 // Compile is Compile on the evaluator's state.
 func (e *Evaluator) Compile(opts CompileOptions) *Plan {
+	return e.compile(opts, nil)
+}
+
+func (e *Evaluator) compile(opts CompileOptions, cc *Compiler) *Plan {
 	if opts.NFLOGGroup == 0 {
-		opts.NFLOGGroup = 100
+		opts.NFLOGGroup = DefaultNFLOGGroup
 	}
-	c := &compiler{e: e, opts: opts, sets: map[string]*IPSet{}, names: map[string]string{}, plan: &Plan{Lab: opts.Lab, Node: opts.Node, NFLOGGroup: opts.NFLOGGroup}}
+	c := &compiler{e: e, opts: opts, sets: map[string]*IPSet{}, names: map[string]string{}, plan: &Plan{Lab: opts.Lab, Node: opts.Node, NFLOGGroup: opts.NFLOGGroup}, cc: cc}
 	pods := make([]*Pod, 0, len(e.state.Pods))
 	for i := range e.state.Pods {
 		p := &e.state.Pods[i]
@@ -202,10 +211,23 @@ func (c *compiler) chain(p *Pod, ingress bool) *Chain {
 		dir, word = "I", "ingress"
 	}
 	var ch *Chain
+	var sel []*policy
 	for _, pol := range c.e.byNS[p.Namespace] {
 		if pol.ns != p.Namespace || ingress && !pol.ingress || !ingress && !pol.egress || !pol.sel.Matches(labelsOf(p)) {
 			continue
 		}
+		sel = append(sel, pol)
+	}
+	if cached := c.cc.chain(dir, p, sel); cached != nil {
+		// The pod and the policies selecting it are the ones this chain
+		// was compiled from: only its sets need to be in the plan.
+		for _, r := range cached.refs {
+			c.peerSet(r.pol, r.pe)
+		}
+		return cached.chain
+	}
+	c.refs, c.uncacheable = nil, false
+	for _, pol := range sel {
 		if ch == nil {
 			ch = &Chain{Name: chainName(c.opts.Lab, dir, p.Key())}
 		}
@@ -218,6 +240,7 @@ func (c *compiler) chain(p *Pod, ingress bool) *Chain {
 			ch.Rules = append(ch.Rules, c.rules(pol, &r, p, ingress, word)...)
 		}
 	}
+	c.cc.remember(dir, p, sel, ch, c.refs, c.uncacheable)
 	return ch
 }
 
@@ -268,6 +291,8 @@ func (c *compiler) rules(pol *policy, r *rule, p *Pod, ingress bool, word string
 			}
 		}
 		if pm.name != "" {
+			// (These rules depend on other pods' ports: not cached.)
+			c.uncacheable = true
 			// Egress to a named port: the destination must be a pod whose
 			// port of that name (and protocol) has the number; one set of
 			// such pods per number.
@@ -337,6 +362,7 @@ func (c *compiler) ruleSelectsPod(pol *policy, r *rule, d *Pod) bool {
 
 // peerSet returns the name of the set for a peer, creating it.
 func (c *compiler) peerSet(pol *policy, pe *peer) string {
+	c.refs = append(c.refs, setRef{pol, pe})
 	if pe.block != nil {
 		var es []Entry
 		if !pe.block.cidr.Addr().Is4() {
@@ -355,9 +381,15 @@ func (c *compiler) peerSet(pol *policy, pe *peer) string {
 		return c.set('N', pe.key, HashNet, pe.desc, es)
 	}
 	key := pe.key // carries the policy's namespace when nsSel is nil
-	if name := c.setName('P', key); c.sets[name] != nil {
+	name := c.setName('P', key)
+	if c.sets[name] != nil {
 		// The key says all the set selects: its members are computed
 		// once per compile, however many rules name it.
+		return name
+	}
+	if s := c.cc.set(name); s != nil {
+		// Same pods and namespaces as when the Compiler last computed it.
+		c.sets[name] = s
 		return name
 	}
 	var ips []string
@@ -371,7 +403,9 @@ func (c *compiler) peerSet(pol *policy, pe *peer) string {
 	if pe.nsSel == nil {
 		what += " in namespace " + pol.ns
 	}
-	return c.set('P', key, HashIP, what, hostEntries(ips))
+	c.set('P', key, HashIP, what, hostEntries(ips))
+	c.cc.keep(c.sets[name])
+	return name
 }
 
 func hostEntries(ips []string) []Entry {

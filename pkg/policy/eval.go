@@ -32,6 +32,11 @@ func NewEvaluator(s State) (*Evaluator, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newEvaluator(s, ps)
+}
+
+// newEvaluator is NewEvaluator with the policies already parsed.
+func newEvaluator(s State, ps []*policy) (*Evaluator, error) {
 	e := &Evaluator{state: s, policies: ps, byNS: map[string][]*policy{}, pods: map[string]*Pod{}, podByIP: map[netip.Addr]*Pod{},
 		nodeByIP: map[netip.Addr]string{}, extByIP: map[netip.Addr]string{}, nsLabels: map[string]labels.Set{}}
 	for _, p := range ps {

@@ -137,8 +137,27 @@ func (b *ipBlock) contains(ip netip.Addr) bool {
 // [Ingress] plus Egress when spec.egress is non-empty
 // (k8s.io/api networking/v1 types.go, NetworkPolicySpec.PolicyTypes).
 func compilePolicies(nps []*networkingv1.NetworkPolicy) ([]*policy, error) {
-	var out []*policy
+	return compilePoliciesWith(nps, compilePolicy)
+}
+
+// compilePoliciesWith is compilePolicies with one policy's compilation
+// given (a Compiler's reuses unchanged policies).
+func compilePoliciesWith(nps []*networkingv1.NetworkPolicy, one func(*networkingv1.NetworkPolicy) (*policy, error)) ([]*policy, error) {
+	out := make([]*policy, 0, len(nps))
 	for _, np := range nps {
+		p, err := one(np)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out, nil
+}
+
+// compilePolicy parses one policy (see compilePolicies).
+func compilePolicy(np *networkingv1.NetworkPolicy) (*policy, error) {
+	{
 		ns := np.Namespace
 		if ns == "" {
 			ns = "default"
@@ -177,10 +196,8 @@ func compilePolicies(nps []*networkingv1.NetworkPolicy) ([]*policy, error) {
 			}
 			p.out = append(p.out, cr)
 		}
-		out = append(out, p)
+		return p, nil
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
-	return out, nil
 }
 
 func compileRule(ns string, index int, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (rule, error) {

@@ -42,7 +42,10 @@ type Attachment struct {
 	Addr       netip.Prefix
 	MTU        int
 	MAC        net.HardwareAddr // inner end MAC; nil lets the kernel choose
-	Routes     []Route
+	// OuterMAC is the outer end's MAC (Calico's ee:ee:ee:ee:ee:ee); nil
+	// lets the kernel choose.
+	OuterMAC net.HardwareAddr
+	Routes   []Route
 }
 
 // Validate checks names against the kernel's limit.
@@ -84,7 +87,7 @@ func Plan(a Attachment, outer, inner *plan.State) (plan.Plan, error) {
 			return nil, fmt.Errorf("create veth %s in %s: an interface named %s already exists in %s: delete it and try again", a.OuterIface, a.OuterNS, a.InnerIface, a.InnerNS)
 		}
 		p.Add(plan.Op{Verb: plan.LinkAdd, NS: a.OuterNS, New: true, Link: &plan.Link{
-			Name: a.OuterIface, Type: "veth", MTU: a.MTU, Master: a.Bridge, Up: true,
+			Name: a.OuterIface, Type: "veth", MTU: a.MTU, MAC: a.OuterMAC, Master: a.Bridge, Up: true,
 			PeerName: a.InnerIface, PeerNS: a.InnerNS, PeerMTU: a.MTU, PeerMAC: a.MAC,
 		}})
 	case l.Type != "veth":

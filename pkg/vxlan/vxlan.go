@@ -31,6 +31,9 @@ type Config struct {
 	MTU      int              //
 	MAC      net.HardwareAddr // VtepMAC, fixed at creation
 	Subnet   netip.Prefix     // the node's pod subnet: the device gets its .0/32
+	// Name is the device's name; empty means flannel's flannel.<VNI>
+	// (Calico's VXLAN mode uses vxlan.calico).
+	Name string
 	// Miss makes old flannel's device (proxy l2miss l3miss): see miss.go.
 	Miss bool
 }
@@ -47,7 +50,11 @@ func (p Peer) Gateway() netip.Addr { return p.Subnet.Masked().Addr() }
 
 // want is the device cfg describes, as plan data.
 func (cfg Config) want() *plan.Link {
-	return &plan.Link{Name: DeviceName(cfg.VNI), Type: "vxlan", MTU: cfg.MTU, MAC: cfg.MAC, VNI: cfg.VNI, Local: cfg.Local, Dev: cfg.Underlay, Port: cfg.Port, Proxy: cfg.Miss, L2Miss: cfg.Miss, L3Miss: cfg.Miss}
+	name := cfg.Name
+	if name == "" {
+		name = DeviceName(cfg.VNI)
+	}
+	return &plan.Link{Name: name, Type: "vxlan", MTU: cfg.MTU, MAC: cfg.MAC, VNI: cfg.VNI, Local: cfg.Local, Dev: cfg.Underlay, Port: cfg.Port, Proxy: cfg.Miss, L2Miss: cfg.Miss, L3Miss: cfg.Miss}
 }
 
 // PlanDevice returns the operations that make flannel.<VNI> exist as cfg
