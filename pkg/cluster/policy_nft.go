@@ -186,3 +186,61 @@ func (c *Cluster) movePolicies() error {
 	c.A.Ctx = c.Ctx
 	return c.A.ApplyAll(plans, len(plans))
 }
+
+// policyDriftNFT is policyDrift on an nftables node: its table ip
+// klab-policy against the rendering of next (rules per chain, elements per
+// set, over netlink), and any iptables form left from iptables mode.
+func policyDriftNFT(l *Lab, n *Node, next *policy.Plan) []string {
+	ns := netns.Name(l.Name, n.Name)
+	t, err := policy.RenderNFT(next)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	have, err := nft.ReadSummary(ns, policy.NFTTable)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	if have == nil {
+		out = append(out, "table ip "+policy.NFTTable+" missing")
+	} else {
+		for _, d := range nft.Drift(t.Summarize(), have, nil) {
+			out = append(out, "ip "+policy.NFTTable+" "+d)
+		}
+	}
+	if k, err := policy.ReadKernel(ns, l.Name); err == nil && (k.Jump || len(k.Chains) > 0 || len(k.Sets) > 0) {
+		out = append(out, "iptables policy chains or ipsets left from iptables mode")
+	}
+	return out
+}
+
+// repairPolicyNFT plans rebuilding an nftables node's policies when they
+// drifted (or its namespace is being rebuilt): the whole table replaced in
+// one transaction, any iptables form removed, the plan file.
+func (c *Cluster) repairPolicyNFT(n *Node, next *policy.Plan, rep *RepairReport) (plan.Plan, error) {
+	ns := c.NS(n.Name)
+	var k *policy.Kernel
+	if netns.Exists(ns) {
+		d := policyDriftNFT(c.Lab, n, next)
+		if len(d) == 0 {
+			return nil, nil
+		}
+		for _, s := range d {
+			rep.Policies = append(rep.Policies, "node "+n.Name+": "+s)
+		}
+		var err error
+		if k, err = policy.ReadKernel(ns, c.Lab.Name); err != nil {
+			return nil, err
+		}
+	}
+	p, err := policy.PlanApplyNFT(ns, nil, next, false, k)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(next)
+	if err != nil {
+		return nil, err
+	}
+	p.Add(plan.Op{Verb: plan.WriteFile, File: &plan.File{Path: c.policyNFTFile(n.Name), Data: data, Mode: 0o600, Atomic: true}})
+	return p, nil
+}

@@ -7,12 +7,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/policy"
@@ -288,6 +291,55 @@ func TestPolicyNFTables(t *testing.T) {
 		}
 		if _, err := Attempt(context.Background(), c.NS("y-b"), corev1.ProtocolTCP, netip.AddrPortFrom(e2e.IPOf("x/a"), 80), time.Second); err != nil {
 			t.Errorf("y/b -> x/a after ClearPolicies: %v", err)
+		}
+	})
+
+	t.Run("list-and-repair", func(t *testing.T) {
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "from-pods", Namespace: "default"},
+			Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}}}}}
+		if err := c.setPolicyObjects([]*networkingv1.NetworkPolicy{np}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Save(); err != nil {
+			t.Fatal(err)
+		}
+		problems := func() string {
+			infos, err := List(filepath.Dir(c.Dir()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range infos {
+				if i.Name == c.Lab.Name {
+					return strings.Join(i.Problems, "\n")
+				}
+			}
+			t.Fatalf("lab %s not listed", c.Lab.Name)
+			return ""
+		}
+		if p := problems(); p != "" {
+			t.Fatalf("a healthy nftables lab with a policy has problems:\n%s", p)
+		}
+		if out, err := exec.Command("ip", "netns", "exec", c.NS("node2"), "nft", "delete", "table", "ip", policy.NFTTable).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if p := problems(); !strings.Contains(p, "node node2's NetworkPolicy") || !strings.Contains(p, "table ip "+policy.NFTTable+" missing") {
+			t.Errorf("list after the table went:\n%s", p)
+		}
+		rep, err := c.Repair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Policies) == 0 {
+			t.Error("repair reports no policy damage")
+		}
+		if ch := nftPolicyChains(t, c.NS("node2")); ch == nil || ch["forward"] != 3 {
+			t.Errorf("node2's table after repair: %v", ch)
+		}
+		if s := iptablesPolicyObjects(c.NS("node2")); s != "" {
+			t.Errorf("repair wrote iptables policy objects on an nftables node:\n%s", s)
+		}
+		if p := problems(); p != "" {
+			t.Errorf("problems after repair:\n%s", p)
 		}
 	})
 }
