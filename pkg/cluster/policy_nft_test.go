@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -222,6 +223,9 @@ func TestPolicyNFTables(t *testing.T) {
 		t.Log(x)
 		if !x.Confirmed || x.Verdict.Allowed || x.Node != "node1" || x.Dropped == 0 {
 			t.Errorf("drop not confirmed by the nftables counter: %+v", x)
+		}
+		if want := policy.NFLOGPrefix(c.Lab.Name, "ingress", "x/a"); !slices.Contains(x.Logged, want) {
+			t.Errorf("the nftables log statement sent no NFLOG event %q: %v", want, x.Logged)
 		}
 		// The same counter, read by nft itself.
 		out, _ := exec.Command("ip", "netns", "exec", c.NS("node1"), "nft", "list", "table", "ip", policy.NFTTable).CombinedOutput()
