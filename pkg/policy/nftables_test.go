@@ -103,3 +103,21 @@ func TestNetRanges(t *testing.T) {
 		}
 	}
 }
+
+// Every conformance case renders on both nodes (every peer, port and
+// protocol kind the compiler produces has an nftables form).
+func TestRenderNFTAllCases(t *testing.T) {
+	for _, k := range e2e.Cases() {
+		for _, node := range e2e.Nodes {
+			p := compileCase(t, k.Name, node)
+			tb, err := policy.RenderNFT(p)
+			if err != nil {
+				t.Errorf("%s on %s: %v", k.Name, node, err)
+				continue
+			}
+			if tb.Chain("forward") == nil {
+				t.Errorf("%s on %s: no forward chain", k.Name, node)
+			}
+		}
+	}
+}
