@@ -15,12 +15,24 @@ import (
 
 // In nftables mode the journey's policy verdict is confirmed by the
 // kernel's trace: the probe's packet meets the counted drop rule of table
-// ip klab-policy, shown with its text, and the verdict says so.
-func TestJourneyPolicyNFTables(t *testing.T) {
+// ip klab-policy, shown with its text, and the verdict says so. In
+// iptables mode on iptables-nft the traced drop is the pod chain's -j DROP
+// rule, as iptables-save prints it.
+func TestJourneyPolicyTraced(t *testing.T) {
+	t.Run("nftables", func(t *testing.T) { testJourneyPolicy(t, cluster.ProxyNFTables) })
+	t.Run("iptables-nft", func(t *testing.T) {
+		if !iptablesNFT() {
+			t.Skip("iptables here is not iptables-nft: the verdict comes from the counter diff")
+		}
+		testJourneyPolicy(t, cluster.ProxyIPTables)
+	})
+}
+
+func testJourneyPolicy(t *testing.T, mode string) {
 	testutil.RequireRoot(t)
 	lab := testutil.LabName(t, "n2")
 	state := t.TempDir()
-	c, err := cluster.Open(state, lab, &cluster.Options{ProxyMode: cluster.ProxyNFTables}, nil)
+	c, err := cluster.Open(state, lab, &cluster.Options{ProxyMode: mode}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +69,16 @@ func TestJourneyPolicyNFTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", rep)
+	if mode == cluster.ProxyIPTables {
+		var hit bool
+		for _, h := range rep.Rules {
+			hit = hit || (h.Node == "node2" && strings.HasPrefix(h.Chain, "KLAB-NPI-") && strings.HasSuffix(h.Rule, "-j DROP"))
+		}
+		if !hit || !rep.RulesTraced || !strings.Contains(rep.Policy, "(confirmed: drop rule node2 KLAB-NPI-") {
+			t.Errorf("iptables-nft: traced=%v, verdict %q, hits %v", rep.RulesTraced, rep.Policy, rep.Rules)
+		}
+		return
+	}
 	var drop bool
 	for _, h := range rep.NFTrace {
 		drop = drop || (h.Node == "node2" && h.Table == policy.NFTTable && h.Verdict == "drop" && strings.HasPrefix(h.Rule, "counter drop comment \"klab "+lab+" drop ingress default/pod-c\""))
