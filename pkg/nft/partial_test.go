@@ -148,3 +148,24 @@ func TestDiffServicesLocalPolicy(t *testing.T) {
 		t.Errorf("DiffServices differs from the full diff:\nfull:\n%s\npartial:\n%s", want.Text(), ch.Text())
 	}
 }
+
+// Statements holding slices compare by content (== on them panics).
+func TestStmtEqualSlices(t *testing.T) {
+	r := func(a, b string) IPInRanges {
+		return IPInRanges{Field: Daddr, Ranges: []IPRange{{From: netip.MustParseAddr(a), To: netip.MustParseAddr(b)}}}
+	}
+	for _, c := range []struct {
+		a, b Stmt
+		want bool
+	}{
+		{r("10.0.0.0", "10.0.0.255"), r("10.0.0.0", "10.0.0.255"), true},
+		{r("10.0.0.0", "10.0.0.255"), r("10.0.0.0", "10.0.1.255"), false},
+		{r("10.0.0.0", "10.0.0.255"), IPInSet{Daddr, "s"}, false},
+		{IPInSet{Daddr, "s"}, r("10.0.0.0", "10.0.0.255"), false},
+		{NumgenVmap{[]string{"a"}}, NumgenVmap{[]string{"a"}}, true},
+	} {
+		if got := stmtEqual(c.a, c.b); got != c.want {
+			t.Errorf("stmtEqual(%v, %v) = %v", c.a, c.b, got)
+		}
+	}
+}

@@ -121,3 +121,15 @@ func TestRenderNFTAllCases(t *testing.T) {
 		}
 	}
 }
+
+// Two renderings of the same plan diff to nothing, ipBlock range lists
+// included (compared by content).
+func TestRenderNFTSameIsEmptyDiff(t *testing.T) {
+	for _, name := range []string{"egress-cidr-except", "cidr-and-except-two-policies", "ingress-ipblock-except-node2"} {
+		a, _ := policy.RenderNFT(compileCase(t, name, "node1"))
+		b, _ := policy.RenderNFT(compileCase(t, name, "node1"))
+		if ch := nft.Diff(a, b); !ch.Empty() {
+			t.Errorf("%s: a rendering differs from itself:\n%s", name, ch.Text())
+		}
+	}
+}
