@@ -49,6 +49,11 @@ import (
 // NFTTable is the nftables table of the policies (family ip).
 const NFTTable = "klab-policy"
 
+// nftCommentMax is the longest comment nft accepts (its parser's limit,
+// NFT_USERDATA_MAXLEN is 256 but nft refuses more than 128 characters):
+// longer comments are cut so that the plan's `nft -f` text loads too.
+const nftCommentMax = 128
+
 // nftPriority is the forward base chain's priority (filter - 5).
 const nftPriority = -5
 
@@ -74,7 +79,7 @@ func RenderNFT(p *Plan) (*nft.Table, error) {
 	for _, s := range p.Sets {
 		switch s.Type {
 		case HashIP:
-			ns := &nft.Set{Name: s.Name, Type: "ipv4_addr", Comment: clip(s.What, 250)}
+			ns := &nft.Set{Name: s.Name, Type: "ipv4_addr", Comment: clip(s.What, nftCommentMax)}
 			for _, e := range s.Entries {
 				a, err := netip.ParseAddr(strings.TrimSuffix(e.Addr, "/32"))
 				if err != nil {
@@ -107,7 +112,7 @@ func RenderNFT(p *Plan) (*nft.Table, error) {
 			}
 			list.Rules = append(list.Rules, nft.Rule{
 				Stmts:   []nft.Stmt{nft.IPMatch{Field: field, Prefix: netip.PrefixFrom(pp.IP, 32)}, nft.Jump(dc.c.Name)},
-				Comment: clip(fmt.Sprintf("klab %s: %s of %s isolated by %s", lab, dc.dir, pp.Pod, strings.Join(dc.c.Selecting, ",")), 250),
+				Comment: clip(fmt.Sprintf("klab %s: %s of %s isolated by %s", lab, dc.dir, pp.Pod, strings.Join(dc.c.Selecting, ",")), nftCommentMax),
 			})
 			ch := &nft.Chain{Name: dc.c.Name}
 			for _, r := range dc.c.Rules {
@@ -130,12 +135,12 @@ func RenderNFT(p *Plan) (*nft.Table, error) {
 					st = append(st, ps)
 				}
 				st = append(st, nft.Verdict{Kind: "return"})
-				ch.Rules = append(ch.Rules, nft.Rule{Stmts: st, Comment: clip("klab "+lab+": "+r.Comment, 250)})
+				ch.Rules = append(ch.Rules, nft.Rule{Stmts: st, Comment: clip("klab "+lab+": "+r.Comment, nftCommentMax)})
 			}
 			dcm := DropComment(lab, dc.dir, pp.Pod)
 			ch.Rules = append(ch.Rules,
-				nft.Rule{Stmts: []nft.Stmt{nft.Log{Prefix: NFLOGPrefix(lab, dc.dir, pp.Pod), Group: p.NFLOGGroup}}, Comment: clip(dcm+" (log)", 250)},
-				nft.Rule{Stmts: []nft.Stmt{nft.Counter{}, nft.Verdict{Kind: "drop"}}, Comment: clip(dcm, 250)})
+				nft.Rule{Stmts: []nft.Stmt{nft.Log{Prefix: NFLOGPrefix(lab, dc.dir, pp.Pod), Group: p.NFLOGGroup}}, Comment: clip(dcm+" (log)", nftCommentMax)},
+				nft.Rule{Stmts: []nft.Stmt{nft.Counter{}, nft.Verdict{Kind: "drop"}}, Comment: clip(dcm, nftCommentMax)})
 			t.Chains = append(t.Chains, ch)
 		}
 	}

@@ -38,6 +38,10 @@ func TestPlanApplyNFTEveryCase(t *testing.T) {
 			t.Fatalf("%s: %v", k.Name, err)
 		}
 		want, _ := policy.RenderNFT(next)
+		// The plan's `nft -f` text (--dry-run, --script) loads in nft too.
+		if out, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "nft -c -f - <<'EOF'\n"+want.Text()+"EOF\n").CombinedOutput(); err != nil {
+			t.Errorf("%s: nft -c -f of the rendering: %v\n%s", k.Name, err, out)
+		}
 		if got := nftCounts(t, ns); !sameCounts(want.Summarize(), got) {
 			t.Errorf("%s: nft -j shows %v, the rendering %v", k.Name, got, want.Summarize())
 		}
