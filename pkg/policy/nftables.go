@@ -36,6 +36,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,7 +66,11 @@ const (
 )
 
 // RenderNFT renders the plan as the `table ip klab-policy` (see above).
-func RenderNFT(p *Plan) (*nft.Table, error) {
+func RenderNFT(p *Plan) (*nft.Table, error) { return renderNFT(p, nil) }
+
+// renderNFT renders the plan, leaving out the pod chains skip names (a
+// partial rendering for a diff: chains equal in both plans).
+func renderNFT(p *Plan, skip map[string]bool) (*nft.Table, error) {
 	t := &nft.Table{Family: "ip", Name: NFTTable}
 	lab := p.Lab
 	fwd := &nft.Chain{Name: nftForward, Type: "filter", Hook: "forward", Priority: nftPriority, Rules: []nft.Rule{
@@ -114,6 +119,9 @@ func RenderNFT(p *Plan) (*nft.Table, error) {
 				Stmts:   []nft.Stmt{nft.IPMatch{Field: field, Prefix: netip.PrefixFrom(pp.IP, 32)}, nft.Jump(dc.c.Name)},
 				Comment: clip(fmt.Sprintf("klab %s: %s of %s isolated by %s", lab, dc.dir, pp.Pod, strings.Join(dc.c.Selecting, ",")), nftCommentMax),
 			})
+			if skip[dc.c.Name] {
+				continue
+			}
 			ch := &nft.Chain{Name: dc.c.Name}
 			for _, r := range dc.c.Rules {
 				var st []nft.Stmt
@@ -260,16 +268,55 @@ func PlanApplyNFT(ns string, prev, next *Plan, inKernel bool, k *Kernel) (plan.P
 	}
 	var old *nft.Table
 	if prev != nil && inKernel {
-		if old, err = RenderNFT(prev); err != nil {
+		// Pod chains whose rules are equal in both plans render the same
+		// (a chain's text depends on its name — lab, direction, pod —, its
+		// rules, the NFLOG group, and the sets it names, whose names hash
+		// their content): leave them out of both renderings, so the diff
+		// compares only what changed.
+		skip := map[string]bool{}
+		if prev.Lab == next.Lab && prev.NFLOGGroup == next.NFLOGGroup {
+			same := map[string][]Rule{}
+			for _, pp := range prev.Pods {
+				for _, c := range []*Chain{pp.Egress, pp.Ingress} {
+					if c != nil {
+						same[c.Name] = c.Rules
+					}
+				}
+			}
+			for _, pp := range next.Pods {
+				for _, c := range []*Chain{pp.Egress, pp.Ingress} {
+					if r, ok := same[c2name(c)]; ok && c != nil && slices.Equal(r, c.Rules) {
+						skip[c.Name] = true
+					}
+				}
+			}
+		}
+		if old, err = renderNFT(prev, skip); err != nil {
 			old = nil
+		} else if nt, err = renderNFT(next, skip); err != nil {
+			return nil, err
 		}
 	}
 	ch := nft.Diff(old, nt)
+	if ch.Full != nil && old != nil {
+		// The table's skeleton changed: replace it whole, fully rendered.
+		if nt, err = RenderNFT(next); err != nil {
+			return nil, err
+		}
+		ch = nft.Diff(nil, nt)
+	}
 	b := &nft.Batch{Changes: []*nft.Change{ch}}
 	if !b.Empty() {
 		p.Add(plan.Op{Verb: plan.NFT, NS: ns, NFT: b, Why: "network policies (table ip " + NFTTable + ")"})
 	}
 	return p, nil
+}
+
+func c2name(c *Chain) string {
+	if c == nil {
+		return ""
+	}
+	return c.Name
 }
 
 // PlanRemoveNFT removes the policy table from node namespace ns (one
