@@ -173,13 +173,23 @@ func TestPolicyNFTables(t *testing.T) {
 		wg.Wait()
 		for i, pr := range k.Probes {
 			got, r := measured[i], pr.Reachability
-			var bad []string
-			for _, f := range r.Pods {
-				for _, to := range r.Pods {
-					if f != to && got[f][to] != r.Expected[f][to] {
-						bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
+			differ := func() []string {
+				var bad []string
+				for _, f := range r.Pods {
+					for _, to := range r.Pods {
+						if f != to && got[f][to] != r.Expected[f][to] {
+							bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
+						}
 					}
 				}
+				return bad
+			}
+			bad := differ()
+			if len(bad) > 0 {
+				// upstream's second try (see TestPolicyE2EMatrices)
+				t.Logf("%s: %d pairs differ on the first try, probing again", pr, len(bad))
+				got = measure(c, pr.Port, pr.Protocol, 3*time.Second)
+				bad = differ()
 			}
 			if len(bad) > 0 {
 				t.Errorf("%s: %d of 72 pairs differ (%s)", pr, len(bad), strings.Join(bad, ", "))
