@@ -32,7 +32,12 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 		return errors.New("dns: Serve needs a UDP socket or a TCP listener")
 	}
 	var srvs []*miekg.Server
-	if udp != nil {
+	// An IPv4 UDP socket gets the batched fast path (udpfast.go); other
+	// packet conns miekg/dns's server.
+	fast, ok := fastUDP(udp)
+	if ok {
+		udp = fast
+	} else if udp != nil {
 		srvs = append(srvs, &miekg.Server{PacketConn: udp, Handler: h, UDPSize: miekg.MaxMsgSize,
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
 	}
@@ -42,7 +47,14 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			IdleTimeout: func() time.Duration { return 8 * time.Second }})
 	}
-	errc := make(chan error, len(srvs))
+	total := len(srvs)
+	if fast != nil {
+		total++
+	}
+	errc := make(chan error, total)
+	if fast != nil {
+		go func() { errc <- serveBatch(fast, h) }()
+	}
 	started := make([]chan struct{}, len(srvs))
 	for i, srv := range srvs {
 		started[i] = make(chan struct{})
@@ -83,7 +95,7 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 	if tcp != nil {
 		tcp.Close()
 	}
-	for ; exited < len(srvs); exited++ {
+	for ; exited < total; exited++ {
 		<-errc
 	}
 	return first
