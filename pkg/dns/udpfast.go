@@ -44,14 +44,16 @@ type packedCacher interface {
 	storeAnswer(query, resp []byte, gen *index)
 }
 
-// fastUDP reports whether pc can take the fast path: an IPv4 UDP socket.
+// fastUDP reports whether pc can take the fast path: an IPv4 (AF_INET) UDP
+// socket, like the coredns-* pods' udp4 ":53". An IPv6 or dual-stack one
+// stays on miekg/dns's server.
 func fastUDP(pc net.PacketConn) (*net.UDPConn, bool) {
 	uc, ok := pc.(*net.UDPConn)
 	if !ok {
 		return nil, false
 	}
 	a, ok := uc.LocalAddr().(*net.UDPAddr)
-	if !ok || a.IP.To4() == nil && !a.IP.IsUnspecified() {
+	if !ok || a.IP.To4() == nil { // an AF_INET6 socket (also "[::]" dual-stack)
 		return nil, false
 	}
 	return uc, true
@@ -71,7 +73,7 @@ func serveBatch(uc *net.UDPConn, h miekg.Handler) error {
 	n := max(1, runtime.GOMAXPROCS(0))
 	errs := make(chan error, n)
 	for range n {
-		w := newBatchWorker(uc, pc, h, cache, wildcard)
+		w := newBatchWorker(uc.LocalAddr(), pc, h, cache, wildcard)
 		go func() { errs <- w.run() }()
 	}
 	var first error
@@ -85,7 +87,6 @@ func serveBatch(uc *net.UDPConn, h miekg.Handler) error {
 }
 
 type batchWorker struct {
-	uc       *net.UDPConn
 	pc       *ipv4.PacketConn
 	h        miekg.Handler
 	cache    packedCacher
@@ -95,8 +96,8 @@ type batchWorker struct {
 	w        udpWriter
 }
 
-func newBatchWorker(uc *net.UDPConn, pc *ipv4.PacketConn, h miekg.Handler, cache packedCacher, wildcard bool) *batchWorker {
-	b := &batchWorker{uc: uc, pc: pc, h: h, cache: cache, wildcard: wildcard,
+func newBatchWorker(local net.Addr, pc *ipv4.PacketConn, h miekg.Handler, cache packedCacher, wildcard bool) *batchWorker {
+	b := &batchWorker{pc: pc, h: h, cache: cache, wildcard: wildcard,
 		in: make([]ipv4.Message, udpBatch), out: make([]ipv4.Message, 0, udpBatch),
 		outBufs: make([][]byte, udpBatch)}
 	for i := range b.in {
@@ -106,7 +107,7 @@ func newBatchWorker(uc *net.UDPConn, pc *ipv4.PacketConn, h miekg.Handler, cache
 		}
 		b.outBufs[i] = make([]byte, 0, 4096)
 	}
-	b.w.local = uc.LocalAddr()
+	b.w.local = local
 	return b
 }
 
