@@ -133,8 +133,11 @@ func tail(b []byte) string {
 // DNS server and, in the same run on the same machine, Unbound serving
 // the same records as local-data. Both listen on 127.0.0.1 in one lab
 // namespace (never the host's port 53), Unbound with as many threads as
-// GOMAXPROCS. Rounds (KLAB_DNSPERF_ROUNDS, default 3, of
-// KLAB_DNSPERF_SECONDS, default 3) alternate the two servers; each row
+// GOMAXPROCS; and, as the baseline of the UDP fast path, the same
+// Server behind miekg/dns's own UDP server ("old-klab", how Serve ran UDP
+// before udpfast.go). Rounds (KLAB_DNSPERF_ROUNDS, default 3, of
+// KLAB_DNSPERF_SECONDS, default 3) go Unbound, klab, old klab in turn
+// (logged one line per round with -v); each row
 // reports its median round's qps, p50-ms and p99-ms (from dnsperf -v's
 // per-answer latencies) and lost, and the klab row ratio (klab qps /
 // Unbound qps; ≥ 1 means klab is at least as fast).

@@ -21,6 +21,13 @@ const MaxTCPConns = 128
 // whichever network namespace the caller made them in (netns.Do): Serve
 // itself opens none.
 //
+// An IPv4 UDP socket (the coredns-* pods' udp4 ":53") is served by the
+// fast path of udpfast.go: one worker per CPU, recvmmsg/sendmmsg batches,
+// and, when h is a *Server, answers it has given before sent from a cache
+// of packed bytes; each datagram gets the same reply as from miekg/dns's
+// UDP server, which serves any other packet socket (IPv6, dual-stack, not
+// a *net.UDPConn).
+//
 // TCP connections carry any number of queries (RFC 7766) and are closed
 // after 8 s idle; reads and writes time out after 2 s. At most MaxTCPConns
 // are open at once (golang.org/x/net/netutil.LimitListener): more clients

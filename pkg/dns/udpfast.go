@@ -98,7 +98,7 @@ type batchWorker struct {
 
 func newBatchWorker(local net.Addr, pc *ipv4.PacketConn, h miekg.Handler, cache packedCacher, wildcard bool) *batchWorker {
 	b := &batchWorker{pc: pc, h: h, cache: cache, wildcard: wildcard,
-		in: make([]ipv4.Message, udpBatch), out: make([]ipv4.Message, 0, udpBatch),
+		in: make([]ipv4.Message, udpBatch), out: make([]ipv4.Message, udpBatch),
 		outBufs: make([][]byte, udpBatch)}
 	for i := range b.in {
 		b.in[i].Buffers = [][]byte{make([]byte, udpReadSize)}
@@ -106,6 +106,7 @@ func newBatchWorker(local net.Addr, pc *ipv4.PacketConn, h miekg.Handler, cache 
 			b.in[i].OOB = ipv4.NewControlMessage(ipv4.FlagDst)
 		}
 		b.outBufs[i] = make([]byte, 0, 4096)
+		b.out[i].Buffers = make([][]byte, 1)
 	}
 	b.w.local = local
 	return b
@@ -127,23 +128,24 @@ func (b *batchWorker) run() error {
 			}
 			return err
 		}
-		b.out = b.out[:0]
+		j := 0
 		for i := range n {
 			m := &b.in[i]
 			resp := b.answer(m.Buffers[0][:m.N], m.Addr, i)
 			if resp == nil {
 				continue
 			}
-			o := ipv4.Message{Buffers: [][]byte{resp}, Addr: m.Addr}
+			o := &b.out[j]
+			o.Buffers[0], o.Addr, o.OOB = resp, m.Addr, nil
 			if b.wildcard {
 				var cm ipv4.ControlMessage
 				if cm.Parse(m.OOB[:m.NN]) == nil && cm.Dst != nil {
 					o.OOB = (&ipv4.ControlMessage{Src: cm.Dst}).Marshal()
 				}
 			}
-			b.out = append(b.out, o)
+			j++
 		}
-		for out := b.out; len(out) > 0; {
+		for out := b.out[:j]; len(out) > 0; {
 			k, err := b.pc.WriteBatch(out, 0)
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
