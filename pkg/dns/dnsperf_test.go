@@ -140,7 +140,8 @@ func tail(b []byte) string {
 // (logged one line per round with -v); each row
 // reports its median round's qps, p50-ms and p99-ms (from dnsperf -v's
 // per-answer latencies) and lost, and the klab row ratio (klab qps /
-// Unbound qps; ≥ 1 means klab is at least as fast).
+// Unbound qps; ≥ 1 means klab is at least as fast) and paired-ratio
+// (the median of each round's klab/Unbound ratio).
 // Needs root, dnsperf and unbound (scripts/install-deps.sh with
 // KLAB_BENCH_DEPS=1); it skips with a sentence otherwise.
 func BenchmarkDNSPerf(b *testing.B) {
@@ -258,11 +259,25 @@ func BenchmarkDNSPerf(b *testing.B) {
 	b.Run("klab", func(b *testing.B) {
 		report(b, klab)
 		b.ReportMetric(klab.qps/unbound.qps, "ratio")
+		b.ReportMetric(pairedRatio(ks, us), "paired-ratio")
 	})
 	b.Run("old-klab", func(b *testing.B) {
 		report(b, oldKlab)
 		b.ReportMetric(oldKlab.qps/unbound.qps, "ratio")
+		b.ReportMetric(pairedRatio(olds, us), "paired-ratio")
 	})
+}
+
+// pairedRatio is the median over rounds of a's rate over b's in the same
+// round: the two ran back to back, so load from elsewhere on the machine
+// cancels more than in the ratio of the two medians.
+func pairedRatio(a, b []dnsperfResult) float64 {
+	r := make([]float64, len(a))
+	for i := range a {
+		r[i] = a[i].qps / b[i].qps
+	}
+	slices.Sort(r)
+	return r[len(r)/2]
 }
 
 // median is the round with the median rate.
