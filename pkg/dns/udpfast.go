@@ -14,12 +14,12 @@ import (
 // The UDP fast path. miekg/dns's UDP server reads one datagram per
 // recvmsg, starts a goroutine for each, unpacks, packs and sends it with
 // one sendmsg: under dnsperf that was half of Unbound's rate. serveBatch
-// instead runs a fixed pool of workers (one per CPU Go may use), each
-// reading up to udpBatch datagrams with one recvmmsg and sending the
-// answers with one sendmmsg (golang.org/x/net/ipv4 PacketConn ReadBatch
-// and WriteBatch), and a Server answers a query it has answered before
-// from its cache of packed responses (see respCache), without unpacking or
-// packing anything. TCP stays on miekg/dns.
+// instead runs a fixed pool of workers (one per CPU Go may use, at most
+// maxUDPWorkers), each reading up to udpBatch datagrams with one recvmmsg
+// and sending the answers with one sendmmsg (golang.org/x/net/ipv4
+// PacketConn ReadBatch and WriteBatch), and a Server answers a query it
+// has answered before from its cache of packed responses (see respCache),
+// without unpacking or packing anything. TCP stays on miekg/dns.
 //
 // What a client sees is what miekg/dns's server gives: a datagram shorter
 // than a header, or a response, is dropped; other opcodes than QUERY and
@@ -32,6 +32,10 @@ import (
 
 // udpBatch is the datagrams one recvmmsg/sendmmsg moves at most.
 const udpBatch = 16
+
+// maxUDPWorkers caps the workers: each holds udpBatch read buffers of
+// udpReadSize (1 MiB), and a lab runs two DNS pods on machines of any size.
+const maxUDPWorkers = 4
 
 // udpReadSize is each read buffer: the largest UDP payload, so no query
 // is cut (miekg/dns reads with MaxMsgSize too).
@@ -70,7 +74,7 @@ func serveBatch(uc *net.UDPConn, h miekg.Handler) error {
 		}
 	}
 	cache, _ := h.(packedCacher)
-	n := max(1, runtime.GOMAXPROCS(0))
+	n := min(max(1, runtime.GOMAXPROCS(0)), maxUDPWorkers)
 	errs := make(chan error, n)
 	for range n {
 		w := newBatchWorker(uc.LocalAddr(), pc, h, cache, wildcard)
@@ -86,6 +90,9 @@ func serveBatch(uc *net.UDPConn, h miekg.Handler) error {
 	return first
 }
 
+// batchWorker is one of serveBatch's workers: its own read and write
+// batches and buffers, so workers share nothing but the socket and the
+// Server.
 type batchWorker struct {
 	pc       *ipv4.PacketConn
 	h        miekg.Handler
