@@ -112,7 +112,11 @@ func (c *Cluster) SetPolicies(st policy.State) error {
 
 // planNodePolicies plans one node's change to next, and the plan file.
 func (c *Cluster) planNodePolicies(node string, next *policy.Plan) (plan.Plan, error) {
+	if c.Lab.NFTables() {
+		return c.planNodePoliciesNFT(node, next) // policy_nft.go
+	}
 	ns := c.NS(node)
+	pre := c.planNodePoliciesIPTablesPre(node)
 	prev, err := c.loadPolicyPlan(node)
 	if err != nil {
 		return nil, err
@@ -123,7 +127,7 @@ func (c *Cluster) planNodePolicies(node string, next *policy.Plan) (plan.Plan, e
 			return nil, err
 		}
 	}
-	p := policy.PlanApply(ns, prev, next, k)
+	p := append(pre, policy.PlanApply(ns, prev, next, k)...)
 	if prev != nil && len(p) == 0 {
 		return nil, nil
 	}
@@ -153,6 +157,7 @@ func (c *Cluster) ClearPolicies() error {
 		}
 		p := policy.PlanRemove(ns, c.Lab.Name, prev, k)
 		p.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: c.policyFile(n.Name)}})
+		p = append(p, c.clearPoliciesNFT(n.Name)...) // policy_nft.go
 		plans = append(plans, p)
 	}
 	c.states = nil
@@ -234,7 +239,7 @@ func (c *Cluster) ExplainPolicy(st policy.State, conn policy.Connection, timeout
 	count := func() (map[string]uint64, error) {
 		m := map[string]uint64{}
 		for ns, rules := range watch {
-			cs, err := policy.DropCounters(ns)
+			cs, err := c.dropCounters(ns)
 			if err != nil {
 				return nil, err
 			}

@@ -185,13 +185,27 @@ func TestPolicyE2EMatrices(t *testing.T) {
 			for i, pr := range k.Probes {
 				got := measured[i]
 				r := pr.Reachability
-				var bad []string
-				for _, f := range r.Pods {
-					for _, to := range r.Pods {
-						if f != to && got[f][to] != r.Expected[f][to] {
-							bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
+				differ := func() []string {
+					var bad []string
+					for _, f := range r.Pods {
+						for _, to := range r.Pods {
+							if f != to && got[f][to] != r.Expected[f][to] {
+								bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
+							}
 						}
 					}
+					return bad
+				}
+				bad := differ()
+				if len(bad) > 0 {
+					// A second try, as upstream's ValidateOrFail does
+					// (test/e2e/network/netpol/test_helper.go: "in case
+					// first one failed"): on a loaded machine an allowed
+					// connection can miss the 1 s timeout. A policy bug
+					// differs on both tries.
+					t.Logf("%s: %d pairs differ on the first try, probing again", pr, len(bad))
+					got = measure(c, pr.Port, pr.Protocol, 3*time.Second)
+					bad = differ()
 				}
 				if len(bad) > 0 {
 					t.Errorf("%s: %d of 72 pairs differ (%s)\nexpected:\n%s\nmeasured:\n%s", pr, len(bad), strings.Join(bad, ", "),

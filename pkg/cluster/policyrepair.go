@@ -27,6 +27,9 @@ func policyDrift(l *Lab, n *Node) []string {
 	if err != nil {
 		return []string{fmt.Sprintf("the policies do not compile: %v", err)}
 	}
+	if l.NFTables() {
+		return policyDriftNFT(l, n, next) // policy_nft.go
+	}
 	c, err := policy.ReadContent(netns.Name(l.Name, n.Name), l.Name)
 	if err != nil {
 		return []string{err.Error()}
@@ -64,6 +67,14 @@ func (c *Cluster) repairPolicies(rep *RepairReport) (plan.Plan, error) {
 	for _, n := range l.Nodes {
 		ns := c.NS(n.Name)
 		next := ev.Compile(policy.CompileOptions{Lab: l.Name, Node: n.Name})
+		if l.NFTables() {
+			np, err := c.repairPolicyNFT(n, next, rep) // policy_nft.go
+			if err != nil {
+				return nil, err
+			}
+			p.Add(np...)
+			continue
+		}
 		var np plan.Plan
 		if !netns.Exists(ns) {
 			np = policy.PlanApply(ns, nil, next, nil)

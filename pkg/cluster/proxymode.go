@@ -5,8 +5,9 @@ package cluster
 // kube-proxy` and flannel's is `table ip flannel-ipv4` (flannel's
 // EnableNFTables), both sent over netlink as one nf_tables transaction per
 // sync through the plan applier (plan.NFT): such a node has no iptables
-// KUBE-* or FLANNEL-* chains. NetworkPolicy stays iptables + ipset in both
-// modes. ipvs mode is refused: it needs the kernel's IP_VS, and klab does
+// KUBE-* or FLANNEL-* chains. NetworkPolicy follows the mode too: table ip
+// klab-policy with nftables sets on an nftables node (policy_nft.go),
+// iptables chains and ipsets otherwise. ipvs mode is refused: it needs the kernel's IP_VS, and klab does
 // not fake kernel features.
 
 import (
@@ -179,29 +180,34 @@ func (c *Cluster) planNFTCleanup(n *Node, st *plan.State) (plan.Plan, error) {
 }
 
 // syncNFT is syncRules in nftables mode: kube-proxy's table is the same on
-// every node, so it is rendered and diffed once (before against after, the
-// way kube-proxy keeps its last rendering), and every node gets that one
-// partial-sync transaction. The nodes that took it are rolled back when
-// one fails.
+// every node (except with a Local service), so the change is computed once
+// (before against after, from the changed services only, as kube-proxy's
+// partial sync does), and every node gets that one partial-sync
+// transaction. The nodes that took it are rolled back when one fails.
 func (c *Cluster) syncNFT(before, after *Lab) error {
-	// With a Local service the table is rendered and diffed per node.
+	// With a Local service the table is rendered and diffed per node. Only
+	// the changed services are rendered and diffed (pkg/nft partial.go),
+	// both ways; the whole table only when the kernel's is not before's
+	// nftables table (a switch from iptables mode) or before does not
+	// render.
 	perNode := after.hasLocalPolicy() || before.hasLocalPolicy()
 	diff := func(n *Node) (fwd, back *nft.Change, err error) {
+		if before.NFTables() {
+			cfg := nat.Config{Lab: after.Name, ClusterCIDR: after.ClusterCIDR, ServiceCIDR: after.ServiceCIDR}
+			if n != nil {
+				cfg.NodeName = n.Name
+			}
+			bs, as := before.natServices(), after.natServices()
+			if back, err = nft.DiffServices(cfg, as, bs); err == nil {
+				fwd, err = nft.DiffServices(cfg, bs, as)
+				return fwd, back, err
+			}
+		}
 		cur, err := after.nftServices(n)
 		if err != nil {
 			return nil, nil, err
 		}
-		var prev *nft.Table
-		if before.NFTables() {
-			if prev, err = before.nftServices(n); err != nil {
-				prev = nil
-			}
-		}
-		fwd = nft.Diff(prev, cur)
-		if prev != nil {
-			back = nft.Diff(cur, prev)
-		}
-		return fwd, back, nil
+		return nft.Diff(nil, cur), nil, nil
 	}
 	fwd, back, err := diff(nil)
 	if err != nil {
@@ -340,7 +346,7 @@ func (c *Cluster) SetProxyMode(mode string) error {
 		l.ProxyMode = old
 		return err
 	}
-	return nil
+	return c.movePolicies() // the policies move to the new mode's form (policy_nft.go)
 }
 
 // proxyModes lists the modes a flag accepts (completion, help).

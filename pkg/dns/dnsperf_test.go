@@ -133,11 +133,15 @@ func tail(b []byte) string {
 // DNS server and, in the same run on the same machine, Unbound serving
 // the same records as local-data. Both listen on 127.0.0.1 in one lab
 // namespace (never the host's port 53), Unbound with as many threads as
-// GOMAXPROCS. Rounds (KLAB_DNSPERF_ROUNDS, default 3, of
-// KLAB_DNSPERF_SECONDS, default 3) alternate the two servers; each row
+// GOMAXPROCS; and, as the baseline of the UDP fast path, the same
+// Server behind miekg/dns's own UDP server ("old-klab", how Serve ran UDP
+// before udpfast.go). Rounds (KLAB_DNSPERF_ROUNDS, default 3, of
+// KLAB_DNSPERF_SECONDS, default 3) go Unbound, klab, old klab in turn
+// (logged one line per round with -v); each row
 // reports its median round's qps, p50-ms and p99-ms (from dnsperf -v's
 // per-answer latencies) and lost, and the klab row ratio (klab qps /
-// Unbound qps; ≥ 1 means klab is at least as fast).
+// Unbound qps; ≥ 1 means klab is at least as fast) and paired-ratio
+// (the median of each round's klab/Unbound ratio).
 // Needs root, dnsperf and unbound (scripts/install-deps.sh with
 // KLAB_BENCH_DEPS=1); it skips with a sentence otherwise.
 func BenchmarkDNSPerf(b *testing.B) {
@@ -172,7 +176,7 @@ func BenchmarkDNSPerf(b *testing.B) {
 	}
 
 	// klab's server, in this process, its socket in the namespace.
-	const klabPort, unboundPort = 5300, 5301
+	const klabPort, unboundPort, oldPort = 5300, 5301, 5302
 	// One UDP socket, as the coredns pods run it (cluster.listen53).
 	var pc net.PacketConn
 	if err := netns.Do(ns, func() (err error) {
@@ -185,6 +189,21 @@ func BenchmarkDNSPerf(b *testing.B) {
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, s, pc, nil) }()
 	b.Cleanup(func() { cancel(); <-done })
+	// The old UDP path, the baseline of the fast path: miekg/dns's own
+	// UDP server (a goroutine per datagram, one recvmsg and sendmsg each)
+	// with the same Server as Handler, as Serve ran it before udpfast.go.
+	var oldPC net.PacketConn
+	if err := netns.Do(ns, func() (err error) {
+		oldPC, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", oldPort))
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	old := &miekg.Server{PacketConn: oldPC, Handler: s, UDPSize: miekg.MaxMsgSize,
+		ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second}
+	oldDone := make(chan error, 1)
+	go func() { oldDone <- old.ActivateAndServe() }()
+	b.Cleanup(func() { oldPC.Close(); <-oldDone })
 
 	// Unbound, in the same namespace.
 	conf := filepath.Join(dir, "unbound.conf")
@@ -199,7 +218,7 @@ func BenchmarkDNSPerf(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ub.Process.Kill(); ub.Wait() })
-	for _, port := range []int{klabPort, unboundPort} {
+	for _, port := range []int{klabPort, unboundPort, oldPort} {
 		if err := waitAnswer(ns, port, mix[0]); err != nil {
 			b.Fatalf("server on port %d does not answer: %v\n%s", port, err, ubOut.String())
 		}
@@ -219,12 +238,17 @@ func BenchmarkDNSPerf(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("KLAB_DNSPERF_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
-	var ks, us []dnsperfResult
+	var ks, us, olds []dnsperfResult
 	for range rounds {
 		us = append(us, runDnsperf(b, ns, file, unboundPort, seconds))
 		ks = append(ks, runDnsperf(b, ns, file, klabPort, seconds))
+		olds = append(olds, runDnsperf(b, ns, file, oldPort, seconds))
 	}
-	klab, unbound := median(ks), median(us)
+	for i := range ks {
+		b.Logf("round %d: unbound %.0f q/s p99 %.2f ms, klab %.0f q/s p99 %.2f ms, old klab %.0f q/s p99 %.2f ms",
+			i+1, us[i].qps, us[i].p99, ks[i].qps, ks[i].p99, olds[i].qps, olds[i].p99)
+	}
+	klab, unbound, oldKlab := median(ks), median(us), median(olds)
 	report := func(b *testing.B, r dnsperfResult) {
 		b.ReportMetric(r.qps, "qps")
 		b.ReportMetric(r.p50, "p50-ms")
@@ -235,7 +259,25 @@ func BenchmarkDNSPerf(b *testing.B) {
 	b.Run("klab", func(b *testing.B) {
 		report(b, klab)
 		b.ReportMetric(klab.qps/unbound.qps, "ratio")
+		b.ReportMetric(pairedRatio(ks, us), "paired-ratio")
 	})
+	b.Run("old-klab", func(b *testing.B) {
+		report(b, oldKlab)
+		b.ReportMetric(oldKlab.qps/unbound.qps, "ratio")
+		b.ReportMetric(pairedRatio(olds, us), "paired-ratio")
+	})
+}
+
+// pairedRatio is the median over rounds of a's rate over b's in the same
+// round: the two ran back to back, so load from elsewhere on the machine
+// cancels more than in the ratio of the two medians.
+func pairedRatio(a, b []dnsperfResult) float64 {
+	r := make([]float64, len(a))
+	for i := range a {
+		r[i] = a[i].qps / b[i].qps
+	}
+	slices.Sort(r)
+	return r[len(r)/2]
 }
 
 // median is the round with the median rate.

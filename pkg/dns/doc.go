@@ -21,4 +21,10 @@
 // a TCP listener the caller opened inside a lab network namespace (with
 // netns.Do), and forwarding dials through a DialFunc that does the same
 // (DialIn), so nothing ever listens or sends from the host's namespace.
+//
+// UDP on an IPv4 socket takes a fast path (udpfast.go): a fixed pool of
+// workers reads and writes datagrams in batches (recvmmsg/sendmmsg) and
+// answers repeated queries from a size-capped cache of packed answers that
+// belongs to one index, so an Update empties it at once. TCP, and UDP on
+// other sockets, is miekg/dns's server.
 package dns

@@ -159,9 +159,10 @@ func TestFloodBoundedMemory(t *testing.T) {
 	// The clients' goroutines (2 per UDP client, 1 per TCP client, this
 	// sampler's dig) plus at most MaxTCPConns connection servers (600
 	// silent connections would be 600 goroutines without the limit), and
-	// the UDP queries in flight: miekg/dns starts one goroutine per
-	// datagram, which this flood keeps at a few hundred to ~900 (they finish as
-	// fast as the reader starts them; nothing in klab caps them).
+	// the UDP side: on this udp4 socket the fast path's fixed workers
+	// (udpfast.go); the margin is for miekg/dns's server, which other
+	// sockets get and which starts one goroutine per datagram (a few
+	// hundred to ~900 in this flood; nothing in klab caps them).
 	limit := g0 + 2*udpClients + tcpClients + MaxTCPConns + 2048
 	t.Logf("%d UDP queries sent, %d answers; %d idle TCP connections; goroutines %d -> max %d (limit %d); heap in use %.1f -> max %.1f MB",
 		sent.Load(), answered.Load(), len(idleConns), g0, maxG, limit, float64(heap0)/1e6, float64(maxHeap)/1e6)

@@ -21,6 +21,13 @@ const MaxTCPConns = 128
 // whichever network namespace the caller made them in (netns.Do): Serve
 // itself opens none.
 //
+// An IPv4 UDP socket (the coredns-* pods' udp4 ":53") is served by the
+// fast path of udpfast.go: one worker per CPU, recvmmsg/sendmmsg batches,
+// and, when h is a *Server, answers it has given before sent from a cache
+// of packed bytes; each datagram gets the same reply as from miekg/dns's
+// UDP server, which serves any other packet socket (IPv6, dual-stack, not
+// a *net.UDPConn).
+//
 // TCP connections carry any number of queries (RFC 7766) and are closed
 // after 8 s idle; reads and writes time out after 2 s. At most MaxTCPConns
 // are open at once (golang.org/x/net/netutil.LimitListener): more clients
@@ -32,7 +39,12 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 		return errors.New("dns: Serve needs a UDP socket or a TCP listener")
 	}
 	var srvs []*miekg.Server
-	if udp != nil {
+	// An IPv4 UDP socket gets the batched fast path (udpfast.go); other
+	// packet conns miekg/dns's server.
+	fast, ok := fastUDP(udp)
+	if ok {
+		udp = fast
+	} else if udp != nil {
 		srvs = append(srvs, &miekg.Server{PacketConn: udp, Handler: h, UDPSize: miekg.MaxMsgSize,
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
 	}
@@ -42,7 +54,14 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 			ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			IdleTimeout: func() time.Duration { return 8 * time.Second }})
 	}
-	errc := make(chan error, len(srvs))
+	total := len(srvs)
+	if fast != nil {
+		total++
+	}
+	errc := make(chan error, total)
+	if fast != nil {
+		go func() { errc <- serveBatch(fast, h) }()
+	}
 	started := make([]chan struct{}, len(srvs))
 	for i, srv := range srvs {
 		started[i] = make(chan struct{})
@@ -83,7 +102,7 @@ func Serve(ctx context.Context, h miekg.Handler, udp net.PacketConn, tcp net.Lis
 	if tcp != nil {
 		tcp.Close()
 	}
-	for ; exited < len(srvs); exited++ {
+	for ; exited < total; exited++ {
 		<-errc
 	}
 	return first

@@ -77,6 +77,8 @@ type Server struct {
 	idx   atomic.Pointer[index]
 	fwd   chan struct{}
 	empty *index
+	// cache holds packed UDP answers of the current index (udpfast.go).
+	cache atomic.Pointer[respCache]
 }
 
 // New validates the configuration and returns a server whose zone is
@@ -135,37 +137,54 @@ func (s *Server) Update(snap Snapshot) error {
 
 // ServeDNS answers one query (miekg/dns Handler).
 func (s *Server) ServeDNS(w miekg.ResponseWriter, r *miekg.Msg) {
-	write(w, r, s.handle(r, transport(w)), s.cfg.MaxUDPSize)
+	m, gen := s.answer(r, transport(w))
+	if uw, ok := w.(*udpWriter); ok {
+		uw.gen = gen
+	}
+	write(w, r, m, s.cfg.MaxUDPSize)
 }
 
 func (s *Server) handle(r *miekg.Msg, network string) *miekg.Msg {
+	m, _ := s.answer(r, network)
+	return m
+}
+
+// answer answers r, and returns the index the answer came from when that
+// index alone decided it (so the packed answer may be cached for the
+// index's lifetime), or nil when it did not (forwarded, an upstream
+// helped, not synced yet).
+func (s *Server) answer(r *miekg.Msg, network string) (*miekg.Msg, *index) {
 	if m := check(r); m != nil {
-		return m
+		return m, nil
 	}
 	q := r.Question[0]
 	name := strings.ToLower(q.Name)
 	ix := s.idx.Load()
 	if ix == nil {
 		if s.empty.inZone(name) {
-			return reply(r, miekg.RcodeServerFailure)
+			return reply(r, miekg.RcodeServerFailure), nil
 		}
 		ix = s.empty
+	}
+	gen := s.idx.Load()
+	if gen != ix {
+		gen = nil
 	}
 	if !ix.inZone(name) && ix.names[name] == nil {
 		// Not ours: forward (CoreDNS: "forward . <upstream>", and the
 		// reverse zones' fallthrough for addresses outside the cluster).
-		return s.forward(r, network)
+		return s.forward(r, network), nil
 	}
 	m := reply(r, miekg.RcodeSuccess)
 	m.Authoritative = true
 	m.RecursionAvailable = s.cfg.Upstream != ""
 	if q.Qtype == miekg.TypeAXFR || q.Qtype == miekg.TypeIXFR {
 		m.Rcode = miekg.RcodeRefused
-		return m
+		return m, gen
 	}
 	if s.cfg.Pods == PodsInsecure && ix.names[name] == nil {
 		if ok := s.insecurePod(ix, m, q, name); ok {
-			return m
+			return m, gen
 		}
 	}
 	target := ix.answer(m, q, name)
@@ -174,6 +193,7 @@ func (s *Server) handle(r *miekg.Msg, network string) *miekg.Msg {
 	for hops := 0; target != "" && hops < 8; hops++ {
 		if !ix.inZone(target) && ix.names[target] == nil {
 			s.chase(m, target, q.Qtype)
+			gen = nil // the upstream's answer is not the index's
 			break
 		}
 		sub := new(miekg.Msg)
@@ -185,7 +205,7 @@ func (s *Server) handle(r *miekg.Msg, network string) *miekg.Msg {
 			m.Ns = sub.Ns
 		}
 	}
-	return m
+	return m, gen
 }
 
 // insecurePod answers <a-b-c-d>.<ns>.pod.<zone> with the address in the

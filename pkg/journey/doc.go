@@ -14,7 +14,10 @@
 // connection in each node (original and reply tuples, read over netlink in
 // the node's namespace) and the iptables rules whose packet counters the
 // probe raised (iptables-save -c inside each node, before and after), which
-// name the KUBE-SVC / KUBE-SEP chains a Service's DNAT went through. Follow
+// name the KUBE-SVC / KUBE-SEP chains a Service's DNAT went through. Where
+// iptables is iptables-nft, the rules are instead those klab's nftrace saw
+// the probe match (iptnft.go), and in nftables mode every nftables rule it
+// met (nftrace.go). Follow
 // itself works on any captured packets (correlated by fields that survive NAT
 // and encapsulation); 'klab trace --journey' records with a Recorder, the
 // capture half Run uses too, and follows the first packet it kept.

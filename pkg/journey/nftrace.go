@@ -26,20 +26,25 @@ type nftTracing struct {
 	lab     *cluster.Lab
 	a       *plan.Applier
 	tracers map[string]*nft.Tracer
+	// iptables: the lab is in iptables mode on iptables-nft (iptnft.go):
+	// the events name iptables rules, collected in hits.
+	iptables bool
+	hits     []RuleHit
 }
 
 // startNFTTrace arms tracing in every node, or returns nil when the lab is
 // not in nftables mode (or tracing cannot be armed: the journey then goes
 // on without it).
 func startNFTTrace(lab *cluster.Lab, p *Plan) *nftTracing {
-	if !lab.NFTables() {
-		return nil
+	iptables := !lab.NFTables()
+	if iptables && !iptablesNFT() {
+		return nil // iptables-legacy: the counter diff (enrich.go)
 	}
 	m := nft.TraceMatch{Dst: p.Dst, Proto: p.Proto, Port: uint16(p.Port)}
 	if pod := lab.Pod(p.From); pod != nil {
 		m.Src = pod.IP // a node's source address depends on its route: match any
 	}
-	tr := &nftTracing{lab: lab, a: &plan.Applier{Discard: true}, tracers: map[string]*nft.Tracer{}}
+	tr := &nftTracing{lab: lab, a: &plan.Applier{Discard: true}, tracers: map[string]*nft.Tracer{}, iptables: iptables}
 	for _, n := range lab.Nodes {
 		ns := netns.Name(lab.Name, n.Name)
 		t, err := nft.ListenTrace(ns)
@@ -72,9 +77,17 @@ func (tr *nftTracing) stop() []NFTHop {
 		t.Close(50 * time.Millisecond)
 		tr.a.Apply(plan.Plan{{Verb: plan.NFT, NS: ns, NFT: &nft.Batch{DelTables: []string{nft.TraceTableName}}}})
 		evs := t.Events()
+		if tr.iptables {
+			tr.hits = append(tr.hits, iptablesHits(n.Name, ns, evs)...)
+			continue
+		}
 		kp, fl, err := tr.lab.NFTTables(n)
 		if err == nil {
-			nft.Describe(ns, evs, kp, fl)
+			tables := []*nft.Table{kp, fl}
+			if pt := policyTable(tr.lab, n.Name); pt != nil {
+				tables = append(tables, pt)
+			}
+			nft.Describe(ns, evs, tables...)
 		}
 		// The probe's first packet (the SYN, the echo request) is the one
 		// that walks the NAT chains; the connection's later packets are

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/nft"
 	"github.com/klab-dev/klab/pkg/policy"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -51,6 +52,12 @@ func policyVerdict(lab *cluster.Lab, plan *Plan, rep *Report) string {
 			drops = append(drops, fmt.Sprintf("%s %s +%d", h.Node, h.Chain, h.Packets))
 		}
 	}
+	// In nftables mode the policy table's drop is a traced rule (nftrace).
+	for _, h := range rep.NFTrace {
+		if h.Table == policy.NFTTable && h.Type == "rule" && h.Verdict == "drop" {
+			drops = append(drops, fmt.Sprintf("%s %s (table ip %s)", h.Node, h.Chain, policy.NFTTable))
+		}
+	}
 	answered := rep.Probe == "reply" || rep.Probe == "connected" || strings.HasPrefix(rep.Probe, "answered")
 	switch {
 	case !v.Allowed && len(drops) > 0:
@@ -60,4 +67,22 @@ func policyVerdict(lab *cluster.Lab, plan *Plan, rep *Report) string {
 	default:
 		return fmt.Sprintf("policy: %s (NOT confirmed by the kernel: probe %s, drop rules %v)", v.Reason, rep.Probe, drops)
 	}
+}
+
+// policyTable is node's policy table as klab renders it (nftables mode),
+// so trace events in it are shown with their rule text; nil without
+// policies.
+func policyTable(lab *cluster.Lab, node string) *nft.Table {
+	if len(lab.Policies) == 0 {
+		return nil
+	}
+	ev, err := policy.NewEvaluator(lab.PolicyState())
+	if err != nil {
+		return nil
+	}
+	t, err := policy.RenderNFT(ev.Compile(policy.CompileOptions{Lab: lab.Name, Node: node}))
+	if err != nil {
+		return nil
+	}
+	return t
 }

@@ -45,7 +45,11 @@ func (r *Report) String() string {
 		}
 	}
 	if len(r.Rules) > 0 {
-		b.WriteString("iptables rules the probe hit (packet counters before -> after):\n")
+		if r.RulesTraced {
+			b.WriteString("iptables rules the probe hit (iptables-nft rules, from klab's nftrace; +N traced packets):\n")
+		} else {
+			b.WriteString("iptables rules the probe hit (packet counters before -> after):\n")
+		}
 		for _, h := range r.Rules {
 			fmt.Fprintf(&b, "  %s\n", h)
 		}

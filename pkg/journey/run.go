@@ -44,8 +44,11 @@ type Report struct {
 	Missing []string `json:"missing"`
 	// Conntrack holds the entries of the probe's connection, per node.
 	Conntrack []Flow `json:"conntrack"`
-	// Rules are the iptables rules whose packet counters the probe raised.
+	// Rules are the iptables rules the probe hit: whose packet counters it
+	// raised, or (RulesTraced, iptables-nft) that nftrace saw it match.
 	Rules []RuleHit `json:"rules"`
+	// RulesTraced: Rules come from nftrace, not from a counter diff.
+	RulesTraced bool `json:"rulesTraced,omitempty"`
 	// Captured is the number of packets captured at all points.
 	Captured int `json:"captured"`
 	// Policy is the NetworkPolicy verdict for the probe, confirmed (or
@@ -68,7 +71,7 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 	}
 	rep := &Report{Plan: plan, Points: plan.Labels()}
 	var before map[string]counters
-	if !o.NoEnrich {
+	if !o.NoEnrich && (lab.NFTables() || !iptablesNFT()) {
 		before = readCounters(lab)
 	}
 	flt, err := trace.ParseFilter(plan.Proto)
@@ -126,7 +129,11 @@ func Run(ctx context.Context, lab *cluster.Lab, plan *Plan, o Options) (*Report,
 			first = rep.Journey.Hops[0].Packet.Innermost()
 		}
 		rep.Conntrack = conntrackFor(lab, plan, rep.Src, first)
-		rep.Rules = diffCounters(before, readCounters(lab))
+		if tracing != nil && tracing.iptables {
+			rep.Rules, rep.RulesTraced = tracing.hits, true // iptables-nft: the rules nftrace saw (iptnft.go)
+		} else {
+			rep.Rules = diffCounters(before, readCounters(lab))
+		}
 		rep.Policy = policyVerdict(lab, plan, rep)
 	}
 	return rep, nil

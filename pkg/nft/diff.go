@@ -183,6 +183,13 @@ func stmtEqual(a, b Stmt) bool {
 	if _, ok := b.(NumgenVmap); ok {
 		return false
 	}
+	if ra, ok := a.(IPInRanges); ok {
+		rb, ok := b.(IPInRanges)
+		return ok && ra.Field == rb.Field && slices.Equal(ra.Ranges, rb.Ranges)
+	}
+	if _, ok := b.(IPInRanges); ok {
+		return false
+	}
 	return a == b
 }
 

@@ -18,6 +18,13 @@
 // nat.Service has no external IPs or load balancers, so firewall- chains
 // never appear and firewall-ips stays empty.
 //
+// partial.go starts a partial sync from the changed services, as
+// kube-proxy does: ChangedServices finds them, DiffServices renders only
+// them (before and after) and diffs those small renderings, RenderChanged
+// also patches the previous table. policy.go holds the statements of klab's
+// NetworkPolicy table (pkg/policy RenderNFT) and RuleCounters, which reads
+// rule counters back over netlink.
+//
 // Diff compares two renderings the way kube-proxy's partial sync does: map
 // and set elements added, removed or re-added with a new value, changed
 // chains flushed and refilled, new chains and affinity sets added, stale

@@ -42,6 +42,9 @@ func servicesOf(n, m int) []nat.Service {
 //
 //	klab       Diff + ApplyChange over netlink (what a sync does)
 //	diff-only  the Diff alone
+//	partial    DiffServices (only the changed service rendered, before
+//	           and after, and diffed; partial.go) + ApplyChange
+//	partial-only  DiffServices alone
 //	floor      the same transaction, encoded beforehand: only the kernel's
 //	           part (the Flush: sendmsg, the commit, the acks) is timed
 //	nft-f      `nft -f` of the change's text, as knftables runs it
@@ -111,6 +114,43 @@ func BenchmarkOneServiceChange(b *testing.B) {
 				kern = to
 			}
 		})
+		// partial: DiffServices (only the changed service rendered, in
+		// both versions, and diffed; no full rendering) + ApplyChange.
+		psvcs := svcs
+		if kern == tb {
+			psvcs = changed
+		}
+		other := func(s []nat.Service) []nat.Service {
+			if &s[0] == &svcs[0] {
+				return changed
+			}
+			return svcs
+		}
+		b.Run(name+"/partial", func(b *testing.B) {
+			for b.Loop() {
+				to := other(psvcs)
+				ch, err := DiffServices(benchConfig, psvcs, to)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := ApplyChange(ns, ch); err != nil {
+					b.Fatal(err)
+				}
+				psvcs = to
+			}
+		})
+		b.Run(name+"/partial-only", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := DiffServices(benchConfig, psvcs, other(psvcs)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		if &psvcs[0] == &svcs[0] {
+			kern = ta
+		} else {
+			kern = tb
+		}
 		if _, err := exec.LookPath("nft"); err == nil {
 			dir := b.TempDir()
 			files := map[*Table]string{}

@@ -55,4 +55,11 @@
 // from counters or NFLOG, never from the policy text alone. The plan is
 // IPv4; a node's plan holds the pods it hosts (egress of its pods, ingress
 // to them), which is where kube-router and Felix enforce too.
+//
+// On a node in kube-proxy's nftables mode the same Plan is rendered by
+// RenderNFT (nftables.go) as `table ip klab-policy` — the same chain and
+// set names, pod peers in named nftables sets, ipBlocks as interval sets in
+// their rules, a counted drop — and applied as one nf_tables transaction
+// per change (PlanApplyNFT: nft.Diff of two renderings), so such a node
+// holds no iptables rule and no ipset.
 package policy

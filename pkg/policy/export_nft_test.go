@@ -1,0 +1,4 @@
+package policy
+
+// NetRanges exposes netRanges to the external tests.
+var NetRanges = netRanges
