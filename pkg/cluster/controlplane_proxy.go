@@ -676,5 +676,14 @@ func proxyModeOf(cm *corev1.ConfigMap) string {
 func (c *Cluster) cpSetProxyMode(mode string) error {
 	before := *c.Lab
 	c.Lab.ProxyMode = mode
-	return c.commit(&before)
+	err := c.commit(&before)
+	if c.Lab.ProxyMode != mode {
+		return err // not switched: etcd was not written
+	}
+	// NetworkPolicies stay the CLI's: they move to the new mode's form as
+	// SetProxyMode moves them.
+	if perr := c.movePolicies(); perr != nil {
+		return perr
+	}
+	return err
 }
