@@ -326,7 +326,9 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 // agents from etcd and once written by the CLI in a direct-mode lab,
 // leave the same iptables on every node (iptables-save, the lab's name
 // aside) - also a NodePort service with externalTrafficPolicy Local,
-// rendered per node.
+// rendered per node, and a NetworkPolicy (the CLI's) the syncs keep.
+var npChain = regexp.MustCompile(`(KLAB-NP[A-Z]*-)[A-Z0-9]{16}`)
+
 func TestControlPlaneProxySameAsDirect(t *testing.T) {
 	t.Parallel()
 	cp := newKPLab(t)
@@ -342,13 +344,18 @@ func TestControlPlaneProxySameAsDirect(t *testing.T) {
 		l.must("service", "add", "web", "--endpoints", "a,b,c", "--port", "80", "--target-port", "8080", "--affinity", "clientip", "--lab", l.lab)
 		l.must("service", "add", "loc", "--endpoints", "b,c", "--port", "81", "--type", "NodePort", "--node-port", "30090", "--external-traffic-policy", "Local", "--lab", l.lab)
 		l.must("pod", "set-ready", "c", "false", "--lab", l.lab)
+		// NetworkPolicies stay the CLI's: the agents' syncs keep them.
+		l.must("apply", "-f", "../../labs/manifests/networkpolicy/pods.yaml", "--lab", l.lab)
+		l.must("apply", "-f", "../../labs/manifests/networkpolicy/deny-all.yaml", "--lab", l.lab)
+		l.must("service", "set-endpoints", "web", "a,b", "--lab", l.lab)
 	}
 	rules := func(l *cpLab, node string) string {
 		out := sh(t, "ip", "netns", "exec", l.ns(node), "iptables-save")
 		var keep []string
 		for _, line := range strings.Split(out, "\n") {
 			if !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, ":") { // comments, counters
-				keep = append(keep, strings.ReplaceAll(line, l.lab, "LAB"))
+				// Policy chains' names hash the lab's name too.
+				keep = append(keep, npChain.ReplaceAllString(strings.ReplaceAll(line, l.lab, "LAB"), "${1}HASH"))
 			}
 		}
 		sort.Strings(keep)
@@ -361,6 +368,9 @@ func TestControlPlaneProxySameAsDirect(t *testing.T) {
 		}
 		if !strings.Contains(a, "KUBE-SVL-") && n == "node2" {
 			t.Errorf("%s has no Local chain:\n%s", n, a)
+		}
+		if !strings.Contains(a, "KLAB-NETPOL") {
+			t.Errorf("%s has no NetworkPolicy chains:\n%s", n, a)
 		}
 	}
 	cp.must("destroy", cp.lab)
