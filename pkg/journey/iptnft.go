@@ -38,7 +38,7 @@ var (
 // iptablesNFT reports whether this machine's iptables is iptables-nft.
 func iptablesNFT() bool {
 	iptNFTOnce.Do(func() {
-		out, err := exec.Command("iptables", "-V").Output()
+		out, err := exec.Command("iptables", "--version").Output()
 		iptNFT = err == nil && strings.Contains(string(out), "(nf_tables)")
 	})
 	return iptNFT
