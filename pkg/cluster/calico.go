@@ -179,22 +179,10 @@ func (c *Cluster) planCalicoBlock(n *Node, s NodeSpec) error {
 // own veths and are routed.
 func (c *Cluster) planCalicoNode(n *Node, u, st *plan.State) (plan.Plan, error) {
 	l := c.Lab
-	name := c.NS(n.Name)
-	var p plan.Plan
-	if !st.Exists {
-		p.Add(plan.Op{Verb: plan.NetnsAdd, NS: name, New: true})
-	}
-	up, err := veth.Plan(veth.Attachment{
-		OuterNS: c.NS(UnderlayName), OuterIface: n.Name, Bridge: UnderlayBridge,
-		InnerNS: name, InnerIface: NodeUplink, Addr: netip.PrefixFrom(n.IP, l.UnderlayCIDR.Bits()),
-		MTU: l.UnderlayMTU, MAC: MAC(l.Name, n.Name, "eth0"),
-		Routes: []veth.Route{{Gw: l.UnderlayGateway}},
-	}, u, st)
+	p, err := c.planNodeUplink(n, u, st)
 	if err != nil {
 		return nil, err
 	}
-	p.Add(up...)
-	p.Add(forwarding(name, st)...)
 	if l.calicoVXLAN() {
 		p.Add(c.planCalicoVXLANDevice(n, st)...)
 	}

@@ -300,13 +300,10 @@ func (c *Cluster) planExternal() (plan.Plan, error) {
 	return append(p, vp...), nil
 }
 
-// planNode plans a node's namespace, uplink, forwarding, cni0, flannel.1,
-// rules and subnet.env, against u (the underlay's state) and st (the
-// node's).
-func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
-	if c.Lab.Backend == BackendCalico {
-		return c.planCalicoNode(n, u, st)
-	}
+// planNodeUplink plans what every node has whatever its backend: its
+// namespace, eth0 on the underlay bridge with its address and default
+// route, and forwarding.
+func (c *Cluster) planNodeUplink(n *Node, u, st *plan.State) (plan.Plan, error) {
 	l := c.Lab
 	name := c.NS(n.Name)
 	var p plan.Plan
@@ -324,6 +321,22 @@ func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
 	}
 	p.Add(up...)
 	p.Add(forwarding(name, st)...)
+	return p, nil
+}
+
+// planNode plans a node's namespace, uplink, forwarding, cni0, flannel.1,
+// rules and subnet.env, against u (the underlay's state) and st (the
+// node's).
+func (c *Cluster) planNode(n *Node, u, st *plan.State) (plan.Plan, error) {
+	if c.Lab.Backend == BackendCalico {
+		return c.planCalicoNode(n, u, st)
+	}
+	l := c.Lab
+	name := c.NS(n.Name)
+	p, err := c.planNodeUplink(n, u, st)
+	if err != nil {
+		return nil, err
+	}
 	gw := netip.PrefixFrom(ipam.Gateway(n.PodCIDR), n.PodCIDR.Bits())
 	bp, err := bridge.Plan(bridge.Config{NS: name, Name: bridge.DefaultName, Gateway: gw, MTU: l.MTU(), MAC: MAC(l.Name, n.Name, "cni0")}, st)
 	if err != nil {

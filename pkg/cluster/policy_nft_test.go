@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,70 +17,15 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/policy"
 	"github.com/klab-dev/klab/pkg/policy/e2e"
-	"github.com/klab-dev/klab/pkg/probe"
 )
 
 // netpolLabNFT is netpolLab's conformance model in kube-proxy's nftables
 // mode: the same nodes, pods and echo servers.
 func netpolLabNFT(t *testing.T) *Cluster {
 	t.Helper()
-	testutil.RequireRoot(t)
-	for _, tool := range []string{"nft", "ipset", "iptables-save"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s to read the policies back (scripts/install-deps.sh installs it)", tool)
-		}
-	}
-	lab := testutil.LabName(t, "n2")
-	state := t.TempDir()
-	c, err := Open(state, lab, &Options{Backend: BackendVXLAN, ProxyMode: ProxyNFTables}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var servers sync.WaitGroup
-	t.Cleanup(func() {
-		cancel()
-		servers.Wait()
-		c.Close()
-		if err := Destroy(state, lab, nil, nil); err != nil {
-			t.Errorf("destroy: %v", err)
-		}
-	})
-	for i, n := range e2e.Nodes {
-		ip := netip.AddrFrom4([4]byte{192, 168, 1, byte(101 + i)})
-		sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(1 + i), 0}), 24)
-		if _, err := c.AddNode(NodeSpec{Name: n, IP: ip, PodCIDR: sub}); err != nil {
-			t.Fatalf("add %s: %v", n, err)
-		}
-	}
-	serve := func(ns, name string) {
-		for _, port := range e2e.Ports {
-			addr := fmt.Sprintf(":%d", port)
-			l, err := probe.Listen(ns, addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			u, err := probe.ListenUDP(ns, addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			servers.Add(2)
-			go func() { defer servers.Done(); probe.ServeHTTP(ctx, l, name) }()
-			go func() { defer servers.Done(); probe.ServeUDP(ctx, u, name) }()
-		}
-	}
-	for _, p := range e2e.AllPods() {
-		ns, name, _ := strings.Cut(string(p), "/")
-		if _, err := c.AddPod(PodSpec{Name: ns + "-" + name, Node: e2e.NodeOf(p), IP: e2e.IPOf(p), Labels: map[string]string{"pod": name}}); err != nil {
-			t.Fatalf("add pod %s: %v", p, err)
-		}
-		serve(c.NS(ns+"-"+name), string(p))
-	}
-	serve(c.NS(ExternalName), ExternalName)
-	return c
+	return netpolLabMode(t, "n2", ProxyNFTables, "nft", "ipset", "iptables-save")
 }
 
 // nftPolicyChains reads `nft -j list table ip klab-policy` in ns (an
@@ -172,28 +116,7 @@ func TestPolicyNFTables(t *testing.T) {
 		}
 		wg.Wait()
 		for i, pr := range k.Probes {
-			got, r := measured[i], pr.Reachability
-			differ := func() []string {
-				var bad []string
-				for _, f := range r.Pods {
-					for _, to := range r.Pods {
-						if f != to && got[f][to] != r.Expected[f][to] {
-							bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
-						}
-					}
-				}
-				return bad
-			}
-			bad := differ()
-			if len(bad) > 0 {
-				// upstream's second try (see TestPolicyE2EMatrices)
-				t.Logf("%s: %d pairs differ on the first try, probing again", pr, len(bad))
-				got = measure(c, pr.Port, pr.Protocol, 3*time.Second)
-				bad = differ()
-			}
-			if len(bad) > 0 {
-				t.Errorf("%s: %d of 72 pairs differ (%s)", pr, len(bad), strings.Join(bad, ", "))
-			}
+			checkMatrix(t, c, pr, measured[i])
 		}
 	}
 	start := time.Now()

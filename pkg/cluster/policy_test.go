@@ -31,15 +31,22 @@ import (
 // also when the test fails.
 func netpolLab(t *testing.T) *Cluster {
 	t.Helper()
+	return netpolLabMode(t, "np", ProxyIPTables, "ipset", "iptables-save")
+}
+
+// netpolLabMode is netpolLab in the given proxy mode, with the lab-name
+// prefix and the tools its test reads the kernel back with.
+func netpolLabMode(t *testing.T, prefix, mode string, tools ...string) *Cluster {
+	t.Helper()
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"ipset", "iptables-save"} {
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s to program and read policies (scripts/install-deps.sh installs it)", tool)
 		}
 	}
-	lab := testutil.LabName(t, "np")
+	lab := testutil.LabName(t, prefix)
 	state := t.TempDir()
-	c, err := Open(state, lab, &Options{Backend: BackendVXLAN}, nil)
+	c, err := Open(state, lab, &Options{Backend: BackendVXLAN, ProxyMode: mode}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,39 +190,44 @@ func TestPolicyE2EMatrices(t *testing.T) {
 			}
 			wg.Wait()
 			for i, pr := range k.Probes {
-				got := measured[i]
-				r := pr.Reachability
-				differ := func() []string {
-					var bad []string
-					for _, f := range r.Pods {
-						for _, to := range r.Pods {
-							if f != to && got[f][to] != r.Expected[f][to] {
-								bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
-							}
-						}
-					}
-					return bad
-				}
-				bad := differ()
-				if len(bad) > 0 {
-					// A second try, as upstream's ValidateOrFail does
-					// (test/e2e/network/netpol/test_helper.go: "in case
-					// first one failed"): on a loaded machine an allowed
-					// connection can miss the 1 s timeout. A policy bug
-					// differs on both tries.
-					t.Logf("%s: %d pairs differ on the first try, probing again", pr, len(bad))
-					got = measure(c, pr.Port, pr.Protocol, 3*time.Second)
-					bad = differ()
-				}
-				if len(bad) > 0 {
-					t.Errorf("%s: %d of 72 pairs differ (%s)\nexpected:\n%s\nmeasured:\n%s", pr, len(bad), strings.Join(bad, ", "),
-						r.Table(func(f, to e2e.PodString) bool { return r.Expected[f][to] }),
-						r.Table(func(f, to e2e.PodString) bool { return got[f][to] }))
-				}
+				checkMatrix(t, c, pr, measured[i])
 			}
 		})
 	}
 	t.Logf("%d cases x 4 probes x 72 pairs measured in %v", len(cases), time.Since(start).Round(time.Millisecond))
+}
+
+// checkMatrix compares a measured matrix with the probe's expected one,
+// with upstream's second try (ValidateOrFail in
+// test/e2e/network/netpol/test_helper.go: "in case first one failed"): on
+// a loaded machine an allowed connection can miss the 1 s timeout, so a
+// matrix that differs is probed again with 3 s; a policy bug differs on
+// both tries.
+func checkMatrix(t *testing.T, c *Cluster, pr e2e.Probe, got map[e2e.PodString]map[e2e.PodString]bool) {
+	t.Helper()
+	r := pr.Reachability
+	differ := func() []string {
+		var bad []string
+		for _, f := range r.Pods {
+			for _, to := range r.Pods {
+				if f != to && got[f][to] != r.Expected[f][to] {
+					bad = append(bad, fmt.Sprintf("%s->%s want %v", f, to, r.Expected[f][to]))
+				}
+			}
+		}
+		return bad
+	}
+	bad := differ()
+	if len(bad) > 0 {
+		t.Logf("%s: %d pairs differ on the first try, probing again", pr, len(bad))
+		got = measure(c, pr.Port, pr.Protocol, 3*time.Second)
+		bad = differ()
+	}
+	if len(bad) > 0 {
+		t.Errorf("%s: %d of 72 pairs differ (%s)\nexpected:\n%s\nmeasured:\n%s", pr, len(bad), strings.Join(bad, ", "),
+			r.Table(func(f, to e2e.PodString) bool { return r.Expected[f][to] }),
+			r.Table(func(f, to e2e.PodString) bool { return got[f][to] }))
+	}
 }
 
 // Same-node traffic crosses only cni0 (bridged): it is filtered because

@@ -155,6 +155,13 @@ func PlanDelete(ns, lab string) (plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	return planDrop(ns, st, func(kernelJump) bool { return true }, ""), nil
+}
+
+// planDrop is the one iptables-restore transaction that flushes and
+// deletes the lab's chains in st and deletes the built-in-chain jumps
+// for which jump is true (nil when there is nothing to remove).
+func planDrop(ns string, st kernelState, jump func(kernelJump) bool, why string) plan.Plan {
 	var b bytes.Buffer
 	for _, t := range tables {
 		var chains []string
@@ -165,7 +172,7 @@ func PlanDelete(ns, lab string) (plan.Plan, error) {
 		}
 		var jumps []string
 		for _, j := range st.jumps {
-			if j.table == t {
+			if j.table == t && jump(j) {
 				jumps = append(jumps, "-D"+strings.TrimPrefix(j.line, "-A"))
 			}
 		}
@@ -185,9 +192,9 @@ func PlanDelete(ns, lab string) (plan.Plan, error) {
 		b.WriteString("COMMIT\n")
 	}
 	if b.Len() == 0 {
-		return nil, nil
+		return nil
 	}
-	return plan.Plan{{Verb: plan.Restore, NS: ns, Rules: &plan.Rules{Input: b.String(), NoFlush: true}}}, nil
+	return plan.Plan{{Verb: plan.Restore, NS: ns, Rules: &plan.Rules{Input: b.String(), NoFlush: true}, Why: why}}
 }
 
 // kernelJump is a rule of a built-in chain that carries the lab's comment.

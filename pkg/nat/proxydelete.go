@@ -1,7 +1,6 @@
 package nat
 
 import (
-	"bytes"
 	"os/exec"
 
 	"github.com/klab-dev/klab/pkg/netns"
@@ -34,39 +33,7 @@ func PlanDeleteProxy(ns, lab string) (plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	var b bytes.Buffer
-	for _, t := range tables {
-		var chains []string
-		for _, c := range st.chains {
-			if c.table == t && !st.foreign[c] {
-				chains = append(chains, c.name)
-			}
-		}
-		var jumps []string
-		for _, j := range st.jumps {
-			if j.table == t && ownedChain(j.target) {
-				jumps = append(jumps, "-D"+j.line[len("-A"):])
-			}
-		}
-		if len(chains) == 0 && len(jumps) == 0 {
-			continue
-		}
-		b.WriteString("*" + string(t) + "\n")
-		for _, c := range chains {
-			b.WriteString(":" + c + " - [0:0]\n") // flush
-		}
-		for _, j := range jumps {
-			b.WriteString(j + "\n")
-		}
-		for _, c := range chains {
-			b.WriteString("-X " + c + "\n")
-		}
-		b.WriteString("COMMIT\n")
-	}
-	if b.Len() == 0 {
-		return nil, nil
-	}
-	return plan.Plan{{Verb: plan.Restore, NS: ns, Rules: &plan.Rules{Input: b.String(), NoFlush: true}, Why: "iptables mode's chains"}}, nil
+	return planDrop(ns, st, func(j kernelJump) bool { return ownedChain(j.target) }, "iptables mode's chains"), nil
 }
 
 func lookIptablesSave() (string, error) { return exec.LookPath("iptables-save") }
