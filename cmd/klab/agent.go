@@ -19,7 +19,13 @@ func newAgentCmd() *cobra.Command {
 flanneld's role: it leases the node's subnet in etcd (/coreos.com/network/
 subnets/10.244.N.0-24, with a TTL), writes subnet.env, creates flannel.1 and
 programs each peer's ARP entry, FDB entry and route as the other leases
-appear, change and expire. Stop one to watch its lease expire.`,
+appear, change and expire. Stop one to watch its lease expire.
+
+The agent also has kube-proxy's role: the CLI and 'klab apply' write the
+lab's Services and EndpointSlices to etcd (/registry/services/specs/NS/NAME,
+/registry/endpointslices/NS/NAME), and every agent watches them and syncs
+its node's rules (iptables or nftables mode), then acks the revision under
+/klab/proxy/nodes/NODE; a verb returns when every running agent has acked.`,
 	}
 	cmd.AddCommand(newAgentStartStopCmd("start"), newAgentStartStopCmd("stop"), newAgentLogCmd())
 	return cmd

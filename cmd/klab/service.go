@@ -62,6 +62,9 @@ on every node: KUBE-SERVICES matches the ClusterIP and port, a KUBE-SVC chain
 picks an endpoint at random (probability 1/n, 1/(n-1), ... 1/2, then the last
 one unconditionally), and a KUBE-SEP chain DNATs to that pod. klab writes the
 same chains, with kube-proxy's chain names, into every node's namespace.
+In a lab with --control-plane etcd it writes the Service and its
+EndpointSlice to etcd instead (/registry/services/specs/NS/NAME,
+/registry/endpointslices/NS/NAME), and every node's agent writes the chains.
 
 In a lab created with --proxy-mode nftables (or switched with 'klab
 proxy-mode set nftables') the same Service is kube-proxy's nftables mode: an

@@ -142,6 +142,9 @@ type Cluster struct {
 	// deferBird holds BIRD (re)configuration until a bulk build is done
 	// (calico.go).
 	deferBird bool
+
+	agentProxy *proxyView // a node agent's view: it renders the services from etcd (controlplane_proxy.go)
+	proxyLag   error      // the agents the last publish waited for in vain (controlplane_proxy.go)
 }
 
 // Dir is the lab's state directory.

@@ -359,6 +359,7 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	if err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR); err != nil {
 		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
 	}
+	cli.Delete(ctx, ProxyAckPrefix+n.Name) // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
 	return c.WaitConverged(5*time.Second, n.PodCIDR)
 }
 
@@ -367,13 +368,20 @@ func (c *Cluster) cpDelNode(n *Node) error {
 // subnets in gone (deleted nodes); after timeout it says which nodes lag.
 func (c *Cluster) WaitConverged(timeout time.Duration, gone ...netip.Prefix) error {
 	deadline := time.Now().Add(timeout)
+	proxyLag, done := c.proxyWaiter() // and every service (controlplane_proxy.go)
+	defer done()
 	for {
 		lag := c.lagging(gone)
+		for _, n := range proxyLag() {
+			if !slices.Contains(lag, n) {
+				lag = append(lag, n)
+			}
+		}
 		if len(lag) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the agents of %s have not programmed every peer after %v: see 'klab agent log NODE'", strings.Join(lag, ", "), timeout)
+			return fmt.Errorf("the agents of %s have not programmed every peer and service after %v: see 'klab agent log NODE'", strings.Join(lag, ", "), timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -495,6 +503,7 @@ func RunAgent(ctx context.Context, stateDir, lab, node string, log io.Writer) er
 			fmt.Fprintf(log, "%s agent of %s listening: lease %s, subnet.env written\n", time.Now().Format("15:04:05.000"), node, agent.SubnetKey(sn))
 		},
 	})
+	go runProxy(ctx, c, node, log) // kube-proxy's role (controlplane_proxy.go)
 	err = ag.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil

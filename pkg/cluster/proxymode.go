@@ -125,7 +125,7 @@ func nftOp(ns string, b *nft.Batch, why string) plan.Plan {
 // that matches gets nothing.
 func (c *Cluster) planNodeNFT(n *Node, st *plan.State) (plan.Plan, error) {
 	ns := c.NS(n.Name)
-	kp, fl, err := c.Lab.NFTTables(n)
+	kp, fl, err := c.proxyLab(st).NFTTables(n) // a control-plane lab's agents add the services
 	if err != nil {
 		return nil, err
 	}
@@ -310,6 +310,9 @@ func (c *Cluster) SetProxyMode(mode string) error {
 	l := c.Lab
 	if l.Mode() == mode {
 		return nil
+	}
+	if c.agentsProgram() {
+		return c.cpSetProxyMode(mode) // kube-proxy's config in etcd (controlplane_proxy.go)
 	}
 	if err := c.interrupted(); err != nil {
 		return err

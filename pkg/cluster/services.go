@@ -303,7 +303,7 @@ func (c *Cluster) commit(before *Lab) error {
 		*c.Lab = *before
 		return err
 	}
-	return nil
+	return c.takeProxyLag()
 }
 
 // syncRules reprograms every node of after from the rendering of before to
@@ -314,6 +314,9 @@ func (c *Cluster) commit(before *Lab) error {
 // an exec); the ones that succeeded are rolled back when one fails. When no
 // service's endpoints or ports changed it touches nothing.
 func (c *Cluster) syncRules(before, after *Lab) error {
+	if c.agentsProgram() && c.agentProxy == nil {
+		return c.publishServices(before, after) // the agents sync (controlplane_proxy.go)
+	}
 	if len(after.Nodes) == 0 || servicesEqual(before.natServices(), after.natServices()) {
 		return nil
 	}
@@ -383,17 +386,18 @@ func (c *Cluster) planNodeRules(n *Node, st *plan.State) (plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := c.Lab.Rules(n)
+	rs, err := c.proxyLab(st).Rules(n)
 	if err != nil {
 		return nil, err
 	}
 	if !st.Exists {
 		return nat.PlanNew(c.NS(n.Name), rs), nil
 	}
-	p, _, err := nat.Plan(c.NS(n.Name), rs, nil)
+	p, _, err := nat.Plan(c.NS(n.Name), rs, c.agentProxy.last())
 	if err != nil {
 		return nil, fmt.Errorf("program iptables of node %s: %w", n.Name, err)
 	}
+	c.agentProxy.rendered(rs)
 	return append(cleanup, p...), nil
 }
 
