@@ -153,6 +153,14 @@ func TestCalicoKernelState(t *testing.T) {
 	if br := ipJSON(t, c, "node1", "link", "show", "type", "bridge"); len(br) != 0 {
 		t.Errorf("node1 has bridges: %v", br)
 	}
+	// --cni (flannel's bridge chain) is refused in one sentence and
+	// creates no pod namespace.
+	if _, err := c.AddPodCNI(PodSpec{Name: "pod-cni", Node: "node1"}); err == nil || !strings.Contains(err.Error(), "drop --cni") {
+		t.Errorf("AddPodCNI on calico: %v", err)
+	}
+	if _, err := os.Stat("/run/netns/" + c.NS("pod-cni")); err == nil {
+		t.Error("a refused --cni pod left its namespace")
+	}
 	for _, p := range c.Lab.Pods {
 		veth := calico.VethName("default", p.Name)
 		if p.HostVeth != veth || !strings.HasPrefix(veth, "cali") || len(veth) != 15 {

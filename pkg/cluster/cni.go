@@ -130,6 +130,9 @@ func (c *Cluster) AddPodCNI(s PodSpec) (*Pod, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.Lab.Backend == BackendCalico {
+		return nil, fmt.Errorf("pod %s: --cni runs flannel's CNI chain (bridge + host-local on cni0), which a calico lab has no bridge or subnet.env for: drop --cni (klab wires pods as Calico's CNI plugin does), or use --backend vxlan or host-gw", s.Name)
+	}
 	if strings.Contains(s.Name, "/") {
 		return nil, fmt.Errorf("pod %s: --cni wires pods of the default namespace only (the CNI container id is the pod's name): drop the namespace or --cni", s.Name)
 	}
