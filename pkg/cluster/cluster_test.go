@@ -18,14 +18,15 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// seed003 builds the seed-003 topology: node1 192.168.1.101 / 10.244.1.0/24
-// and node2 192.168.1.102 / 10.244.2.0/24, two pods per node.
-func seed003(t *testing.T, backend string) *Cluster {
+// twoNodes opens a lab with o (lab-name prefix prefix) holding seed 003's
+// two nodes, node1 192.168.1.101 / 10.244.1.0/24 and node2 192.168.1.102 /
+// 10.244.2.0/24, destroyed at cleanup, also when the test fails.
+func twoNodes(t *testing.T, prefix string, o Options) *Cluster {
 	t.Helper()
 	testutil.RequireRoot(t)
-	lab := testutil.LabName(t, "t-core")
+	lab := testutil.LabName(t, prefix)
 	state := t.TempDir()
-	c, err := Open(state, lab, &Options{Backend: backend}, nil)
+	c, err := Open(state, lab, &o, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +43,13 @@ func seed003(t *testing.T, backend string) *Cluster {
 			t.Fatalf("add %s: %v", n, err)
 		}
 	}
+	return c
+}
+
+// seed003 builds the seed-003 topology: twoNodes with two pods per node.
+func seed003(t *testing.T, backend string) *Cluster {
+	t.Helper()
+	c := twoNodes(t, "t-core", Options{Backend: backend})
 	for _, p := range [][2]string{{"pod-a", "node1"}, {"pod-b", "node1"}, {"pod-c", "node2"}, {"pod-d", "node2"}} {
 		if _, err := c.AddPod(PodSpec{Name: p[0], Node: p[1]}); err != nil {
 			t.Fatalf("add %s: %v", p[0], err)

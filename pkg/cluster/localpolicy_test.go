@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -14,7 +13,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/nat"
 	"github.com/klab-dev/klab/pkg/policy"
 	"github.com/klab-dev/klab/pkg/probe"
@@ -31,26 +29,7 @@ func localLab(t *testing.T) *Cluster {
 // localLabMode is localLab with kube-proxy in the given proxy mode.
 func localLabMode(t *testing.T, mode string) *Cluster {
 	t.Helper()
-	testutil.RequireRoot(t)
-	lab := testutil.LabName(t, "dp")
-	state := t.TempDir()
-	c, err := Open(state, lab, &Options{Backend: BackendVXLAN, ProxyMode: mode}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if err := Destroy(state, lab, nil, nil); err != nil {
-			t.Errorf("destroy: %v", err)
-		}
-	})
-	for i, n := range []string{"node1", "node2"} {
-		ip := netip.MustParseAddr("192.168.1.10" + string(rune('1'+i)))
-		sub := netip.MustParsePrefix("10.244." + string(rune('1'+i)) + ".0/24")
-		if _, err := c.AddNode(NodeSpec{Name: n, IP: ip, PodCIDR: sub}); err != nil {
-			t.Fatalf("add %s: %v", n, err)
-		}
-	}
+	c := twoNodes(t, "dp", Options{Backend: BackendVXLAN, ProxyMode: mode})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, p := range [][2]string{{"web-1", "node1"}, {"web-4", "node2"}, {"client", "node2"}} {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
@@ -46,49 +45,8 @@ func nftLab(t *testing.T) *Cluster {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs nft to read the kernel back (apt-get install nftables); klab itself writes over netlink")
 	}
-	lab := testutil.LabName(t, "nf")
-	state := t.TempDir()
-	c, err := Open(state, lab, &Options{ProxyMode: ProxyNFTables}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if err := Destroy(state, lab, nil, nil); err != nil {
-			t.Errorf("destroy: %v", err)
-		}
-	})
-	for i, n := range []string{"node1", "node2"} {
-		ip := netip.MustParseAddr("192.168.1.10" + string(rune('1'+i)))
-		if _, err := c.AddNode(NodeSpec{Name: n, IP: ip}); err != nil {
-			t.Fatalf("add %s: %v", n, err)
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	serve := func(obj string) {
-		l, err := probe.Listen(c.NS(obj), ":8080")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go probe.ServeHTTP(ctx, l, obj)
-	}
-	for _, p := range webPods {
-		if _, err := c.AddPod(PodSpec{Name: p[0], Node: p[1], Labels: map[string]string{"app": "web"}}); err != nil {
-			t.Fatal(err)
-		}
-		serve(p[0])
-		u, err := probe.ListenUDP(c.NS(p[0]), ":5353")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { u.Close() })
-		go probe.ServeUDP(ctx, u, p[0])
-	}
-	if _, err := c.AddPod(PodSpec{Name: "client", Node: "node1"}); err != nil {
-		t.Fatal(err)
-	}
+	c := twoNodes(t, "nf", Options{ProxyMode: ProxyNFTables})
+	addWebPods(t, c)
 	return c
 }
 

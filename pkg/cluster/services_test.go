@@ -28,9 +28,19 @@ var webPods = [][2]string{{"web-1", "node1"}, {"web-2", "node1"}, {"web-3", "nod
 func serviceLab(t *testing.T) *Cluster {
 	t.Helper()
 	c := seed003(t, BackendVXLAN)
+	serve := addWebPods(t, c)
+	serve(ExternalName)
+	return c
+}
+
+// addWebPods adds webPods (label app=web) each serving HTTP on 8080 and UDP
+// on 5353, and a client pod on node1; it returns the function that serves
+// HTTP on 8080 in another object, stopped at cleanup like the rest.
+func addWebPods(t *testing.T, c *Cluster) (serve func(obj string)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	serve := func(obj string) {
+	serve = func(obj string) {
 		l, err := probe.Listen(c.NS(obj), ":8080")
 		if err != nil {
 			t.Fatal(err)
@@ -53,8 +63,7 @@ func serviceLab(t *testing.T) *Cluster {
 	if _, err := c.AddPod(PodSpec{Name: "client", Node: "node1"}); err != nil {
 		t.Fatal(err)
 	}
-	serve(ExternalName)
-	return c
+	return serve
 }
 
 func addService(t *testing.T, c *Cluster, s ServiceSpec) *Service {
