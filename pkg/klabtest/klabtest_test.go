@@ -3,6 +3,7 @@ package klabtest_test
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -61,7 +62,12 @@ func TestLab(t *testing.T) {
 // panic in fn reaches the caller and the thread is not reused.
 func TestDo(t *testing.T) {
 	t.Parallel()
-	host, err := os.Readlink("/proc/self/ns/net")
+	// The caller's own thread, pinned: /proc/self/ns/net would be the
+	// process's main thread, which parallel tests' goroutines may run on
+	// while they are inside a namespace.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	host, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,9 +95,9 @@ func TestDo(t *testing.T) {
 		}()
 		p.Do(func() error { panic("boom") })
 	}()
-	// The process's main thread never left the host's namespace.
-	if self, _ := os.Readlink("/proc/self/ns/net"); self != host {
-		t.Fatalf("the main thread is in %s, want the host's %s", self, host)
+	// The caller's thread never left its namespace.
+	if self, _ := os.Readlink("/proc/thread-self/ns/net"); self != host {
+		t.Fatalf("the caller's thread is in %s, want its own %s", self, host)
 	}
 }
 
