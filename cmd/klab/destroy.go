@@ -127,7 +127,11 @@ repairs or removes it.`,
 				if i.Damaged() {
 					status = "DAMAGED"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, dash(i.Backend), dash(i.ProxyMode), dash(strings.Join(i.Nodes, ",")), dash(strings.Join(i.Pods, ",")), dash(strings.Join(i.Services, ",")), len(i.Servers), status)
+				nodes := strings.Join(i.Nodes, ",")
+				if len(i.RemoteNodes) > 0 {
+					nodes += " + " + strings.Join(i.RemoteNodes, ",")
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, dash(i.Backend), dash(i.ProxyMode), dash(nodes), dash(strings.Join(i.Pods, ",")), dash(strings.Join(i.Services, ",")), len(i.Servers), status)
 			}
 			w.Flush()
 			for _, i := range infos {

@@ -23,6 +23,7 @@ func newNodeCmd() *cobra.Command {
 
 func newNodeAddCmd() *cobra.Command {
 	var ip, podCIDR, backend, clusterCIDR, underlayCIDR, serviceCIDR, proxyMode string
+	var underlayMTU int
 	var withDNS bool
 	var calicoOpts cluster.CalicoSettings
 	var graceful time.Duration
@@ -61,7 +62,7 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
   klab node add node1 --lab nft --proxy-mode nftables`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, ProxyMode: proxyMode, Calico: calicoOpts}
+			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, ProxyMode: proxyMode, Calico: calicoOpts, UnderlayMTU: underlayMTU}
 			if graceful != 0 {
 				if graceful < time.Second || graceful%time.Second != 0 {
 					return fmt.Errorf("--bgp-graceful-restart %s is not a whole number of seconds: write it like 5s (calico-node uses 120s)", graceful)
@@ -121,6 +122,7 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
 	f.DurationVar(&graceful, "bgp-graceful-restart", 0, "for a new calico lab: how long peers keep a dead BIRD's routes (default 120s, calico-node's)")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "for a new lab: the pod network (default 10.244.0.0/16)")
 	f.StringVar(&underlayCIDR, "underlay-cidr", "", "for a new lab: the nodes' network (default 192.168.1.0/24)")
+	f.IntVar(&underlayMTU, "underlay-mtu", 0, "for a new lab: the nodes' network MTU (default 1500; 1450 for a lab that spans machines, see 'klab token create')")
 	f.StringVar(&serviceCIDR, "service-cidr", "", "for a new lab: the ClusterIP range (default 10.96.0.0/12)")
 	f.BoolVar(&withDNS, "dns", false, "for a new lab: cluster DNS (kube-system/kube-dns at the service CIDR's 10th address, two DNS pods, resolv.conf in every pod)")
 	f.StringVar(&controlPlane, "control-plane", "", "for a new lab: etcd runs flannel's leases at the control-plane node (.100) and an agent on every node programs it from them (default: klab programs every node directly)")

@@ -59,8 +59,8 @@ network is never touched. Run 'klab labs' to see the guided labs.`,
 		newCalicoCmd,
 		// tools around them
 		newDoctorCmd, newBenchCmd,
-		// the control plane's node agents
-		newAgentCmd,
+		// the control plane's node agents, and machines joining the lab
+		newAgentCmd, newTokenCmd, newJoinCmd,
 		// hidden: the background server 'klab serve' starts, and the agent
 		newServeWorkerCmd, newAgentWorkerCmd,
 	} {

@@ -254,6 +254,10 @@ func newServeWorkerCmd() *cobra.Command {
 			switch proto {
 			case "etcd", "agent":
 				return serveControlPlane(ctx, proto, name)
+			case "join":
+				return cluster.ServeJoin(ctx, globals.stateDir, globals.lab, os.Stdout)
+			case "machine":
+				return cluster.RunMachineAgent(ctx, globals.stateDir, globals.lab, os.Stdout)
 			case "dns":
 				return cluster.ServeDNS(ctx, globals.stateDir, globals.lab)
 			case "dns-authority":

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,9 +22,10 @@ import (
 // Config is what flanneld is told on its command line and finds on its
 // node.
 type Config struct {
-	NS        string   // the node's network namespace (the agent runs inside it)
-	Endpoints []string // etcd client URLs
-	Prefix    string   // flannel's --etcd-prefix (DefaultPrefix)
+	NS        string      // the node's network namespace (the agent runs inside it)
+	Endpoints []string    // etcd client URLs
+	TLS       *tls.Config // for https endpoints (a lab that spans machines), or nil
+	Prefix    string      // flannel's --etcd-prefix (DefaultPrefix)
 	Network   netip.Prefix
 	Backend   string // "vxlan" or "host-gw"
 	PublicIP  netip.Addr
@@ -118,7 +120,7 @@ func (ag *Agent) Run(ctx context.Context) error {
 	var cli *clientv3.Client
 	for d := 100 * time.Millisecond; ; d = backoff(d) {
 		var err error
-		if cli, err = Dial(ag.cfg.Endpoints, "", 2*time.Second); err == nil {
+		if cli, err = Dial(ag.cfg.Endpoints, "", 2*time.Second, ag.cfg.TLS); err == nil {
 			break
 		}
 		ag.logf("connect: %v; retrying in %v", err, d)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strings"
@@ -19,9 +20,16 @@ import (
 // underlay can reach, and nothing in the host's namespace changes. The
 // connection is checked with a Status call within timeout: an unreachable
 // etcd is reported here, once, in one sentence.
-func Dial(endpoints []string, ns string, timeout time.Duration) (*clientv3.Client, error) {
+//
+// tlsc, if given and not nil, is the TLS config for https endpoints (a
+// lab that spans machines: the CA and this machine's client certificate,
+// see pkg/pki).
+func Dial(endpoints []string, ns string, timeout time.Duration, tlsc ...*tls.Config) (*clientv3.Client, error) {
 	cfg := clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, Logger: zap.NewNop(),
 		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second}
+	if len(tlsc) > 0 && tlsc[0] != nil {
+		cfg.TLS = tlsc[0].Clone()
+	}
 	if ns != "" {
 		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			var c net.Conn

@@ -347,6 +347,7 @@ func (c *Cluster) CheckOptions(o Options, changed func(flag string) bool) error 
 		{"backend", o.Backend, l.Backend},
 		{"cluster-cidr", o.ClusterCIDR.String(), l.ClusterCIDR.String()},
 		{"underlay-cidr", o.UnderlayCIDR.String(), l.UnderlayCIDR.String()},
+		{"underlay-mtu", fmt.Sprint(o.UnderlayMTU), fmt.Sprint(l.UnderlayMTU)},
 		{"service-cidr", o.ServiceCIDR.String(), l.ServiceCIDR.String()},
 		{"dns", fmt.Sprint(o.DNS), fmt.Sprint(l.DNS)},
 		{"control-plane", o.ControlPlane, l.controlPlaneKind()},

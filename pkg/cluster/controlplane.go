@@ -28,6 +28,7 @@ import (
 	"github.com/klab-dev/klab/pkg/etcdserver"
 	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/pki"
 	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/klab-dev/klab/pkg/veth"
 	"github.com/klab-dev/klab/pkg/vxlan"
@@ -54,6 +55,9 @@ type ControlPlane struct {
 	FlannelMode string `json:"flannelMode,omitempty"`
 	// LeaseTTL is the subnet leases' TTL (flannel: 24h).
 	LeaseTTL time.Duration `json:"leaseTTL"`
+	// Machine is set once the lab spans machines: this machine's part
+	// (machines.go).
+	Machine *MachineInfo `json:"machine,omitempty"`
 }
 
 // validateControlPlane checks the control-plane options (see Validate).
@@ -103,8 +107,35 @@ func (c *Cluster) agentsProgram() bool { return c.Lab.ControlPlane != nil }
 
 // etcd connects to the lab's etcd from inside the control-plane node's
 // namespace (the CLI itself stays in the host's).
+//
+// On a machine that joined the lab, from its machine port, over TLS
+// (machines.go).
 func (c *Cluster) etcd() (*clientv3.Client, error) {
+	if c.Lab.Joined() {
+		tlsc, err := labTLS(c.StateDir, c.Lab)
+		if err != nil {
+			return nil, err
+		}
+		return agent.Dial(c.Lab.ControlPlane.Endpoints, c.NS(MachinePortName), 3*time.Second, tlsc)
+	}
 	return agent.Dial(c.Lab.ControlPlane.Endpoints, c.NS(ControlPlaneName), 3*time.Second)
+}
+
+// ensureJoined is ensureControlPlane on a machine that joined: its
+// share of the underlay and its machine agent (etcd is on the first).
+func (c *Cluster) ensureJoined() error {
+	if !netns.Exists(c.NS(MachinePortName)) || !netns.Exists(c.NS(UnderlayName)) {
+		if err := c.buildMachinePort(); err != nil {
+			return err
+		}
+	}
+	if !c.serving(MachinePortName, "machine") && !c.A.DryRun {
+		c.forgetDead(MachinePortName, "machine")
+		if _, err := c.StartServer(MachinePortName, "machine", 0, c.Serve(MachinePortName, "machine", 0)); err != nil {
+			return fmt.Errorf("the machine agent: %w", err)
+		}
+	}
+	return nil
 }
 
 // netConfig is flannel's config for this lab.
@@ -120,6 +151,9 @@ func (c *Cluster) ensureControlPlane() error {
 	cp := c.Lab.ControlPlane
 	if c.Serve == nil {
 		return fmt.Errorf("the control plane runs etcd and the agents as klab processes: use the klab CLI (this caller set no server command)")
+	}
+	if c.Lab.Joined() {
+		return c.ensureJoined()
 	}
 	p, err := c.planUnderlayBridge()
 	if err != nil {
@@ -152,6 +186,9 @@ func (c *Cluster) ensureControlPlane() error {
 	}
 	if !c.serving(ControlPlaneName, "etcd") {
 		c.forgetDead(ControlPlaneName, "etcd")
+		if err := c.ensurePKI(); err != nil { // etcd's TLS port, for machines that join
+			return err
+		}
 		// etcd reads its address from the lab's state.
 		if err := c.Save(); err != nil {
 			return err
@@ -221,6 +258,9 @@ func (c *Cluster) cpPrepareNode(n *Node, s NodeSpec) (err error) {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
+	if err := c.cpRegisterNode(ctx, cli, n, s.IP.IsValid()); err != nil {
+		return err
+	}
 	leases, _, err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Leases(ctx)
 	if err != nil {
 		return fmt.Errorf("list leases in etcd: %w", err)
@@ -359,6 +399,7 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	if err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR); err != nil {
 		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
 	}
+	cpUnregisterNode(ctx, cli, n)          // its Node object and underlay address (machines.go)
 	cli.Delete(ctx, ProxyAckPrefix+n.Name) // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
 	return c.WaitConverged(5*time.Second, n.PodCIDR)
 }
@@ -428,9 +469,16 @@ func ServeEtcd(ctx context.Context, stateDir, lab string) error {
 	if l.ControlPlane == nil {
 		return fmt.Errorf("lab %s has no control plane", lab)
 	}
+	var tlsl *etcdserver.TLS
+	if dir := PKIDir(stateDir, lab); fileExists(filepath.Join(dir, pki.ServerCert)) {
+		tlsl = &etcdserver.TLS{URL: EtcdTLSURL(l.ControlPlane.IP), CertFile: filepath.Join(dir, pki.ServerCert), KeyFile: filepath.Join(dir, pki.ServerKey), CAFile: filepath.Join(dir, pki.CACert)}
+	}
 	return etcdserver.Serve(ctx, filepath.Join(stateDir, lab, "etcd"), l.ControlPlane.IP, func(url string) {
 		fmt.Printf("etcd listening on %s (data %s)\n", url, filepath.Join(stateDir, lab, "etcd", "data"))
-	})
+		if tlsl != nil {
+			fmt.Printf("etcd listening on %s for other machines (TLS, client certificates of the lab's CA)\n", tlsl.URL)
+		}
+	}, tlsl)
 }
 
 // SuperviseAgent is a node's agent supervisor ('klab __serve --proto
@@ -494,7 +542,11 @@ func RunAgent(ctx context.Context, stateDir, lab, node string, log io.Writer) er
 	// klab node keeps the one its cni0 and pods were built on (the CLI
 	// checked it against the leases before building the node).
 	prefer := n.PodCIDR
-	ag := agent.New(agent.Config{Fixed: true,
+	tlsc, err := labTLS(stateDir, l)
+	if err != nil {
+		return err
+	}
+	ag := agent.New(agent.Config{Fixed: true, TLS: tlsc,
 		NS: c.NS(node), Endpoints: l.ControlPlane.Endpoints, Network: l.ClusterCIDR, Backend: l.Backend,
 		PublicIP: n.IP, Underlay: NodeUplink, VNI: l.VNI, Port: l.Port, MTU: l.MTU(), VtepMAC: mac,
 		Prefer: prefer, LeaseTTL: l.ControlPlane.LeaseTTL, Miss: l.ControlPlane.FlannelMode == FlannelModeMiss,

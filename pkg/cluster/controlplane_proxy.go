@@ -436,7 +436,8 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 	for ctx.Err() == nil {
 		var err error
 		if cli == nil {
-			if cli, err = agent.Dial(c.Lab.ControlPlane.Endpoints, "", 2*time.Second); err != nil {
+			tlsc, _ := labTLS(c.StateDir, c.Lab)
+			if cli, err = agent.Dial(c.Lab.ControlPlane.Endpoints, "", 2*time.Second, tlsc); err != nil {
 				logf("connect: %v; retrying in %v", err, d)
 				sleep(ctx, d)
 				d = min(2*d, 5*time.Second)

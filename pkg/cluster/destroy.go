@@ -34,6 +34,9 @@ func Destroy(stateDir, lab string, a *plan.Applier, wait io.Writer) error {
 	} else {
 		defer lock.Close()
 	}
+	if a == nil || !a.DryRun {
+		leaveCluster(stateDir, lab) // a joined machine says goodbye in etcd (machines.go)
+	}
 	return destroyLocked(stateDir, lab, a)
 }
 

@@ -11,6 +11,7 @@ import (
 	"sort"
 
 	"github.com/klab-dev/klab/pkg/netns"
+	"github.com/klab-dev/klab/pkg/plan"
 )
 
 // LabInfo is what `klab list` shows about one lab.
@@ -19,6 +20,11 @@ type LabInfo struct {
 	Backend    string   `json:"backend,omitempty"`
 	ProxyMode  string   `json:"proxyMode,omitempty"`
 	Nodes      []string `json:"nodes"`
+	// RemoteNodes are the nodes other machines hold in a lab that spans
+	// machines, as NODE@MACHINE, read from etcd (machines.go).
+	RemoteNodes []string `json:"remoteNodes,omitempty"`
+	// Machine is this machine's name in such a lab.
+	Machine string `json:"machine,omitempty"`
 	Pods       []string `json:"pods"`
 	Services   []string `json:"services,omitempty"`
 	Servers    []string `json:"servers,omitempty"`
@@ -104,7 +110,19 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		if len(l.Nodes) > 0 && !have[UnderlayName] {
 			problem("the underlay namespace %s is missing: no node can reach another", netns.Name(name, UnderlayName))
 		}
-		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil}
+		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil && !l.Joined(), MachinePortName: l.Joined()}
+		if l.spansMachines() {
+			info.Machine = l.ControlPlane.Machine.Name
+			c := &Cluster{StateDir: stateDir, Lab: l, A: &plan.Applier{}}
+			rn, err := c.RemoteNodes()
+			c.A.Close()
+			if err != nil {
+				problem("the other machines' nodes are unknown: %v", err)
+			}
+			for _, n := range rn {
+				info.RemoteNodes = append(info.RemoteNodes, n.Name+"@"+dashIfEmpty(n.Machine))
+			}
+		}
 		for _, n := range l.Names() {
 			known[netns.Object(n)] = true
 		}
@@ -136,6 +154,13 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		}
 	}
 	return info
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // serviceNames lists the lab's services.

@@ -46,7 +46,7 @@ func (c *Cluster) validateName(kind, name string) error {
 	} else if err := netns.ValidateObject(kind, name); err != nil {
 		return err
 	}
-	if name == UnderlayName || name == ExternalName || name == ControlPlaneName {
+	if name == UnderlayName || name == ExternalName || name == ControlPlaneName || name == MachinePortName || name == StitchDev {
 		return fmt.Errorf("%s name %q is reserved for the lab's own %s namespace: choose another name", kind, name, name)
 	}
 	if c.Lab.Node(name) != nil {
@@ -249,14 +249,29 @@ func (c *Cluster) planUnderlayBridge() (plan.Plan, error) {
 	if !u.Exists {
 		p.Add(plan.Op{Verb: plan.NetnsAdd, NS: name, New: true})
 	}
-	gw := netip.PrefixFrom(c.Lab.UnderlayGateway, c.Lab.UnderlayCIDR.Bits())
-	bp, err := bridge.Plan(bridge.Config{NS: name, Name: UnderlayBridge, Gateway: gw, MTU: c.Lab.UnderlayMTU, MAC: MAC(c.Lab.Name, UnderlayName, "bridge")}, u)
+	bp, err := bridge.Plan(c.underlayBridgeConfig(), u)
 	if err != nil {
 		return nil, err
 	}
 	p.Add(bp...)
-	p.Add(forwarding(name, u)...)
+	if !c.Lab.Joined() {
+		p.Add(forwarding(name, u)...)
+	}
 	return p, nil
+}
+
+// underlayBridgeConfig is the underlay bridge: the nodes' gateway address
+// on it, but on a machine that joined the lab (the gateway is on the
+// first machine), where it has a MAC address of its own, since bridges on
+// one stitched segment must not share one (machines.go).
+func (c *Cluster) underlayBridgeConfig() bridge.Config {
+	cfg := bridge.Config{NS: c.NS(UnderlayName), Name: UnderlayBridge, MTU: c.Lab.UnderlayMTU, MAC: MAC(c.Lab.Name, UnderlayName, "bridge")}
+	if c.Lab.Joined() {
+		cfg.MAC = MAC(c.Lab.Name, UnderlayName+"@"+c.Lab.ControlPlane.Machine.Name, "bridge")
+		return cfg
+	}
+	cfg.Gateway = netip.PrefixFrom(c.Lab.UnderlayGateway, c.Lab.UnderlayCIDR.Bits())
+	return cfg
 }
 
 // forwarding turns on IPv4 forwarding in a router namespace, unless st
@@ -274,6 +289,9 @@ func forwarding(ns string, st *plan.State) plan.Plan {
 // underlay knows the nodes' network but not the pod network, so pod
 // traffic only gets answers from it once a node masquerades it.
 func (c *Cluster) planExternal() (plan.Plan, error) {
+	if c.Lab.Joined() {
+		return nil, nil // the external host is on the first machine
+	}
 	e, err := c.read(ExternalName)
 	if err != nil {
 		return nil, err

@@ -80,11 +80,33 @@ func serverProcesses() map[string][]int {
 		if err != nil || !bytes.Contains(b, []byte("\x00__serve\x00")) {
 			continue
 		}
-		if lab := ServerLab(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")); lab != "" {
+		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if lab := ServerLab(argv); lab != "" && !otherMachine(pid, argv) {
 			out[lab] = append(out[lab], pid)
 		}
 	}
 	return out
+}
+
+// otherMachine reports whether a server process belongs to another
+// machine's klab: its state directory, seen from its own root, is not
+// ours (simulated machines share one kernel's PIDs, each with its own
+// mount namespace and /run: a destroy on one must not stop the other's
+// servers). A server whose state directory cannot be seen counts as ours.
+func otherMachine(pid int, argv []string) bool {
+	dir := "/run/klab"
+	for i, a := range argv {
+		if v, ok := strings.CutPrefix(a, "--state-dir="); ok {
+			dir = v
+		} else if a == "--state-dir" && i+1 < len(argv) {
+			dir = argv[i+1]
+		}
+	}
+	var theirs, ours syscall.Stat_t
+	if syscall.Stat(filepath.Join("/proc", strconv.Itoa(pid), "root", dir), &theirs) != nil || syscall.Stat(dir, &ours) != nil {
+		return false
+	}
+	return theirs.Dev != ours.Dev || theirs.Ino != ours.Ino
 }
 
 // ServerLab returns the lab of a klab server's command line ("klab __serve

@@ -15,7 +15,7 @@ import (
 // TargetNS returns the namespace of a node, pod, "underlay" or "external"
 // of this lab, or an error naming the valid targets.
 func (c *Cluster) TargetNS(target string) (string, error) {
-	if c.Lab.Node(target) != nil || c.Lab.Pod(target) != nil || target == UnderlayName || (target == ExternalName && netns.Exists(c.NS(ExternalName))) || (target == ControlPlaneName && c.Lab.ControlPlane != nil) {
+	if c.Lab.Node(target) != nil || c.Lab.Pod(target) != nil || target == UnderlayName || (target == ExternalName && netns.Exists(c.NS(ExternalName))) || (target == ControlPlaneName && c.Lab.ControlPlane != nil && !c.Lab.Joined()) || (target == MachinePortName && c.Lab.Joined()) {
 		return c.NS(target), nil
 	}
 	return "", fmt.Errorf("%q is neither a node nor a pod of lab %s: use one of %v", target, c.Lab.Name, c.Lab.Names())

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -29,9 +30,17 @@ const (
 // ClientURL is the URL clients use for an etcd on ip.
 func ClientURL(ip netip.Addr) string { return fmt.Sprintf("http://%s:%d", ip, ClientPort) }
 
+// TLS is etcd's TLS client listener, for machines that joined the lab:
+// client certificates signed by the lab's CA are required there.
+type TLS struct {
+	URL                       string // https://IP:PORT
+	CertFile, KeyFile, CAFile string
+}
+
 // Serve runs etcd on ip with its data in dir until ctx ends; ready, if
-// set, is called once it serves clients.
-func Serve(ctx context.Context, dir string, ip netip.Addr, ready func(url string)) error {
+// set, is called once it serves clients. tlsl, if not nil, adds a TLS
+// listener.
+func Serve(ctx context.Context, dir string, ip netip.Addr, ready func(url string), tlsl *TLS) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -44,6 +53,14 @@ func Serve(ctx context.Context, dir string, ip netip.Addr, ready func(url string
 	// node: a plain 'etcdctl' there finds it.
 	lo, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ClientPort))
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu, *lo}, []url.URL{*cu}
+	if tlsl != nil {
+		tu, err := url.Parse(tlsl.URL)
+		if err != nil {
+			return err
+		}
+		cfg.ListenClientUrls = append(cfg.ListenClientUrls, *tu)
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: tlsl.CertFile, KeyFile: tlsl.KeyFile, TrustedCAFile: tlsl.CAFile, ClientCertAuth: true}
+	}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.InitialClusterToken = "klab"

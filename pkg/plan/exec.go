@@ -75,6 +75,9 @@ func (a *Applier) do(op Op) error {
 	}
 	switch op.Verb {
 	case LinkAdd:
+		if op.Link.HostSocket {
+			return a.linkAddHostSocket(op)
+		}
 		return a.linkAdd(h, op)
 	case LinkDel:
 		// Deleting what is already gone is done: a veth whose peer's
@@ -130,6 +133,8 @@ func (a *Applier) do(op Op) error {
 		return h.NeighSet(fdb(idx, op.Neigh))
 	case FDBDel:
 		return ignoreGone(h.NeighDel(fdb(idx, op.Neigh)))
+	case FDBAppend:
+		return h.NeighAppend(fdb(idx, op.Neigh))
 	}
 	return fmt.Errorf("unknown operation %q", op.Verb)
 }
@@ -204,6 +209,43 @@ func (a *Applier) linkAdd(h *netlink.Handle, op Op) error {
 		return err
 	}
 	a.setIndex(op.NS, l.Name, link.Attrs().Index)
+	return nil
+}
+
+// linkAddHostSocket creates a vxlan device from the caller's own network
+// namespace (the machine's: klab's CLI never leaves it but on locked
+// threads) straight into op.NS, so its UDP socket stays in the machine's
+// namespace. The master is set afterwards, inside op.NS, by its own
+// operation: the device's index is only known there.
+func (a *Applier) linkAddHostSocket(op Op) error {
+	l := op.Link
+	if l.Type != "vxlan" || l.Master != "" || l.Dev != "" {
+		return fmt.Errorf("only a vxlan device without master or underlay device is created from the machine's namespace")
+	}
+	fd, err := netns.Open(op.NS)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU, attrs.HardwareAddr, attrs.TxQLen = l.Name, l.MTU, l.MAC, -1
+	attrs.Namespace = netlink.NsFd(fd)
+	if l.Up {
+		attrs.Flags = net.FlagUp
+	}
+	v := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: l.VNI, SrcAddr: l.Local.AsSlice(), Port: l.Port, Learning: l.Learning}
+	if err := h.LinkAdd(v); err != nil {
+		if errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("%w: a device by that name in %s, or a vxlan device of VNI %d on UDP port %d in this machine's namespace, already exists", err, op.NS, l.VNI, l.Port)
+		}
+		return err
+	}
+	a.setIndex(op.NS, l.Name, 0)
 	return nil
 }
 

@@ -30,6 +30,7 @@ const (
 	NeighDel       Verb = "neigh del"        // ip neigh del IP dev NAME
 	FDBReplace     Verb = "fdb replace"      // bridge fdb replace MAC dev NAME dst IP self permanent
 	FDBDel         Verb = "fdb del"          // bridge fdb del MAC dev NAME dst IP self
+	FDBAppend      Verb = "fdb append"       // bridge fdb append MAC dev NAME dst IP self permanent (one more flood destination)
 	Sysctl         Verb = "sysctl"           // sysctl -w KEY=VALUE (inside the namespace)
 	Restore        Verb = "iptables-restore" // iptables-restore [--noflush] --wait <<EOF
 	IPTables       Verb = "iptables"         // one rule: iptables -C ... || iptables -I/-A ...; or -D
@@ -55,7 +56,7 @@ type Op struct {
 	Link  *Link  // Link* verbs (LinkAdd: the whole link; the others: Name and the attribute)
 	Addr  *Addr  // AddrAdd, AddrDel
 	Route *Route // RouteReplace, RouteDel
-	Neigh *Neigh // NeighReplace, NeighDel, FDBReplace, FDBDel
+	Neigh *Neigh // NeighReplace, NeighDel, FDBReplace, FDBAppend, FDBDel
 	Key   string // Sysctl: the key under /proc/sys, like net/ipv4/ip_forward
 	Value string // Sysctl: the value
 	Rules *Rules // Restore, IPTables
@@ -100,6 +101,14 @@ type Link struct {
 	// kernel answers ARP from the device's neighbour table and tells
 	// userspace (RTM_GETNEIGH) about every IP or MAC it has no entry for.
 	Proxy, L2Miss, L3Miss bool
+	// HostSocket creates the device from the machine's own namespace
+	// straight into NS (ip link add NAME netns NS type vxlan ...): a
+	// vxlan device opens its UDP socket in the namespace it was created
+	// from, so the socket is in the machine's namespace, on the machine's
+	// network, while the device is in the lab's. That socket is the only
+	// thing klab ever opens in the machine's namespace (the stitch of a
+	// lab that spans machines); no link appears there, not even briefly.
+	HostSocket bool
 }
 
 // Addr is an address on a device.
@@ -201,6 +210,9 @@ func (op Op) command() string {
 	case NetnsDel:
 		return "ip netns del " + op.NS
 	case LinkAdd:
+		if op.Link.HostSocket {
+			return "ip link add " + strings.Replace(linkAddArgs(op.Link), " ", " netns "+op.NS+" ", 1)
+		}
 		return ip + " link add " + linkAddArgs(op.Link)
 	case LinkDel:
 		return ip + " link del " + op.Link.Name
@@ -236,6 +248,8 @@ func (op Op) command() string {
 		return fmt.Sprintf("%s fdb replace %s dev %s dst %s self permanent", strings.Replace(ip, "ip", "bridge", 1), op.Neigh.MAC, op.Neigh.Dev, op.Neigh.IP)
 	case FDBDel:
 		return fmt.Sprintf("%s fdb del %s dev %s dst %s self", strings.Replace(ip, "ip", "bridge", 1), op.Neigh.MAC, op.Neigh.Dev, op.Neigh.IP)
+	case FDBAppend:
+		return fmt.Sprintf("%s fdb append %s dev %s dst %s self permanent", strings.Replace(ip, "ip", "bridge", 1), op.Neigh.MAC, op.Neigh.Dev, op.Neigh.IP)
 	case Sysctl:
 		return in(fmt.Sprintf("sysctl -qw %s=%s", strings.ReplaceAll(op.Key, "/", "."), op.Value))
 	case Restore:
@@ -377,7 +391,7 @@ func (op Op) Object() string {
 		return fmt.Sprintf("address %s on %s%s", op.Addr.Prefix, op.Addr.Dev, where)
 	case op.Route != nil:
 		return "route " + op.Route.String() + where
-	case op.Neigh != nil && (op.Verb == FDBReplace || op.Verb == FDBDel):
+	case op.Neigh != nil && (op.Verb == FDBReplace || op.Verb == FDBDel || op.Verb == FDBAppend):
 		return fmt.Sprintf("FDB entry %s dst %s on %s%s", op.Neigh.MAC, op.Neigh.IP, op.Neigh.Dev, where)
 	case op.Neigh != nil:
 		return fmt.Sprintf("neighbour %s on %s%s", op.Neigh.IP, op.Neigh.Dev, where)
@@ -416,7 +430,7 @@ func (op Op) Undo() (undo Op, ok bool) {
 		return Op{Verb: RouteDel, NS: op.NS, Route: op.Route}, true
 	case NeighReplace:
 		return Op{Verb: NeighDel, NS: op.NS, Neigh: op.Neigh}, true
-	case FDBReplace:
+	case FDBReplace, FDBAppend:
 		return Op{Verb: FDBDel, NS: op.NS, Neigh: op.Neigh}, true
 	case WriteFile:
 		return Op{Verb: RemoveFile, File: &File{Path: op.File.Path}}, true

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klab-dev/klab/internal/testutil"
+	"github.com/klab-dev/klab/pkg/cluster"
+)
+
+// TestMultiMachine is issue 17's lab across machines, on one box: two
+// simulated machines (each a network namespace with its own mount
+// namespace and /run) on one LAN. klab on m1 creates a control-plane lab
+// with two nodes and prints the join command; a wrong token and a wrong
+// CA pin are refused on m2 leaving nothing; the real command joins m2,
+// which adds two more nodes. Pods on all four nodes reach each other
+// (ICMP, TCP, a ClusterIP service), read back with ping, curl and
+// etcdctl; each machine's only new thing in its own namespace is the
+// stitch's UDP socket; destroying the lab on both leaves both machines as
+// they were.
+func TestMultiMachine(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("etcdctl"); err != nil {
+		t.Skip("needs etcdctl (Debian etcd-client: scripts/install-deps.sh installs it)")
+	}
+	klab := testutil.Klab(t)
+	ms := testutil.Machines(t, "mm", 2)
+	m1, m2 := ms[0], ms[1]
+	lab := fmt.Sprintf("mm-%06x", rand.IntN(1<<24))
+	baseline := map[*testutil.Machine]string{m1: m1.Run("ip", "-o", "link"), m2: m2.Run("ip", "-o", "link")}
+	k := func(m *testutil.Machine, args ...string) string {
+		t.Helper()
+		return m.Run(klab, append(args, "--lab", lab)...)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, m := range ms {
+				out, _ := m.Try("sh", "-c", "tail -n 20 /run/klab/"+lab+"/servers/*.log")
+				t.Logf("%s's server logs:\n%s", m.Name, out)
+			}
+		}
+		// Whatever happened: the lab goes on both (m2 first, while etcd
+		// still answers its goodbye).
+		m2.Try(klab, "destroy", "--lab", lab)
+		m1.Try(klab, "destroy", "--lab", lab)
+	})
+
+	k(m1, "node", "add", "node1", "--control-plane", "etcd", "--underlay-mtu", "1450")
+	k(m1, "node", "add", "node2")
+	line := strings.TrimSpace(k(m1, "token", "create", "--name", "m1"))
+	t.Logf("join command: %s", line)
+	args := strings.Fields(line)
+	if len(args) < 4 || args[0] != "klab" || args[1] != "join" || args[2] != m1.Addr {
+		t.Fatalf("token create printed %q", line)
+	}
+	joinArgs := append(args[1:], "--name", "m2", "--timeout", "5s")
+	flag := func(name string) int { return slices.Index(joinArgs, name) + 1 }
+
+	// Bad input: a wrong token's secret, a wrong CA pin. One sentence
+	// each, and nothing on m2.
+	bad := slices.Clone(joinArgs)
+	tok := bad[flag("--token")]
+	bad[flag("--token")] = tok[:7] + strings.Repeat("x", 16)
+	out, err := m2.Try(klab, bad...)
+	if err == nil || !strings.Contains(out, "join token was refused") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Fatalf("join with a wrong token: err %v\n%s", err, out)
+	}
+	t.Logf("wrong token: %s", strings.TrimSpace(out))
+	if os.Getenv("KLAB_DEBUG_HOLD") != "" {
+		time.Sleep(120 * time.Second)
+	}
+	assertMachineClean(t, m2, baseline[m2], "after a refused join")
+	bad = slices.Clone(joinArgs)
+	bad[flag("--discovery-token-ca-cert-hash")] = "sha256:" + strings.Repeat("0", 64)
+	out, err = m2.Try(klab, bad...)
+	if err == nil || !strings.Contains(out, "discovery-token-ca-cert-hash") {
+		t.Fatalf("join with a wrong CA pin: err %v\n%s", err, out)
+	}
+	t.Logf("wrong CA pin: %s", strings.TrimSpace(out))
+	assertMachineClean(t, m2, baseline[m2], "after a refused join")
+
+	m2.Run(klab, joinArgs...)
+	k(m2, "node", "add", "node3")
+	k(m2, "node", "add", "node4")
+
+	// The machines, the nodes and flannel's leases, read with etcdctl on
+	// the first machine.
+	etcdctl := func(args ...string) string {
+		return m1.Run("ip", append([]string{"netns", "exec", "klab." + lab + ".underlay", "etcdctl", "--endpoints", "http://192.168.1.100:2379"}, args...)...)
+	}
+	if got := etcdctl("get", "--prefix", "--keys-only", cluster.MachinesPrefix); !strings.Contains(got, "/klab/machines/m1") || !strings.Contains(got, "/klab/machines/m2") {
+		t.Fatalf("machines in etcd:\n%s", got)
+	}
+	leases := etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets")
+	if n := strings.Count(leases, "/coreos.com/network/subnets/"); n != 4 {
+		t.Fatalf("%d leases, want 4:\n%s", n, leases)
+	}
+	nodes := etcdctl("get", "--prefix", "--print-value-only", cluster.NodesPrefix)
+	for _, n := range []string{"node1", "node2", "node3", "node4"} {
+		if !strings.Contains(nodes, `"name":"`+n+`"`) {
+			t.Fatalf("no Node object for %s:\n%s", n, nodes)
+		}
+	}
+	// The stitch: a vxlan port of each underlay bridge; its socket is in
+	// the machine's namespace (UDP 4789), and no link appeared there.
+	for _, m := range ms {
+		d := m.Run("ip", "-n", "klab."+lab+".underlay", "-d", "link", "show", "stitch")
+		if !strings.Contains(d, "vxlan id") || !strings.Contains(d, "master underlay0") || !strings.Contains(d, "dstport 4789") {
+			t.Fatalf("%s's stitch:\n%s", m.Name, d)
+		}
+		if ss := m.Run("ss", "-uanH", "sport", "= :4789"); !strings.Contains(ss, ":4789") {
+			t.Fatalf("%s has no stitch socket: %q", m.Name, ss)
+		}
+		if got := m.Run("ip", "-o", "link"); got != baseline[m] {
+			t.Fatalf("%s's own namespace changed:\n%s\nwas:\n%s", m.Name, got, baseline[m])
+		}
+	}
+	fdb := m1.Run("bridge", "-n", "klab."+lab+".underlay", "fdb", "show", "dev", "stitch")
+	if !strings.Contains(fdb, "00:00:00:00:00:00 dst "+m2.Addr) {
+		t.Fatalf("m1's stitch does not flood to m2:\n%s", fdb)
+	}
+
+	// Pods on all four nodes.
+	pods := map[string]*testutil.Machine{"pa": m1, "pb": m1, "pc": m2, "pd": m2}
+	node := map[string]string{"pa": "node1", "pb": "node2", "pc": "node3", "pd": "node4"}
+	ip := map[string]string{}
+	for _, p := range []string{"pa", "pb", "pc", "pd"} {
+		k(pods[p], "pod", "add", p, "--node", node[p])
+		k(pods[p], "serve", p, "--port", "8080")
+		addr := pods[p].Run("ip", "-n", "klab."+lab+"."+p, "-4", "-o", "addr", "show", "eth0")
+		f := strings.Fields(addr)
+		ip[p] = strings.Split(f[3], "/")[0]
+	}
+	// ICMP and TCP, every pod to every other, in parallel.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var fails []string
+	for from := range pods {
+		for to := range pods {
+			if from == to {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m, ns := pods[from], "klab."+lab+"."+from
+				if out, err := m.Try("ip", "netns", "exec", ns, "ping", "-c1", "-W2", ip[to]); err != nil {
+					mu.Lock()
+					fails = append(fails, fmt.Sprintf("ping %s -> %s (%s): %v %s", from, to, ip[to], err, out))
+					mu.Unlock()
+				}
+				if out, err := m.Try("ip", "netns", "exec", ns, "curl", "-s", "-m", "3", "http://"+ip[to]+":8080/"); err != nil || !strings.Contains(out, to) {
+					mu.Lock()
+					fails = append(fails, fmt.Sprintf("curl %s -> %s: %v %q", from, to, err, out))
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if len(fails) > 0 {
+		t.Fatalf("%d of 24 probes failed:\n%s", len(fails), strings.Join(fails, "\n"))
+	}
+	// A ClusterIP service on m1 with endpoints on m1's pods, reached
+	// from m2's pods through their own nodes' kube-proxy rules (synced
+	// from etcd by their agents).
+	k(m1, "service", "add", "web", "--endpoints", "pa,pb", "--port", "80", "--target-port", "8080")
+	var st struct {
+		Services []struct {
+			Name      string `json:"name"`
+			ClusterIP string `json:"clusterIP"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal([]byte(m1.Run("cat", "/run/klab/"+lab+"/state.json")), &st); err != nil || len(st.Services) != 1 {
+		t.Fatalf("state: %v %+v", err, st)
+	}
+	vip := st.Services[0].ClusterIP
+	seen := map[string]bool{}
+	for i := 0; i < 12 && len(seen) < 2; i++ {
+		for _, p := range []string{"pc", "pd"} {
+			out, err := m2.Try("ip", "netns", "exec", "klab."+lab+"."+p, "curl", "-s", "-m", "3", "http://"+vip+"/")
+			if err != nil {
+				t.Fatalf("curl %s -> ClusterIP %s from m2: %v %q", p, vip, err, out)
+			}
+			for _, e := range []string{"pa", "pb"} {
+				if strings.Contains(out, e) {
+					seen[e] = true
+				}
+			}
+		}
+	}
+	if len(seen) != 2 {
+		t.Fatalf("the ClusterIP from m2 reached only %v", seen)
+	}
+	// klab list on the joined machine shows the whole lab.
+	if got := k(m2, "list"); !strings.Contains(got, "node1") || !strings.Contains(got, "node4") {
+		t.Fatalf("klab list on m2 does not show the whole lab:\n%s", got)
+	}
+
+	// Destroy on both: m2 first (its goodbye leaves etcd), then m1.
+	k(m2, "destroy")
+	if got := etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets"); strings.Count(got, "/subnets/") != 2 {
+		t.Fatalf("m2's leases stay after its destroy:\n%s", got)
+	}
+	if got := etcdctl("get", "--prefix", "--keys-only", cluster.MachinesPrefix); strings.Contains(got, "m2") {
+		t.Fatalf("m2 stays registered after its destroy:\n%s", got)
+	}
+	k(m1, "destroy")
+	for _, m := range ms {
+		assertMachineClean(t, m, baseline[m], "after destroy")
+	}
+}
+
+// assertMachineClean checks that a simulated machine holds nothing of a
+// lab: no namespace, no process, no new link, no stitch socket, no
+// state.
+func assertMachineClean(t *testing.T, m *testutil.Machine, links, when string) {
+	t.Helper()
+	if ns := m.Netns(); len(ns) > 0 {
+		t.Fatalf("%s holds namespaces %s: %v", when, m.Name, ns)
+	}
+	if p := m.Processes(); len(p) > 0 {
+		t.Fatalf("%s %s runs processes %v", when, m.Name, p)
+	}
+	if got := m.Run("ip", "-o", "link"); got != links {
+		t.Fatalf("%s %s's links changed:\n%s", when, m.Name, got)
+	}
+	// A deleted namespace's devices go in the kernel's cleanup work,
+	// asynchronously: the stitch's socket closes a moment later.
+	waitFor(t, 3*time.Second, m.Name+"'s stitch socket to close", func() bool {
+		return !strings.Contains(m.Run("ss", "-uanH"), ":4789")
+	})
+	if st, err := m.Try("ls", "-A", "/run/klab"); err == nil && strings.TrimSpace(st) != "" {
+		t.Fatalf("%s %s keeps state: %s", when, m.Name, st)
+	}
+}
