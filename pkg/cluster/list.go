@@ -16,15 +16,15 @@ import (
 
 // LabInfo is what `klab list` shows about one lab.
 type LabInfo struct {
-	Name       string   `json:"name"`
-	Backend    string   `json:"backend,omitempty"`
-	ProxyMode  string   `json:"proxyMode,omitempty"`
-	Nodes      []string `json:"nodes"`
+	Name      string   `json:"name"`
+	Backend   string   `json:"backend,omitempty"`
+	ProxyMode string   `json:"proxyMode,omitempty"`
+	Nodes     []string `json:"nodes"`
 	// RemoteNodes are the nodes other machines hold in a lab that spans
 	// machines, as NODE@MACHINE, read from etcd (machines.go).
 	RemoteNodes []string `json:"remoteNodes,omitempty"`
 	// Machine is this machine's name in such a lab.
-	Machine string `json:"machine,omitempty"`
+	Machine    string   `json:"machine,omitempty"`
 	Pods       []string `json:"pods"`
 	Services   []string `json:"services,omitempty"`
 	Servers    []string `json:"servers,omitempty"`
