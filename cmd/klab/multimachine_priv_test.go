@@ -32,10 +32,13 @@ func TestMultiMachine(t *testing.T) {
 		t.Skip("needs etcdctl (Debian etcd-client: scripts/install-deps.sh installs it)")
 	}
 	klab := testutil.Klab(t)
-	ms := testutil.Machines(t, "mm", 2)
-	m1, m2 := ms[0], ms[1]
+	ms := testutil.Machines(t, "mm", 3)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
 	lab := fmt.Sprintf("mm-%06x", rand.IntN(1<<24))
-	baseline := map[*testutil.Machine]string{m1: m1.Run("ip", "-o", "link"), m2: m2.Run("ip", "-o", "link")}
+	baseline := map[*testutil.Machine]string{}
+	for _, m := range ms {
+		baseline[m] = m.Run("ip", "-o", "link")
+	}
 	k := func(m *testutil.Machine, args ...string) string {
 		t.Helper()
 		return m.Run(klab, append(args, "--lab", lab)...)
@@ -49,6 +52,7 @@ func TestMultiMachine(t *testing.T) {
 		}
 		// Whatever happened: the lab goes on both (m2 first, while etcd
 		// still answers its goodbye).
+		m3.Try(klab, "destroy", "--lab", lab)
 		m2.Try(klab, "destroy", "--lab", lab)
 		m1.Try(klab, "destroy", "--lab", lab)
 	})
@@ -90,6 +94,15 @@ func TestMultiMachine(t *testing.T) {
 	m2.Run(klab, joinArgs...)
 	k(m2, "node", "add", "node3")
 	k(m2, "node", "add", "node4")
+	// A third machine, with a token of its own: the machine agents add
+	// the flood entries between m2 and m3, which never met.
+	line3 := strings.Fields(strings.TrimSpace(k(m1, "token", "create")))
+	m3.Run(klab, append(line3[1:], "--name", "m3")...)
+	k(m3, "node", "add", "node5")
+	waitFor(t, 3*time.Second, "m2's and m3's stitches to flood to each other", func() bool {
+		return strings.Contains(m2.Run("bridge", "-n", "klab."+lab+".underlay", "fdb", "show", "dev", "stitch"), "00:00:00:00:00:00 dst "+m3.Addr) &&
+			strings.Contains(m3.Run("bridge", "-n", "klab."+lab+".underlay", "fdb", "show", "dev", "stitch"), "00:00:00:00:00:00 dst "+m2.Addr)
+	})
 
 	// The machines, the nodes and flannel's leases, read with etcdctl on
 	// the first machine.
@@ -100,11 +113,11 @@ func TestMultiMachine(t *testing.T) {
 		t.Fatalf("machines in etcd:\n%s", got)
 	}
 	leases := etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets")
-	if n := strings.Count(leases, "/coreos.com/network/subnets/"); n != 4 {
-		t.Fatalf("%d leases, want 4:\n%s", n, leases)
+	if n := strings.Count(leases, "/coreos.com/network/subnets/"); n != 5 {
+		t.Fatalf("%d leases, want 5:\n%s", n, leases)
 	}
 	nodes := etcdctl("get", "--prefix", "--print-value-only", cluster.NodesPrefix)
-	for _, n := range []string{"node1", "node2", "node3", "node4"} {
+	for _, n := range []string{"node1", "node2", "node3", "node4", "node5"} {
 		if !strings.Contains(nodes, `"name":"`+n+`"`) {
 			t.Fatalf("no Node object for %s:\n%s", n, nodes)
 		}
@@ -129,10 +142,10 @@ func TestMultiMachine(t *testing.T) {
 	}
 
 	// Pods on all four nodes.
-	pods := map[string]*testutil.Machine{"pa": m1, "pb": m1, "pc": m2, "pd": m2}
-	node := map[string]string{"pa": "node1", "pb": "node2", "pc": "node3", "pd": "node4"}
+	pods := map[string]*testutil.Machine{"pa": m1, "pb": m1, "pc": m2, "pd": m2, "pe": m3}
+	node := map[string]string{"pa": "node1", "pb": "node2", "pc": "node3", "pd": "node4", "pe": "node5"}
 	ip := map[string]string{}
-	for _, p := range []string{"pa", "pb", "pc", "pd"} {
+	for _, p := range []string{"pa", "pb", "pc", "pd", "pe"} {
 		k(pods[p], "pod", "add", p, "--node", node[p])
 		k(pods[p], "serve", p, "--port", "8080")
 		addr := pods[p].Run("ip", "-n", "klab."+lab+"."+p, "-4", "-o", "addr", "show", "eth0")
@@ -167,7 +180,36 @@ func TestMultiMachine(t *testing.T) {
 	}
 	wg.Wait()
 	if len(fails) > 0 {
-		t.Fatalf("%d of 24 probes failed:\n%s", len(fails), strings.Join(fails, "\n"))
+		t.Fatalf("%d of 40 probes failed:\n%s", len(fails), strings.Join(fails, "\n"))
+	}
+	// MTUs nest: the LAN's 1500, the underlay's 1450 inside the stitch,
+	// the pods' 1400 inside flannel's VXLAN. A full-size pod packet
+	// with DF set crosses machines whole; one byte more does not leave
+	// the pod.
+	pc := "klab." + lab + ".pc"
+	if out := m2.Run("ip", "-n", pc, "-o", "link", "show", "eth0"); !strings.Contains(out, "mtu 1400") {
+		t.Fatalf("pc's eth0: %s", out)
+	}
+	m2.Run("ip", "netns", "exec", pc, "ping", "-c1", "-W2", "-M", "do", "-s", "1372", ip["pa"])
+	if out, err := m2.Try("ip", "netns", "exec", pc, "ping", "-c1", "-W2", "-M", "do", "-s", "1373", ip["pa"]); err == nil {
+		t.Fatalf("a 1401-byte packet with DF left pc:\n%s", out)
+	}
+	// Trust: plain etcd does not cross machines (dropped at m1's stitch);
+	// TLS with m2's client certificate does; without one it is refused.
+	mp := "klab." + lab + ".machine"
+	if out, err := m2.Try("ip", "netns", "exec", mp, "curl", "-s", "-m", "1", "http://192.168.1.100:2379/version"); err == nil {
+		t.Fatalf("plain HTTP to etcd crossed machines: %s", out)
+	}
+	pkiDir := "/run/klab/" + lab + "/pki/"
+	tlsArgs := []string{"netns", "exec", mp, "etcdctl", "--endpoints", "https://192.168.1.100:2378", "--cacert", pkiDir + "ca.crt"}
+	if got := m2.Run("ip", append(tlsArgs, "--cert", pkiDir+"client.crt", "--key", pkiDir+"client.key", "get", "--print-value-only", "/klab/machines/m2")...); !strings.Contains(got, `"address":"`+m2.Addr+`"`) {
+		t.Fatalf("m2's record over TLS: %s", got)
+	}
+	if out, err := m2.Try("ip", append(tlsArgs, "--dial-timeout", "2s", "--command-timeout", "2s", "get", "/klab/machines/m2")...); err == nil {
+		t.Fatalf("etcd answered m2 without a client certificate: %s", out)
+	}
+	if out := m1.Run("ip", "netns", "exec", "klab."+lab+".underlay", "nft", "list", "table", "bridge", "klab-stitch"); !strings.Contains(out, "counter packets") || strings.Contains(out, "counter packets 0 ") {
+		t.Fatalf("m1's stitch filter dropped nothing:\n%s", out)
 	}
 	// A ClusterIP service on m1 with endpoints on m1's pods, reached
 	// from m2's pods through their own nodes' kube-proxy rules (synced
@@ -205,14 +247,19 @@ func TestMultiMachine(t *testing.T) {
 		t.Fatalf("klab list on m2 does not show the whole lab:\n%s", got)
 	}
 
-	// Destroy on both: m2 first (its goodbye leaves etcd), then m1.
+	// Destroy on every machine: the joined ones first (their goodbye
+	// leaves etcd), then m1.
+	k(m3, "destroy")
 	k(m2, "destroy")
 	if got := etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets"); strings.Count(got, "/subnets/") != 2 {
 		t.Fatalf("m2's leases stay after its destroy:\n%s", got)
 	}
-	if got := etcdctl("get", "--prefix", "--keys-only", cluster.MachinesPrefix); strings.Contains(got, "m2") {
-		t.Fatalf("m2 stays registered after its destroy:\n%s", got)
+	if got := etcdctl("get", "--prefix", "--keys-only", cluster.MachinesPrefix); strings.Contains(got, "m2") || strings.Contains(got, "m3") {
+		t.Fatalf("m2 or m3 stays registered after its destroy:\n%s", got)
 	}
+	waitFor(t, 3*time.Second, "m1's stitch to stop flooding to m2 and m3", func() bool {
+		return !strings.Contains(m1.Run("bridge", "-n", "klab."+lab+".underlay", "fdb", "show", "dev", "stitch"), "00:00:00:00:00:00")
+	})
 	k(m1, "destroy")
 	for _, m := range ms {
 		assertMachineClean(t, m, baseline[m], "after destroy")

@@ -400,7 +400,7 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 	if err != nil {
 		return JoinCommand{}, err
 	}
-	if err := c.apply(c.planStitch(u, nil)); err != nil {
+	if err := c.apply(append(c.planStitch(u, nil), c.planStitchFilter()...)); err != nil {
 		return JoinCommand{}, err
 	}
 	if err := c.Save(); err != nil {
@@ -888,6 +888,17 @@ func admit(ctx context.Context, cli *clientv3.Client, stateDir, lab string, ca *
 	cp.Machine = nil
 	settings.ControlPlane = &cp
 	return &joinResponse{Lab: &settings, CACert: string(ca.PEM.Cert), ClientCert: string(pair.Cert), ClientKey: string(pair.Key)}, http.StatusOK, nil
+}
+
+// onFirstMachine refuses a change of cluster-wide objects on a machine
+// that joined: Services (their ClusterIPs and NodePorts) and
+// NetworkPolicies are kept in the first machine's state and published
+// from there to etcd, where every machine's agents read them.
+func (c *Cluster) onFirstMachine(what string) error {
+	if !c.Lab.Joined() {
+		return nil
+	}
+	return fmt.Errorf("this machine joined lab %s: %s are changed on its first machine (%s), whose agents and this machine's read them from etcd", c.Lab.Name, what, c.Lab.ControlPlane.Machine.First)
 }
 
 // ---- nodes across machines

@@ -82,6 +82,9 @@ func (c *Cluster) checkPolicyState(st policy.State) (*policy.Evaluator, error) {
 // on workers. An invalid state is reported before anything changes; a
 // failure on one node leaves it to be resynced by the next call.
 func (c *Cluster) SetPolicies(st policy.State) error {
+	if err := c.onFirstMachine("NetworkPolicies"); err != nil {
+		return err
+	}
 	ev, err := c.checkPolicyState(st)
 	if err != nil {
 		return err
@@ -142,6 +145,9 @@ func (c *Cluster) planNodePolicies(node string, next *policy.Plan) (plan.Plan, e
 // ClearPolicies removes every policy object from every node (jumps,
 // chains, sets) and the plan files: all pods are non-isolated again.
 func (c *Cluster) ClearPolicies() error {
+	if err := c.onFirstMachine("NetworkPolicies"); err != nil {
+		return err
+	}
 	var plans []plan.Plan
 	for _, n := range c.Lab.Nodes {
 		ns := c.NS(n.Name)

@@ -283,6 +283,9 @@ func (c *Cluster) SetEndpoints(name string, pods []string) error {
 // changeServices applies a change of the lab's services to every node's
 // iptables, then saves the lab (see commit).
 func (c *Cluster) changeServices(change func(l *Lab)) error {
+	if err := c.onFirstMachine("services"); err != nil {
+		return err
+	}
 	before := *c.Lab
 	change(c.Lab)
 	return c.commit(&before)
