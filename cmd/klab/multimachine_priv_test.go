@@ -289,3 +289,43 @@ func assertMachineClean(t *testing.T, m *testutil.Machine, links, when string) {
 		t.Fatalf("%s %s keeps state: %s", when, m.Name, st)
 	}
 }
+
+// TestJoinRefusals is the bad input around joining: a lab that cannot
+// span machines (no control plane; an underlay MTU the stitch cannot
+// carry), a malformed join line, and a first machine that does not
+// answer. One sentence each, and nothing built.
+func TestJoinRefusals(t *testing.T) {
+	testutil.RequireRoot(t)
+	klab := testutil.Klab(t)
+	ms := testutil.Machines(t, "mr", 2)
+	m1, m2 := ms[0], ms[1]
+	lab := fmt.Sprintf("mr-%06x", rand.IntN(1<<24))
+	links := m2.Run("ip", "-o", "link")
+	t.Cleanup(func() {
+		m1.Try(klab, "destroy", "--lab", lab)
+		m1.Try(klab, "destroy", "--lab", lab+"-cp")
+		m2.Try(klab, "destroy", "--lab", lab)
+	})
+	refused := func(m *testutil.Machine, want string, args ...string) {
+		t.Helper()
+		out, err := m.Try(klab, args...)
+		out = strings.TrimSpace(out)
+		if err == nil || !strings.Contains(out, want) || strings.Contains(out, "\n") {
+			t.Fatalf("klab %s: err %v, want one sentence with %q:\n%s", strings.Join(args, " "), err, want, out)
+		}
+		t.Logf("%s", out)
+	}
+	m1.Run(klab, "node", "add", "node1", "--lab", lab)
+	refused(m1, "create it with --control-plane etcd", "token", "create", "--lab", lab)
+	m1.Run(klab, "node", "add", "node1", "--lab", lab+"-cp", "--control-plane", "etcd")
+	refused(m1, "--underlay-mtu 1450", "token", "create", "--lab", lab+"-cp")
+	if out := m1.Run("ip", "-n", "klab."+lab+"-cp.underlay", "-o", "link"); strings.Contains(out, "stitch") {
+		t.Fatalf("a refused token create built the stitch:\n%s", out)
+	}
+	hash := "sha256:" + strings.Repeat("ab", 32)
+	refused(m2, "not a join token", "join", m1.Addr, "--lab", lab, "--token", "nope", "--discovery-token-ca-cert-hash", hash, "--underlay-address", "192.168.1.254/24", "--underlay-mtu", "1450")
+	refused(m2, "--discovery-token-ca-cert-hash", "join", m1.Addr, "--lab", lab, "--token", "abcdef.0123456789abcdef", "--discovery-token-ca-cert-hash", "sha1:00", "--underlay-address", "192.168.1.254/24", "--underlay-mtu", "1450")
+	refused(m2, "--underlay-mtu 1450", "join", m1.Addr, "--lab", lab, "--token", "abcdef.0123456789abcdef", "--discovery-token-ca-cert-hash", hash, "--underlay-address", "192.168.1.254/24", "--underlay-mtu", "1500")
+	refused(m2, "unreachable", "join", "10.250.0.9", "--lab", lab, "--token", "abcdef.0123456789abcdef", "--discovery-token-ca-cert-hash", hash, "--underlay-address", "192.168.1.254/24", "--underlay-mtu", "1450", "--timeout", "1s")
+	assertMachineClean(t, m2, links, "after refused joins")
+}

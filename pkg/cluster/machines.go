@@ -60,12 +60,14 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -235,7 +237,7 @@ func (c *Cluster) planStitch(u *plan.State, remotes []netip.Addr) plan.Plan {
 			p.Add(plan.Op{Verb: plan.FDBAppend, NS: ns, New: true, Neigh: &plan.Neigh{Dev: StitchDev, MAC: zero, IP: r}, Why: "flood to that machine"})
 		}
 	}
-	for a := range have {
+	for _, a := range slices.SortedFunc(maps.Keys(have), netip.Addr.Compare) {
 		if !want[a] {
 			p.Add(plan.Op{Verb: plan.FDBDel, NS: ns, Neigh: &plan.Neigh{Dev: StitchDev, MAC: zero, IP: a}, Why: "that machine left"})
 		}
@@ -243,10 +245,19 @@ func (c *Cluster) planStitch(u *plan.State, remotes []netip.Addr) plan.Plan {
 	return p
 }
 
-// hostMTU is the MTU of the machine's device toward dst (the default
-// route's device when dst is invalid), read in the machine's namespace.
+// hostMTU is the MTU of the machine's device toward dst (the device
+// holding dst when it is the machine's own), read in the machine's
+// namespace.
 func hostMTU(dst netip.Addr) (int, string, error) {
 	var link netlink.Link
+	addrs, _ := netlink.AddrList(nil, netlink.FAMILY_V4)
+	for _, a := range addrs {
+		if ip, _ := netip.AddrFromSlice(a.IP.To4()); ip == dst {
+			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+				return l.Attrs().MTU, l.Attrs().Name, nil
+			}
+		}
+	}
 	if dst.IsValid() {
 		rs, err := netlink.RouteGet(net.IP(dst.AsSlice()))
 		if err != nil || len(rs) == 0 {
@@ -378,12 +389,12 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 	if o.TTL < 10*time.Second || o.TTL%time.Second != 0 {
 		return JoinCommand{}, fmt.Errorf("--ttl %v is too short or not whole seconds: use 10s or more (kubeadm's default is 24h)", o.TTL)
 	}
-	if err := checkStitchMTU(l.UnderlayMTU, netip.Addr{}); err != nil {
-		return JoinCommand{}, err
-	}
 	if l.ControlPlane.Machine == nil {
 		addr, err := advertiseAddress(o.AdvertiseAddress)
 		if err != nil {
+			return JoinCommand{}, err
+		}
+		if err := checkStitchMTU(l.UnderlayMTU, addr); err != nil {
 			return JoinCommand{}, err
 		}
 		name := o.Name
