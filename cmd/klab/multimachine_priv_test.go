@@ -247,6 +247,32 @@ func TestMultiMachine(t *testing.T) {
 		t.Fatalf("klab list on m2 does not show the whole lab:\n%s", got)
 	}
 
+	// A machine agent killed: list says so, repair starts it again, and
+	// it keeps the flood list.
+	var st2 struct {
+		Servers []struct {
+			Proto string `json:"proto"`
+			PID   int    `json:"pid"`
+		} `json:"servers"`
+	}
+	json.Unmarshal([]byte(m2.Run("cat", "/run/klab/"+lab+"/state.json")), &st2)
+	pid := ""
+	for _, s := range st2.Servers {
+		if s.Proto == "machine" {
+			pid = fmt.Sprint(s.PID)
+		}
+	}
+	m2.Run("kill", "-9", pid)
+	waitFor(t, 2*time.Second, "the machine agent to die", func() bool { _, err := m2.Try("kill", "-0", pid); return err != nil })
+	if got, _ := m2.Try(klab, "list", "--lab", lab); !strings.Contains(got, "machine server on machine port 0 (pid "+pid+") is not running") {
+		t.Fatalf("list on m2 does not see the dead machine agent:\n%s", got)
+	}
+	k(m2, "repair")
+	if got := k(m2, "list"); strings.Contains(got, "DAMAGED") {
+		t.Fatalf("after repair on m2:\n%s", got)
+	}
+	m2.Run("ip", "netns", "exec", "klab."+lab+".pc", "ping", "-c1", "-W2", ip["pe"])
+
 	// Destroy on every machine: the joined ones first (their goodbye
 	// leaves etcd), then m1.
 	k(m3, "destroy")

@@ -60,6 +60,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	stdlog "log"
 	"maps"
 	"net"
 	"net/http"
@@ -825,7 +826,7 @@ func ServeJoin(ctx context.Context, stateDir, lab string, log io.Writer) error {
 		logf("admitted machine %s (%s) at %s", req.Name, req.Address, jr.Lab.UnderlayCIDR)
 		reply(http.StatusOK, *jr)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: stdlog.New(timestamped{log, "join: "}, "", 0),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
 	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", l.ControlPlane.IP, JoinPort))
 	if err != nil {
@@ -840,6 +841,17 @@ func ServeJoin(ctx context.Context, stateDir, lab string, log io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// timestamped writes each line with klab's log timestamp and a prefix.
+type timestamped struct {
+	w      io.Writer
+	prefix string
+}
+
+func (t timestamped) Write(b []byte) (int, error) {
+	_, err := fmt.Fprintf(t.w, "%s %s%s", time.Now().Format("15:04:05.000"), t.prefix, b)
+	return len(b), err
 }
 
 // admit checks a join request's token and registers the machine.
