@@ -217,10 +217,19 @@ func (r *Registry) Renew(ctx context.Context, sn netip.Prefix, value []byte, ttl
 	return g.ID, nil
 }
 
-// Delete removes a subnet's lease (a node deleted from the lab).
+// Delete removes a subnet's lease (a node deleted from the lab) and
+// revokes the etcd lease it was granted on, so nothing of it is left.
 func (r *Registry) Delete(ctx context.Context, sn netip.Prefix) error {
-	_, err := r.Cli.Delete(ctx, r.subnetKey(sn))
-	return err
+	resp, err := r.Cli.Delete(ctx, r.subnetKey(sn), clientv3.WithPrevKV())
+	if err != nil {
+		return err
+	}
+	for _, kv := range resp.PrevKvs {
+		if kv.Lease != 0 {
+			r.Cli.Revoke(ctx, clientv3.LeaseID(kv.Lease)) // already expired: nothing to revoke
+		}
+	}
+	return nil
 }
 
 // Acquire is flannel's tryAcquireLease: a lease already holding our
