@@ -104,7 +104,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		if len(l.Nodes) > 0 && !have[UnderlayName] {
 			problem("the underlay namespace %s is missing: no node can reach another", netns.Name(name, UnderlayName))
 		}
-		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil}
+		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.hasCPNode()}
 		for _, n := range l.Names() {
 			known[netns.Object(n)] = true
 		}

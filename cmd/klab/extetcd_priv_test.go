@@ -1,0 +1,338 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klab-dev/klab/internal/testutil"
+	"github.com/klab-dev/klab/pkg/cluster"
+)
+
+// extEtcd is Debian's etcd (/usr/bin/etcd) on simulated machine m2 and
+// the klab CLI on m1 (testutil.Machines): an external etcd reached over
+// the machines' LAN, as a real cluster's would be.
+type extEtcd struct {
+	t      *testing.T
+	m1, m2 *testutil.Machine
+	bin    string
+	state  string // m1's klab state directory
+	url    string // etcd's client URL on m2
+	data   string // etcd's data directory
+	tls    []string
+	ctl    []string // etcdctl's TLS flags
+	proc   *exec.Cmd
+}
+
+func newExtEtcd(t *testing.T, scheme string) *extEtcd {
+	t.Helper()
+	testutil.RequireRoot(t)
+	for _, tool := range []string{"/usr/bin/etcd", "etcdctl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (Debian etcd-server and etcd-client: scripts/install-deps.sh installs them)", tool)
+		}
+	}
+	ms := testutil.Machines(t, "ee", 2)
+	e := &extEtcd{t: t, m1: ms[0], m2: ms[1], bin: testutil.Klab(t), state: t.TempDir(), data: t.TempDir(),
+		url: scheme + "://" + ms[1].Addr + ":2379"}
+	return e
+}
+
+// start runs etcd on m2 (again, on the same data) and waits until it
+// answers.
+func (e *extEtcd) start() {
+	e.t.Helper()
+	url := e.url
+	args := append([]string{"--name", "ee", "--data-dir", e.data, "--listen-client-urls", url, "--advertise-client-urls", url,
+		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+		"--initial-cluster", "ee=http://127.0.0.1:2380", "--logger", "zap"}, e.tls...)
+	cmd := e.m2.Command("/usr/bin/etcd", args...)
+	lf, err := os.Create(filepath.Join(e.data, "etcd.log"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer lf.Close()
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.proc = cmd
+	e.t.Cleanup(e.stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := e.m2.Try("etcdctl", e.ctlArgs("endpoint", "health")...); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(e.data, "etcd.log"))
+			e.t.Fatalf("etcd on m2 did not answer at %s:\n%s", url, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *extEtcd) stop() {
+	if e.proc == nil {
+		return
+	}
+	e.proc.Process.Signal(syscall.SIGTERM)
+	e.proc.Wait()
+	e.proc = nil
+}
+
+func (e *extEtcd) ctlArgs(args ...string) []string {
+	return append(append([]string{"--endpoints", e.url, "--dial-timeout", "2s"}, e.ctl...), args...)
+}
+
+// etcdctl runs etcdctl on m2.
+func (e *extEtcd) etcdctl(args ...string) string {
+	e.t.Helper()
+	return e.m2.Run("etcdctl", e.ctlArgs(args...)...)
+}
+
+// keys lists every key etcd holds.
+func (e *extEtcd) keys() []string {
+	e.t.Helper()
+	return strings.Fields(e.etcdctl("get", "", "--prefix", "--keys-only"))
+}
+
+// klab runs the CLI on m1.
+func (e *extEtcd) klab(args ...string) (string, error) {
+	cmd := e.m1.Command(e.bin, append([]string{"--state-dir", e.state}, args...)...)
+	cmd.Env = append(os.Environ(), "KLAB_LAB=")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *extEtcd) must(args ...string) string {
+	e.t.Helper()
+	out, err := e.klab(args...)
+	if err != nil {
+		e.t.Fatalf("on m1: klab %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// newLab names a lab and destroys it on m1 when the test ends, before the
+// machines go.
+func (e *extEtcd) newLab() string {
+	lab := testutil.LabName(e.t, "ee")
+	e.t.Cleanup(func() { e.klab("destroy", lab) })
+	return lab
+}
+
+// refused runs a node add that must fail in one sentence containing want,
+// and leave nothing of the lab on m1.
+func (e *extEtcd) refused(want string, args ...string) time.Duration {
+	e.t.Helper()
+	lab := e.newLab()
+	others := e.m1.Processes()
+	start := time.Now()
+	out, err := e.klab(append([]string{"node", "add", "node1", "--lab", lab}, args...)...)
+	took := time.Since(start)
+	if err == nil {
+		e.t.Fatalf("node add %v: succeeded, want a refusal:\n%s", args, out)
+	}
+	if !strings.Contains(out, want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		e.t.Fatalf("node add %v: want one line containing %q, got:\n%s", args, want, out)
+	}
+	e.t.Logf("refused in %v: %s", took.Round(time.Millisecond), strings.TrimSpace(out))
+	e.assertGone(lab, others)
+	return took
+}
+
+// assertGone checks that m1 holds nothing of lab: no namespace, no
+// process (none at all, with others nil; else none but others that do
+// not name the lab), no state.
+func (e *extEtcd) assertGone(lab string, others []int) {
+	e.t.Helper()
+	for _, ns := range e.m1.Netns() {
+		if strings.Contains(ns, lab) {
+			e.t.Errorf("m1 still has namespace %s", ns)
+		}
+	}
+	for _, pid := range e.m1.Processes() {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if others == nil || strings.Contains(string(cmdline), lab) || !slices.Contains(others, pid) {
+			e.t.Errorf("m1 still runs process %d: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	for _, f := range []string{filepath.Join(e.state, lab), filepath.Join(e.state, lab+".lock")} {
+		if _, err := os.Lstat(f); err == nil {
+			e.t.Errorf("m1 still has %s", f)
+		}
+	}
+}
+
+// hostNet is what m1's own namespace holds: links, addresses, routes,
+// rules.
+func hostNet(m *testutil.Machine) string {
+	var b strings.Builder
+	for _, args := range [][]string{{"-o", "link", "show"}, {"-o", "addr", "show"}, {"route", "show", "table", "all"}, {"rule", "show"}, {"-6", "rule", "show"}} {
+		b.WriteString(m.Run("ip", args...))
+	}
+	return b.String()
+}
+
+// TestExternalEtcd: a two-node lab on m1 whose control plane is Debian's
+// etcd on m2 (--etcd-endpoints). A lease written by hand for node1's
+// preferred subnet (10.244.1.0/24) by another PublicIP makes node1 take
+// another subnet, as flanneld does (flannel-io/flannel
+// pkg/subnet/etcd/local_manager.go, tryAcquireLease: a subnet someone
+// else's lease holds is skipped for a free one). The pods ping across
+// nodes; etcd holds flannel's keys with both PublicIPs; the agents' etcd
+// sockets are in m1's namespace, which gains no link, address, route or
+// rule; a second lab is refused by the first one's claim; with etcd stopped
+// the pods still ping; destroy leaves nothing on m1 and, in etcd, only the
+// lease written by hand.
+func TestExternalEtcd(t *testing.T) {
+	t.Parallel()
+	e := newExtEtcd(t, "http")
+	e.start()
+	hand := `{"PublicIP":"192.168.1.200","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:c8"}}`
+	e.etcdctl("put", "/coreos.com/network/subnets/10.244.1.0-24", hand)
+	before := hostNet(e.m1)
+
+	lab := e.newLab()
+	e.must("node", "add", "node1", "--lab", lab, "--etcd-endpoints", e.url)
+	e.must("node", "add", "node2", "--lab", lab)
+	e.must("pod", "add", "pa", "--node", "node1", "--lab", lab)
+	e.must("pod", "add", "pb", "--node", "node2", "--lab", lab)
+	e.must("ping", "pa", "pb", "-c", "2", "--lab", lab)
+
+	l, err := cluster.Load(e.state, lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := l.ControlPlane
+	if cp == nil || !cp.External || !slices.Equal(cp.Endpoints, []string{e.url}) || !cp.Claimed {
+		t.Fatalf("lab state's control plane: %+v", cp)
+	}
+	if got := l.Node("node1").PodCIDR.String(); got != "10.244.2.0/24" {
+		t.Errorf("node1 leased %s; want 10.244.2.0/24 (10.244.1.0/24 is 192.168.1.200's)", got)
+	}
+	if slices.Contains(e.m1.Netns(), "klab."+lab+".control-plane") {
+		t.Error("a lab with an external etcd has a control-plane namespace")
+	}
+	kv := e.etcdctl("get", "--prefix", "/coreos.com/network")
+	for _, want := range []string{"/coreos.com/network/config", `"PublicIP":"192.168.1.101"`, `"PublicIP":"192.168.1.102"`, "/coreos.com/network/subnets/10.244.2.0-24", "/coreos.com/network/subnets/10.244.3.0-24"} {
+		if !strings.Contains(kv, want) {
+			t.Errorf("etcdctl get --prefix /coreos.com/network lacks %s:\n%s", want, kv)
+		}
+	}
+
+	// Every agent's etcd sockets are in m1's namespace (ss there names
+	// the agent processes); none is in a node's.
+	ss := e.m1.Run("ss", "-tnpH", "state", "established", "dst", e.m2.Addr)
+	agents := map[string]int{}
+	for _, line := range strings.Split(ss, "\n") {
+		_, rest, ok := strings.Cut(line, "pid=")
+		if !ok {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(cmdline), "\x00")
+		if i := slices.Index(args, "--node"); slices.Contains(args, "__agent") && i > 0 && i+1 < len(args) {
+			agents[args[i+1]]++
+		}
+	}
+	if agents["node1"] == 0 || agents["node2"] == 0 {
+		t.Errorf("ss -tnp on m1 shows no etcd connection of some agent (%v):\n%s", agents, ss)
+	}
+	for _, n := range []string{"node1", "node2"} {
+		if out := e.m1.Run("ip", "netns", "exec", "klab."+lab+"."+n, "ss", "-tnH"); strings.Contains(out, ":2379") {
+			t.Errorf("node %s holds an etcd socket:\n%s", n, out)
+		}
+	}
+	if after := hostNet(e.m1); after != before {
+		t.Errorf("m1's own namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+
+	// One lab per etcd.
+	e.refused("already runs lab "+lab+"'s control plane", "--etcd-endpoints", e.url)
+
+	// etcd down: the kernel keeps the agents' entries.
+	e.stop()
+	e.must("ping", "pa", "pb", "-c", "1", "--lab", lab)
+	e.start()
+
+	e.must("destroy", lab)
+	e.assertGone(lab, nil)
+	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/subnets/10.244.1.0-24"}) {
+		t.Errorf("etcd after destroy holds %v; want only the lease written by hand", keys)
+	}
+	if out := e.etcdctl("lease", "list"); !strings.Contains(out, "found 0 leases") {
+		t.Errorf("etcd after destroy still has leases:\n%s", out)
+	}
+}
+
+// TestExternalEtcdRefused: bad --etcd-* input is refused in one sentence,
+// with nothing left on m1 and nothing written to etcd: a malformed URL, an
+// unreachable etcd (within a few seconds), an etcd holding another
+// network's config, TLS files that are missing.
+func TestExternalEtcdRefused(t *testing.T) {
+	t.Parallel()
+	e := newExtEtcd(t, "http")
+	e.start()
+	other := `{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan"}}`
+	e.etcdctl("put", "/coreos.com/network/config", other)
+
+	e.refused("is not an etcd client URL", "--etcd-endpoints", "10.250.0.2:2379")
+	if took := e.refused("is unreachable", "--etcd-endpoints", "http://10.250.0.9:2379"); took > 8*time.Second {
+		t.Errorf("an unreachable etcd took %v to refuse", took)
+	}
+	e.refused("holds another network's config", "--etcd-endpoints", e.url)
+	e.refused("--etcd-cafile /nonexistent/ca.pem: no such file", "--etcd-endpoints", "https://10.250.0.2:2379", "--etcd-cafile", "/nonexistent/ca.pem")
+	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/config"}) {
+		t.Errorf("etcd after the refusals holds %v; want only the config put by hand", keys)
+	}
+	if got := strings.TrimSpace(e.etcdctl("get", "--print-value-only", "/coreos.com/network/config")); got != other {
+		t.Errorf("the config changed: %s", got)
+	}
+}
+
+// TestExternalEtcdTLS: etcd on m2 serves https and checks client
+// certificates (--cert-file, --key-file, --trusted-ca-file,
+// --client-cert-auth; certificates made in the test). A lab with
+// flanneld's --etcd-cafile/--etcd-certfile/--etcd-keyfile runs its agent
+// over TLS (its lease is in etcd); a CA that did not sign etcd's
+// certificate, a client certificate etcd does not trust and none at all
+// are each refused in one sentence, leaving nothing.
+func TestExternalEtcdTLS(t *testing.T) {
+	t.Parallel()
+	e := newExtEtcd(t, "https")
+	dir := t.TempDir()
+	a := testutil.NewPKI(t, dir, "a", e.m2.Addr)
+	b := testutil.NewPKI(t, dir, "b", e.m2.Addr)
+	e.tls = []string{"--cert-file", a.ServerCert, "--key-file", a.ServerKey, "--trusted-ca-file", a.CA, "--client-cert-auth"}
+	e.ctl = []string{"--cacert", a.CA, "--cert", a.ClientCert, "--key", a.ClientKey}
+	e.start()
+
+	ep := []string{"--etcd-endpoints", e.url}
+	e.refused("refuses the TLS connection", append(ep, "--etcd-cafile", b.CA, "--etcd-certfile", a.ClientCert, "--etcd-keyfile", a.ClientKey)...)
+	e.refused("refuses the TLS connection", append(ep, "--etcd-cafile", a.CA, "--etcd-certfile", b.ClientCert, "--etcd-keyfile", b.ClientKey)...)
+	e.refused("add --etcd-certfile and --etcd-keyfile", append(ep, "--etcd-cafile", a.CA)...)
+	if keys := e.keys(); len(keys) != 0 {
+		t.Fatalf("etcd after the refusals holds %v", keys)
+	}
+
+	lab := e.newLab()
+	e.must(append([]string{"node", "add", "node1", "--lab", lab, "--etcd-prefix", "/ee/network", "--etcd-cafile", a.CA, "--etcd-certfile", a.ClientCert, "--etcd-keyfile", a.ClientKey}, ep...)...)
+	if kv := e.etcdctl("get", "--prefix", "/ee/network/subnets/"); !strings.Contains(kv, `"PublicIP":"192.168.1.101"`) {
+		t.Fatalf("no lease of node1 under --etcd-prefix /ee/network:\n%s", kv)
+	}
+	e.must("destroy", lab)
+	e.assertGone(lab, nil)
+	if keys := e.keys(); len(keys) != 0 {
+		t.Errorf("etcd after destroy holds %v", keys)
+	}
+}
