@@ -172,6 +172,35 @@ func (e *extEtcd) assertGone(lab string, others []int) {
 	}
 }
 
+func (e *extEtcd) labState(lab string) *cluster.Lab {
+	e.t.Helper()
+	l, err := cluster.Load(e.state, lab)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+// agentConns are the PIDs of the agent processes ('klab __agent --node
+// NODE') holding a TCP connection to m2 in m1's own namespace, by node,
+// as ss -tnp there shows them.
+func (e *extEtcd) agentConns() map[string][]int {
+	e.t.Helper()
+	ss := e.m1.Run("ss", "-tnpH", "state", "established", "dst", e.m2.Addr)
+	agents := map[string][]int{}
+	for _, line := range strings.Split(ss, "\n") {
+		for _, f := range strings.Split(line, "pid=")[1:] {
+			pid, _ := strconv.Atoi(strings.SplitN(f, ",", 2)[0])
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			args := strings.Split(string(cmdline), "\x00")
+			if i := slices.Index(args, "--node"); slices.Contains(args, "__agent") && i > 0 && i+1 < len(args) && !slices.Contains(agents[args[i+1]], pid) {
+				agents[args[i+1]] = append(agents[args[i+1]], pid)
+			}
+		}
+	}
+	return agents
+}
+
 // hostNet is what m1's own namespace holds: links, addresses, routes,
 // rules.
 func hostNet(m *testutil.Machine) string {
@@ -208,10 +237,7 @@ func TestExternalEtcd(t *testing.T) {
 	e.must("pod", "add", "pb", "--node", "node2", "--lab", lab)
 	e.must("ping", "pa", "pb", "-c", "2", "--lab", lab)
 
-	l, err := cluster.Load(e.state, lab)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := e.labState(lab)
 	cp := l.ControlPlane
 	if cp == nil || !cp.External || !slices.Equal(cp.Endpoints, []string{e.url}) || !cp.Claimed {
 		t.Fatalf("lab state's control plane: %+v", cp)
@@ -231,22 +257,8 @@ func TestExternalEtcd(t *testing.T) {
 
 	// Every agent's etcd sockets are in m1's namespace (ss there names
 	// the agent processes); none is in a node's.
-	ss := e.m1.Run("ss", "-tnpH", "state", "established", "dst", e.m2.Addr)
-	agents := map[string]int{}
-	for _, line := range strings.Split(ss, "\n") {
-		_, rest, ok := strings.Cut(line, "pid=")
-		if !ok {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(string(cmdline), "\x00")
-		if i := slices.Index(args, "--node"); slices.Contains(args, "__agent") && i > 0 && i+1 < len(args) {
-			agents[args[i+1]]++
-		}
-	}
-	if agents["node1"] == 0 || agents["node2"] == 0 {
-		t.Errorf("ss -tnp on m1 shows no etcd connection of some agent (%v):\n%s", agents, ss)
+	if agents := e.agentConns(); len(agents["node1"]) == 0 || len(agents["node2"]) == 0 {
+		t.Errorf("ss -tnp on m1 shows no etcd connection of some agent: %v", agents)
 	}
 	for _, n := range []string{"node1", "node2"} {
 		if out := e.m1.Run("ip", "netns", "exec", "klab."+lab+"."+n, "ss", "-tnH"); strings.Contains(out, ":2379") {
@@ -256,6 +268,34 @@ func TestExternalEtcd(t *testing.T) {
 	if after := hostNet(e.m1); after != before {
 		t.Errorf("m1's own namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
+
+	// An agent restarted by its supervisor, by 'agent start' and by
+	// 'repair' (its supervisor killed) dials from m1's namespace again.
+	old := e.agentConns()["node2"][0]
+	syscall.Kill(old, syscall.SIGKILL)
+	waitFor(t, 5*time.Second, "node2's agent restarted by its supervisor, connected from m1", func() bool {
+		pids := e.agentConns()["node2"]
+		return len(pids) > 0 && !slices.Contains(pids, old)
+	})
+	e.must("agent", "stop", "node1", "--lab", lab)
+	if pids := e.agentConns()["node1"]; len(pids) != 0 {
+		t.Errorf("node1's agent stopped, but processes %v hold etcd connections", pids)
+	}
+	e.must("agent", "start", "node1", "--lab", lab)
+	if len(e.agentConns()["node1"]) == 0 {
+		t.Error("node1's agent started again has no etcd connection in m1")
+	}
+	for _, s := range e.labState(lab).Servers {
+		if s.Target == "node1" && s.Proto == "agent" {
+			syscall.Kill(s.PID, syscall.SIGKILL) // the supervisor; its agent dies with it
+		}
+	}
+	waitFor(t, 5*time.Second, "node1's agent gone with its supervisor", func() bool { return len(e.agentConns()["node1"]) == 0 })
+	e.must("repair", "--lab", lab)
+	if len(e.agentConns()["node1"]) == 0 {
+		t.Error("node1's agent started by repair has no etcd connection in m1")
+	}
+	e.must("ping", "pa", "pb", "-c", "1", "--lab", lab)
 
 	// One lab per etcd.
 	e.refused("already runs lab "+lab+"'s control plane", "--etcd-endpoints", e.url)
@@ -285,6 +325,17 @@ func TestExternalEtcdRefused(t *testing.T) {
 	e.start()
 	other := `{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan"}}`
 	e.etcdctl("put", "/coreos.com/network/config", other)
+
+	// --dry-run shows the claim as the etcdctl txn it is and the agent's
+	// inherited namespace, and changes nothing.
+	dry := e.newLab()
+	out := e.must("node", "add", "node1", "--lab", dry, "--dry-run", "--etcd-endpoints", e.url)
+	for _, want := range []string{"etcdctl --endpoints " + e.url + " txn <<'EOF'", `put /klab/lab "{\"lab\":\"` + dry, "3</proc/self/ns/net &"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--dry-run lacks %q:\n%s", want, out)
+		}
+	}
+	e.assertGone(dry, nil)
 
 	e.refused("is not an etcd client URL", "--etcd-endpoints", "10.250.0.2:2379")
 	if took := e.refused("is unreachable", "--etcd-endpoints", "http://10.250.0.9:2379"); took > 8*time.Second {

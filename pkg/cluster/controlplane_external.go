@@ -31,10 +31,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -163,11 +165,12 @@ func (c *Cluster) inheritMachineNetns(cmd *exec.Cmd, proto string) (done func(),
 // ensureExternalEtcd connects to the external etcd, refuses one that
 // holds another network's config, another lab's claim or Kubernetes
 // objects, and claims it (with flannel's config if it has none) in one
-// transaction. Nothing is written before every check has passed.
+// transaction, an operation like every write (--dry-run shows it as the
+// etcdctl txn it is). Nothing is written before every check has passed.
 func (c *Cluster) ensureExternalEtcd() error {
 	cp := c.Lab.ControlPlane
 	if c.A.DryRun {
-		return nil
+		return c.apply(plan.Plan{c.claimOp(nil, false, new(bool))})
 	}
 	cli, err := c.etcd()
 	if err != nil {
@@ -176,16 +179,7 @@ func (c *Cluster) ensureExternalEtcd() error {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	reg := c.registry(cli)
 	eps := strings.Join(cp.Endpoints, ",")
-	if have, err := reg.Config(ctx); err == nil {
-		if err := c.checkNetConfig(have); err != nil {
-			return err
-		}
-	} else if !strings.Contains(err.Error(), agent.ErrNoConfig.Error()) {
-		return fmt.Errorf("etcd at %s: read flannel's config: %w", eps, err)
-	}
-	own := owner{Lab: c.Lab.Name, ID: cp.Owner, Prefix: c.prefix()}
 	for attempt := 0; attempt < 3; attempt++ {
 		r, err := cli.Get(ctx, OwnerKey)
 		if err != nil {
@@ -209,37 +203,69 @@ func (c *Cluster) ensureExternalEtcd() error {
 		} else if len(k.Kvs) > 0 {
 			return fmt.Errorf("etcd at %s holds Kubernetes objects (%s, %d keys under /registry/) that a lab's would mix with: use another etcd", eps, k.Kvs[0].Key, k.Count)
 		}
-		// Claim it, writing flannel's config if it has none; or, if it
-		// has (this lab's network: checked above), claim it alone.
-		cfg, _ := json.Marshal(c.netConfig())
-		own.WroteConfig = true
-		withCfg, _ := json.Marshal(own)
-		own.WroteConfig = false
-		alone, _ := json.Marshal(own)
-		cfgKey := path.Join(c.prefix(), "config")
-		t, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(OwnerKey), "=", 0), clientv3.Compare(clientv3.Version(cfgKey), "=", 0)).
-			Then(clientv3.OpPut(OwnerKey, string(withCfg)), clientv3.OpPut(cfgKey, string(cfg))).Commit()
-		if err == nil && !t.Succeeded {
-			t, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(OwnerKey), "=", 0), clientv3.Compare(clientv3.Version(cfgKey), ">", 0)).
-				Then(clientv3.OpPut(OwnerKey, string(alone))).Commit()
-		}
-		if err != nil {
-			return fmt.Errorf("etcd at %s: claim it for lab %s (%s): %w", eps, c.Lab.Name, OwnerKey, err)
-		}
-		if t.Succeeded {
-			cp.Claimed = true
-			if err := c.Save(); err != nil { // destroy removes the claim from now on
+		have, err := c.registry(cli).Config(ctx)
+		if err == nil {
+			if err := c.checkNetConfig(have); err != nil {
 				return err
 			}
-			break
+		} else if !errors.Is(err, agent.ErrNoConfig) {
+			return fmt.Errorf("etcd at %s: read flannel's config: %w", eps, err)
 		}
-		// Another writer came between: look again.
+		var claimed bool
+		if err := c.apply(plan.Plan{c.claimOp(cli, have != nil, &claimed)}); err != nil {
+			return err
+		}
+		if claimed {
+			cp.Claimed = true
+			return c.Save() // destroy removes the claim from now on
+		}
+		// Another writer came between the checks and the transaction.
 	}
-	have, err := reg.Config(ctx)
+	have, err := c.registry(cli).Config(ctx)
 	if err != nil {
 		return fmt.Errorf("etcd at %s: %w", eps, err)
 	}
 	return c.checkNetConfig(have)
+}
+
+// claimOp is the transaction that claims the etcd for the lab: OwnerKey,
+// and flannel's config unless haveConfig, each only if absent. claimed
+// tells whether it did.
+func (c *Cluster) claimOp(cli *clientv3.Client, haveConfig bool, claimed *bool) plan.Op {
+	own := owner{Lab: c.Lab.Name, ID: c.Lab.ControlPlane.Owner, Prefix: c.prefix(), WroteConfig: !haveConfig}
+	ob, _ := json.Marshal(own)
+	cb, _ := json.Marshal(c.netConfig())
+	cfgKey := path.Join(c.prefix(), "config")
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.Version(OwnerKey), "=", 0)}
+	puts := []clientv3.Op{clientv3.OpPut(OwnerKey, string(ob))}
+	script := fmt.Sprintf("ver(%q) = \"0\"\n", OwnerKey)
+	if !haveConfig {
+		cmps = append(cmps, clientv3.Compare(clientv3.Version(cfgKey), "=", 0))
+		puts = append(puts, clientv3.OpPut(cfgKey, string(cb)))
+		script += fmt.Sprintf("ver(%q) = \"0\"\n", cfgKey)
+	} else {
+		cmps = append(cmps, clientv3.Compare(clientv3.Version(cfgKey), ">", 0))
+		script += fmt.Sprintf("ver(%q) > \"0\"\n", cfgKey)
+	}
+	script += fmt.Sprintf("\nput %s %s\n", OwnerKey, strconv.Quote(string(ob)))
+	if !haveConfig {
+		script += fmt.Sprintf("put %s %s\n", cfgKey, strconv.Quote(string(cb)))
+	}
+	return plan.Op{Verb: plan.Exec, Why: "claim the etcd for lab " + c.Lab.Name, Proc: &plan.Proc{
+		// etcdctl txn: the compares, a blank line, the requests on
+		// success, a blank line, none on failure, a blank line.
+		Cmd: fmt.Sprintf("%s txn <<'EOF'\n%s\n\nEOF", c.etcdctl(), script),
+		Run: func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			t, err := cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
+			if err != nil {
+				return fmt.Errorf("etcd at %s: claim it for lab %s (%s): %w", strings.Join(c.Lab.ControlPlane.Endpoints, ","), c.Lab.Name, OwnerKey, err)
+			}
+			*claimed = t.Succeeded
+			return nil
+		},
+	}}
 }
 
 // planEtcdCleanup is destroy's operation for a lab with an external
