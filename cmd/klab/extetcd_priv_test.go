@@ -318,7 +318,9 @@ func TestExternalEtcd(t *testing.T) {
 // TestExternalEtcdRefused: bad --etcd-* input is refused in one sentence,
 // with nothing left on m1 and nothing written to etcd: a malformed URL, an
 // unreachable etcd (within a few seconds), an etcd holding another
-// network's config, TLS files that are missing.
+// network's config, TLS files that are missing; --dry-run writes nothing.
+// Then a lab under another --etcd-prefix runs beside that config, and a
+// destroy while etcd is down removes it from m1 and names what stays.
 func TestExternalEtcdRefused(t *testing.T) {
 	t.Parallel()
 	e := newExtEtcd(t, "http")
@@ -348,6 +350,23 @@ func TestExternalEtcdRefused(t *testing.T) {
 	}
 	if got := strings.TrimSpace(e.etcdctl("get", "--print-value-only", "/coreos.com/network/config")); got != other {
 		t.Errorf("the config changed: %s", got)
+	}
+
+	// Another --etcd-prefix keeps this lab's flannel keys apart from that
+	// config. Destroyed while etcd is down, the lab goes from m1, and
+	// destroy says what it left in etcd.
+	lab := e.newLab()
+	e.must("node", "add", "node1", "--lab", lab, "--etcd-endpoints", e.url, "--etcd-prefix", "/ee/network")
+	e.stop()
+	out = e.must("destroy", lab)
+	if !strings.Contains(out, "etcd at "+e.url+" does not answer, so the keys it wrote stay there") || !strings.Contains(out, "etcdctl --endpoints "+e.url+" del --prefix /klab/") {
+		t.Errorf("destroy with etcd down does not say what stays there:\n%s", out)
+	}
+	t.Logf("destroy with etcd down: %s", strings.TrimSpace(out))
+	e.assertGone(lab, nil)
+	e.start()
+	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/config", "/ee/network/config", "/ee/network/subnets/10.244.1.0-24", "/klab/lab", "/klab/proxy/nodes/node1"}) {
+		t.Errorf("etcd after a destroy while it was down holds %v", keys)
 	}
 }
 

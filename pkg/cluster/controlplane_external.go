@@ -288,7 +288,7 @@ func planEtcdCleanup(l *Lab) plan.Plan {
 	cmd = append(cmd, "# and "+path.Join(cp.KeyPrefix(), "config")+" if the lab wrote it")
 	return plan.Plan{{Verb: plan.Exec, Proc: &plan.Proc{Cmd: strings.Join(cmd, "\n"), Run: func() error {
 		if err := cleanEtcd(l); err != nil {
-			fmt.Fprintf(os.Stderr, "warning: lab %s: %v: its keys stay in etcd (remove them with: %s del --prefix /registry/ ...)\n", l.Name, err, ctl)
+			fmt.Fprintf(os.Stderr, "warning: lab %s: %v, so the keys it wrote stay there; remove them with:\n%s\n", l.Name, err, strings.Join(cmd, "\n"))
 		}
 		return nil
 	}}}}
@@ -298,7 +298,7 @@ func cleanEtcd(l *Lab) error {
 	cp := l.ControlPlane
 	cli, err := cp.EtcdConfig.Dial(agent.ViaCaller(), 2*time.Second)
 	if err != nil {
-		return err
+		return fmt.Errorf("etcd at %s does not answer", strings.Join(cp.Endpoints, ","))
 	}
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
