@@ -20,7 +20,7 @@ import (
 // the klab CLI on m1 (testutil.Machines): an external etcd reached over
 // the machines' LAN, as a real cluster's would be.
 type extEtcd struct {
-	t      *testing.T
+	t      testing.TB
 	m1, m2 *testutil.Machine
 	bin    string
 	state  string // m1's klab state directory
@@ -31,7 +31,7 @@ type extEtcd struct {
 	proc   *exec.Cmd
 }
 
-func newExtEtcd(t *testing.T, scheme string) *extEtcd {
+func newExtEtcd(t testing.TB, scheme string) *extEtcd {
 	t.Helper()
 	testutil.RequireRoot(t)
 	for _, tool := range []string{"/usr/bin/etcd", "etcdctl"} {
@@ -404,5 +404,34 @@ func TestExternalEtcdTLS(t *testing.T) {
 	e.assertGone(lab, nil)
 	if keys := e.keys(); len(keys) != 0 {
 		t.Errorf("etcd after destroy holds %v", keys)
+	}
+}
+
+// BenchmarkExternalEtcd times the klab CLI on m1 building a two-node lab
+// (first node add: the lab and its control plane; second node add; both
+// wait for the agents), with the lab's embedded etcd and with Debian's
+// etcd on m2 (--etcd-endpoints), in the same run.
+func BenchmarkExternalEtcd(b *testing.B) {
+	e := newExtEtcd(b, "http")
+	e.start()
+	for _, mode := range []string{"embedded", "external"} {
+		b.Run(mode, func(b *testing.B) {
+			var first, second []float64
+			for i := 0; i < b.N; i++ {
+				lab := testutil.LabName(b, "ee")
+				args := []string{"--control-plane", "etcd"}
+				if mode == "external" {
+					args = []string{"--etcd-endpoints", e.url}
+				}
+				t0 := time.Now()
+				e.must(append([]string{"node", "add", "node1", "--lab", lab}, args...)...)
+				t1 := time.Now()
+				e.must("node", "add", "node2", "--lab", lab)
+				first, second = append(first, ms(t1.Sub(t0))), append(second, ms(time.Since(t1)))
+				e.must("destroy", lab)
+			}
+			b.ReportMetric(median(first), "first-node-ms")
+			b.ReportMetric(median(second), "second-node-ms")
+		})
 	}
 }
