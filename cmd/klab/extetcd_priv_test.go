@@ -304,9 +304,16 @@ func TestExternalEtcd(t *testing.T) {
 	e.stop()
 	e.must("ping", "pa", "pb", "-c", "1", "--lab", lab)
 	e.start()
+	waitFor(t, 10*time.Second, "both agents connected to etcd again, from m1", func() bool {
+		a := e.agentConns()
+		return len(a["node1"]) > 0 && len(a["node2"]) > 0
+	})
 
 	e.must("destroy", lab)
 	e.assertGone(lab, nil)
+	if after := hostNet(e.m1); after != before {
+		t.Errorf("m1's own namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/subnets/10.244.1.0-24"}) {
 		t.Errorf("etcd after destroy holds %v; want only the lease written by hand", keys)
 	}
