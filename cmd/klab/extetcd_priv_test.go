@@ -202,13 +202,45 @@ func (e *extEtcd) agentConns() map[string][]int {
 }
 
 // hostNet is what m1's own namespace holds: links, addresses, routes,
-// rules.
-func hostNet(m *testutil.Machine) string {
-	var b strings.Builder
-	for _, args := range [][]string{{"-o", "link", "show"}, {"-o", "addr", "show"}, {"route", "show", "table", "all"}, {"rule", "show"}, {"-6", "rule", "show"}} {
-		b.WriteString(m.Run("ip", args...))
+// rules, one per line, sorted. It first waits (up to 3 s) until IPv6 has
+// settled on a new machine: no address still tentative (duplicate address
+// detection), eth0's link-local route in place.
+func hostNet(m *testutil.Machine) []string {
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if m.Run("ip", "-6", "addr", "show", "tentative") == "" && strings.Contains(m.Run("ip", "-6", "route", "show", "table", "all"), "fe80::/64 dev eth0") {
+			break
+		}
 	}
-	return b.String()
+	var lines []string
+	for _, args := range [][]string{{"-o", "link", "show"}, {"-o", "addr", "show"}, {"route", "show", "table", "all"}, {"-6", "route", "show", "table", "all"}, {"rule", "show"}, {"-6", "rule", "show"}} {
+		for _, l := range strings.Split(m.Run("ip", args...), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				lines = append(lines, l)
+			}
+		}
+	}
+	slices.Sort(lines)
+	return lines
+}
+
+// sameNet fails the test if m's namespace gained or lost a line of hostNet.
+func sameNet(t testing.TB, m *testutil.Machine, before []string, when string) {
+	t.Helper()
+	after := hostNet(m)
+	var gained, lost []string
+	for _, l := range after {
+		if !slices.Contains(before, l) {
+			gained = append(gained, l)
+		}
+	}
+	for _, l := range before {
+		if !slices.Contains(after, l) {
+			lost = append(lost, l)
+		}
+	}
+	if len(gained)+len(lost) > 0 {
+		t.Errorf("%s, %s's own namespace changed:\ngained:\n  %s\nlost:\n  %s", when, m.Name, strings.Join(gained, "\n  "), strings.Join(lost, "\n  "))
+	}
 }
 
 // TestExternalEtcd: a two-node lab on m1 whose control plane is Debian's
@@ -265,9 +297,7 @@ func TestExternalEtcd(t *testing.T) {
 			t.Errorf("node %s holds an etcd socket:\n%s", n, out)
 		}
 	}
-	if after := hostNet(e.m1); after != before {
-		t.Errorf("m1's own namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
+	sameNet(t, e.m1, before, "with the lab up")
 
 	// An agent restarted by its supervisor, by 'agent start' and by
 	// 'repair' (its supervisor killed) dials from m1's namespace again.
@@ -311,9 +341,7 @@ func TestExternalEtcd(t *testing.T) {
 
 	e.must("destroy", lab)
 	e.assertGone(lab, nil)
-	if after := hostNet(e.m1); after != before {
-		t.Errorf("m1's own namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
+	sameNet(t, e.m1, before, "after destroy")
 	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/subnets/10.244.1.0-24"}) {
 		t.Errorf("etcd after destroy holds %v; want only the lease written by hand", keys)
 	}
