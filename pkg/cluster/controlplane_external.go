@@ -187,7 +187,10 @@ func (c *Cluster) ensureExternalEtcd() error {
 		}
 		if len(r.Kvs) > 0 {
 			var o owner
-			if json.Unmarshal(r.Kvs[0].Value, &o) != nil || o.ID != cp.Owner {
+			if json.Unmarshal(r.Kvs[0].Value, &o) != nil || o.ID == "" {
+				return fmt.Errorf("etcd at %s holds %s = %q, which is no lab's claim: remove it with 'etcdctl del %s', or use another etcd", eps, OwnerKey, r.Kvs[0].Value, OwnerKey)
+			}
+			if o.ID != cp.Owner {
 				return fmt.Errorf("etcd at %s already runs lab %s's control plane (key %s = %s): one lab per etcd (the /registry objects have no prefix): destroy that lab, or use another etcd", eps, o.Lab, OwnerKey, r.Kvs[0].Value)
 			}
 			if !cp.Claimed { // claimed by a run that stopped before saving
