@@ -227,14 +227,34 @@ func (e EtcdConfig) Dial(via Via, timeout time.Duration) (*clientv3.Client, erro
 	if err != nil {
 		return nil, fmt.Errorf("etcd at %s: %v: check the endpoints", strings.Join(e.Endpoints, ","), err)
 	}
-	if err := Ping(cli, e.Endpoints, timeout); err != nil {
-		cli.Close()
-		if tc != nil {
-			if herr := e.handshake(via, tc, timeout); herr != nil {
-				return nil, herr
-			}
+	ping := make(chan error, 1)
+	go func() { ping <- Ping(cli, e.Endpoints, timeout) }()
+	// With TLS, a handshake of its own runs beside the ping: a certificate
+	// that does not match is reported at once, with its reason, instead of
+	// as a ping that times out.
+	hs := make(chan error, 1)
+	if tc != nil {
+		go func() { hs <- e.handshake(via, tc, timeout) }()
+	} else {
+		hs <- nil
+	}
+	var perr, herr error
+	select {
+	case perr = <-ping:
+		if perr != nil {
+			herr = <-hs
 		}
-		return nil, err
+	case herr = <-hs:
+		if herr == nil {
+			perr = <-ping
+		}
+	}
+	if herr != nil {
+		perr = herr
+	}
+	if perr != nil {
+		cli.Close()
+		return nil, perr
 	}
 	return cli, nil
 }
