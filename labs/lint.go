@@ -65,10 +65,14 @@ func Lint(l *Lab, validate Validator) error {
 		}
 		if len(c.Args) > 1 && c.Args[0] == "node" && c.Args[1] == "add" {
 			dns := slices.Contains(flags, "--dns") || slices.Contains(flags, "--dns=true")
-			if cp := flagValue(flags, "--control-plane"); cp != "" && cp != l.ControlPlane {
+			cp := flagValue(flags, "--control-plane")
+			if cp == "" && flagValue(flags, "--etcd-endpoints") != "" {
+				cp = "etcd" // an external etcd is the etcd control plane
+			}
+			if cp != "" && cp != l.ControlPlane {
 				add(c.Line, "this node add has --control-plane %s but the front matter does not say control-plane: %s: add it, so 'klab labs' and lint know the lab runs a control plane", cp, cp)
 			} else if l.ControlPlane != "" && !firstNode && cp == "" {
-				add(c.Line, "the front matter says control-plane: %s, but the lab's first node add lacks --control-plane %s (it is chosen when a lab is created): add it", l.ControlPlane, l.ControlPlane)
+				add(c.Line, "the front matter says control-plane: %s, but the lab's first node add lacks --control-plane %s (or --etcd-endpoints; it is chosen when a lab is created): add it", l.ControlPlane, l.ControlPlane)
 			}
 			switch {
 			case dns && !l.DNS:

@@ -53,6 +53,8 @@ func TestLint(t *testing.T) {
 		{"nftables never chosen", "proxy-mode: nftables\n", "```klab\nklab node add n\n```\n", []string{`10: this node add has --proxy-mode "" but the front matter says proxy-mode: "nftables"`}},
 		{"nftables not in front matter", "", "```klab\nklab node add n --proxy-mode nftables\n```\n", []string{`9: this node add has --proxy-mode "nftables"`}},
 		{"iptables is the default", "proxy-mode: iptables\n", "```klab\nklab node add n\n```\n", nil},
+		{"external etcd is the etcd control plane", "control-plane: etcd\n", "```klab\nklab node add n --etcd-endpoints http://10.0.0.5:2379\nklab node add m\n```\n", nil},
+		{"external etcd not in front matter", "", "```klab\nklab node add n --etcd-endpoints=http://10.0.0.5:2379\n```\n", []string{"9: this node add has --control-plane etcd but the front matter does not say control-plane: etcd"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := "---\nname: t-labs-lint\ntitle: T\nsummary: S\ntime: 5m\n" + tc.extra + "---\n## S\n" + tc.body

@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/klab-dev/klab/pkg/agent"
 	"github.com/klab-dev/klab/pkg/cluster"
 	"github.com/klab-dev/klab/pkg/ipam"
 	"github.com/spf13/cobra"
@@ -27,7 +28,8 @@ func newNodeAddCmd() *cobra.Command {
 	var withDNS bool
 	var calicoOpts cluster.CalicoSettings
 	var graceful time.Duration
-	var controlPlane, flannelMode string
+	var controlPlane, flannelMode, etcdEndpoints string
+	var etcd agent.EtcdConfig
 	var leaseTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "add NAME",
@@ -50,6 +52,14 @@ flannel.1 and programs every peer from the leases it watches ('klab agent
 log NAME' shows what it did). --flannel-mode miss is old flannel's mode: no
 entries in advance, the kernel's L3MISS/L2MISS answered from the leases.
 
+--etcd-endpoints URL,... (flanneld's flag, implies --control-plane etcd)
+uses an external etcd cluster instead: no control-plane node and no etcd in
+the lab; the CLI and the agents reach it over the machine's network. With
+https endpoints, --etcd-cafile, --etcd-certfile and --etcd-keyfile are
+flanneld's TLS files; --etcd-prefix moves flannel's keys (default
+/coreos.com/network). One lab per etcd: the lab claims it with the key
+/klab/lab, and destroy removes what the lab wrote there.
+
 --proxy-mode on the lab's first node chooses kube-proxy's mode for the whole
 lab: iptables (the default: KUBE-* chains, flannel's FLANNEL-* chains) or
 nftables (table ip kube-proxy and flannel's table ip flannel-ipv4, written
@@ -59,10 +69,18 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
   klab node add node2 --ip 192.168.1.102 --pod-cidr 10.244.2.0/24 --explain
   klab node add node1 --lab hostgw --backend host-gw
   klab node add node1 --lab cp --control-plane etcd --lease-ttl 10s
+  klab node add node1 --lab ext --etcd-endpoints http://10.0.0.5:2379
   klab node add node1 --lab nft --proxy-mode nftables`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, ProxyMode: proxyMode, Calico: calicoOpts, UnderlayMTU: underlayMTU}
+			opts := cluster.Options{Backend: backend, DNS: withDNS, ControlPlane: controlPlane, FlannelMode: flannelMode, LeaseTTL: leaseTTL, ProxyMode: proxyMode, Calico: calicoOpts, Etcd: etcd, UnderlayMTU: underlayMTU}
+			if cmd.Flags().Changed("etcd-endpoints") {
+				eps, err := agent.ParseEndpoints(etcdEndpoints)
+				if err != nil {
+					return err
+				}
+				opts.Etcd.Endpoints = eps
+			}
 			if graceful != 0 {
 				if graceful < time.Second || graceful%time.Second != 0 {
 					return fmt.Errorf("--bgp-graceful-restart %s is not a whole number of seconds: write it like 5s (calico-node uses 120s)", graceful)
@@ -128,6 +146,11 @@ IP_VS. 'klab proxy-mode set' switches a running lab.`,
 	f.StringVar(&controlPlane, "control-plane", "", "for a new lab: etcd runs flannel's leases at the control-plane node (.100) and an agent on every node programs it from them (default: klab programs every node directly)")
 	f.StringVar(&flannelMode, "flannel-mode", "", "for a new lab with --control-plane etcd: miss is old flannel's mode (flannel.1 with l2miss/l3miss, entries answered on demand)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "for a new lab with --control-plane etcd: the subnet leases' TTL (default 24h, flannel's)")
+	f.StringVar(&etcdEndpoints, "etcd-endpoints", "", "for a new lab: an external etcd cluster's client URLs, comma-separated (flanneld's flag; implies --control-plane etcd, with no etcd in the lab)")
+	f.StringVar(&etcd.CAFile, "etcd-cafile", "", "for a new lab with --etcd-endpoints https://...: the CA certificate that signed etcd's (flanneld's flag)")
+	f.StringVar(&etcd.CertFile, "etcd-certfile", "", "for a new lab with --etcd-endpoints https://...: the client certificate etcd checks (flanneld's flag)")
+	f.StringVar(&etcd.KeyFile, "etcd-keyfile", "", "for a new lab with --etcd-endpoints https://...: the client certificate's key (flanneld's flag)")
+	f.StringVar(&etcd.Prefix, "etcd-prefix", "", "for a new lab with a control plane: the prefix of flannel's keys in etcd (flanneld's flag, default "+agent.DefaultPrefix+")")
 	f.StringVar(&proxyMode, "proxy-mode", "", "for a new lab: kube-proxy's mode, iptables (default) or nftables (ipvs needs IP_VS, which this kernel lacks)")
 	cmd.RegisterFlagCompletionFunc("backend", fixedCompletion("vxlan", "host-gw", "calico"))
 	cmd.RegisterFlagCompletionFunc("control-plane", fixedCompletion("etcd"))

@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,18 +21,21 @@ import (
 // Config is what flanneld is told on its command line and finds on its
 // node.
 type Config struct {
-	NS        string      // the node's network namespace (the agent runs inside it)
-	Endpoints []string    // etcd client URLs
-	TLS       *tls.Config // for https endpoints (a lab that spans machines), or nil
-	Prefix    string      // flannel's --etcd-prefix (DefaultPrefix)
-	Network   netip.Prefix
-	Backend   string // "vxlan" or "host-gw"
-	PublicIP  netip.Addr
-	Underlay  string // the node's underlay device, eth0
-	VNI       int
-	Port      int
-	MTU       int // flannel.1's MTU
-	VtepMAC   net.HardwareAddr
+	NS string // the node's network namespace (the agent runs inside it)
+	// Etcd is flanneld's --etcd-endpoints, --etcd-prefix and TLS files.
+	Etcd EtcdConfig
+	// Via is the namespace the agent's etcd sockets are opened from: its
+	// own (the node's, for the lab's embedded etcd on the underlay) or
+	// the machine's (ViaFile, for an external etcd).
+	Via      Via
+	Network  netip.Prefix
+	Backend  string // "vxlan" or "host-gw"
+	PublicIP netip.Addr
+	Underlay string // the node's underlay device, eth0
+	VNI      int
+	Port     int
+	MTU      int // flannel.1's MTU
+	VtepMAC  net.HardwareAddr
 	// Prefer is the subnet to lease if it is free (flanneld reads it from
 	// the subnet.env a previous run left).
 	Prefer netip.Prefix
@@ -68,9 +70,7 @@ type MissCounters struct {
 
 // New returns an agent for cfg.
 func New(cfg Config) *Agent {
-	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
-	}
+	cfg.Etcd.Prefix = cfg.Etcd.KeyPrefix()
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
@@ -120,7 +120,7 @@ func (ag *Agent) Run(ctx context.Context) error {
 	var cli *clientv3.Client
 	for d := 100 * time.Millisecond; ; d = backoff(d) {
 		var err error
-		if cli, err = Dial(ag.cfg.Endpoints, "", 2*time.Second, ag.cfg.TLS); err == nil {
+		if cli, err = ag.cfg.Etcd.Dial(ag.cfg.Via, 2*time.Second); err == nil {
 			break
 		}
 		ag.logf("connect: %v; retrying in %v", err, d)
@@ -129,8 +129,8 @@ func (ag *Agent) Run(ctx context.Context) error {
 		}
 	}
 	defer cli.Close()
-	ag.reg = &Registry{Cli: cli, Prefix: ag.cfg.Prefix}
-	ag.logf("connected to etcd at %v", ag.cfg.Endpoints)
+	ag.reg = &Registry{Cli: cli, Prefix: ag.cfg.Etcd.Prefix}
+	ag.logf("connected to etcd at %v", ag.cfg.Etcd.Endpoints)
 
 	var sn netip.Prefix
 	for d := 100 * time.Millisecond; ; d = backoff(d) {
@@ -181,7 +181,7 @@ func (ag *Agent) acquire(ctx context.Context, out *netip.Prefix) error {
 		return err
 	}
 	if c.Network != ag.cfg.Network.String() {
-		return fmt.Errorf("%w: %s/config says Network %s, but this node is in %s", ErrWrongNetwork, ag.cfg.Prefix, c.Network, ag.cfg.Network)
+		return fmt.Errorf("%w: %s/config says Network %s, but this node is in %s", ErrWrongNetwork, ag.cfg.Etcd.Prefix, c.Network, ag.cfg.Network)
 	}
 	var sn netip.Prefix
 	var id clientv3.LeaseID
@@ -197,7 +197,7 @@ func (ag *Agent) acquire(ctx context.Context, out *netip.Prefix) error {
 	ag.mu.Lock()
 	ag.subnet = sn
 	ag.mu.Unlock()
-	ag.logf("lease acquired: %s/subnets/%s (etcd lease %x, TTL %v)", ag.cfg.Prefix, SubnetKey(sn), int64(id), ag.cfg.LeaseTTL)
+	ag.logf("lease acquired: %s/subnets/%s (etcd lease %x, TTL %v)", ag.cfg.Etcd.Prefix, SubnetKey(sn), int64(id), ag.cfg.LeaseTTL)
 	*out = sn
 	return nil
 }

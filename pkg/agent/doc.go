@@ -15,4 +15,11 @@
 // leases instead (miss.go). Etcd outages are ridden out: the data plane
 // stays as it is, the agent retries with backoff and reconciles against a
 // fresh list of the leases when etcd answers again.
+//
+// Which etcd, and from where (etcd.go): an EtcdConfig is flanneld's
+// --etcd-endpoints, --etcd-prefix and TLS files, and a Via the network
+// namespace the client's sockets are opened in - a named one (the CLI
+// reaching a lab's embedded etcd on its underlay), an open namespace file
+// (an agent in its node reaching an external etcd through the machine's
+// namespace, inherited as a file descriptor), or the caller's own.
 package agent

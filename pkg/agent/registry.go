@@ -204,23 +204,38 @@ func (r *Registry) create(ctx context.Context, sn netip.Prefix, value []byte, tt
 }
 
 // Renew is flannel's updateSubnet: a new grant with the full TTL and the
-// key put again on it (the old grant expires with nothing attached).
+// key put again on it. flannel leaves the old grant to expire with nothing
+// attached; klab revokes it (it holds no key any more), so an etcd a lab
+// shares holds no orphan grant after destroy.
 func (r *Registry) Renew(ctx context.Context, sn netip.Prefix, value []byte, ttl time.Duration) (clientv3.LeaseID, error) {
 	g, err := r.Cli.Grant(ctx, int64(ttl.Seconds()))
 	if err != nil {
 		return 0, err
 	}
-	if _, err := r.Cli.Put(ctx, r.subnetKey(sn), string(value), clientv3.WithLease(g.ID)); err != nil {
+	resp, err := r.Cli.Put(ctx, r.subnetKey(sn), string(value), clientv3.WithLease(g.ID), clientv3.WithPrevKV())
+	if err != nil {
 		r.Cli.Revoke(ctx, g.ID)
 		return 0, err
+	}
+	if prev := resp.PrevKv; prev != nil && prev.Lease != 0 && clientv3.LeaseID(prev.Lease) != g.ID {
+		r.Cli.Revoke(ctx, clientv3.LeaseID(prev.Lease))
 	}
 	return g.ID, nil
 }
 
-// Delete removes a subnet's lease (a node deleted from the lab).
+// Delete removes a subnet's lease (a node deleted from the lab) and
+// revokes the etcd lease it was granted on, so nothing of it is left.
 func (r *Registry) Delete(ctx context.Context, sn netip.Prefix) error {
-	_, err := r.Cli.Delete(ctx, r.subnetKey(sn))
-	return err
+	resp, err := r.Cli.Delete(ctx, r.subnetKey(sn), clientv3.WithPrevKV())
+	if err != nil {
+		return err
+	}
+	for _, kv := range resp.PrevKvs {
+		if kv.Lease != 0 {
+			r.Cli.Revoke(ctx, clientv3.LeaseID(kv.Lease)) // already expired: nothing to revoke
+		}
+	}
+	return nil
 }
 
 // Acquire is flannel's tryAcquireLease: a lease already holding our

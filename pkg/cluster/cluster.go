@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/klab-dev/klab/pkg/agent"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/plan"
 	"github.com/vishvananda/netlink"
@@ -32,6 +34,10 @@ type Options struct {
 	ControlPlane string
 	FlannelMode  string
 	LeaseTTL     time.Duration
+	// Etcd with Endpoints set is an external etcd cluster
+	// (--etcd-endpoints, implies ControlPlane "etcd"); its Prefix and TLS
+	// files are flanneld's --etcd-* flags (controlplane_external.go).
+	Etcd agent.EtcdConfig
 	// ProxyMode is kube-proxy's mode: "" (iptables), iptables or nftables (proxymode.go).
 	ProxyMode string
 }
@@ -145,6 +151,9 @@ type Cluster struct {
 
 	agentProxy *proxyView // a node agent's view: it renders the services from etcd (controlplane_proxy.go)
 	proxyLag   error      // the agents the last publish waited for in vain (controlplane_proxy.go)
+	// agentVia is where a node agent's etcd sockets open (its node's
+	// namespace, or the machine's for an external etcd: RunAgent).
+	agentVia agent.Via
 }
 
 // Dir is the lab's state directory.
@@ -351,6 +360,8 @@ func (c *Cluster) CheckOptions(o Options, changed func(flag string) bool) error 
 		{"service-cidr", o.ServiceCIDR.String(), l.ServiceCIDR.String()},
 		{"dns", fmt.Sprint(o.DNS), fmt.Sprint(l.DNS)},
 		{"control-plane", o.ControlPlane, l.controlPlaneKind()},
+		{"etcd-endpoints", strings.Join(o.Etcd.Endpoints, ","), l.externalEndpoints()},
+		{"etcd-prefix", o.Etcd.Prefix, l.etcdPrefix()},
 		{"flannel-mode", o.FlannelMode, l.flannelMode()},
 		{"proxy-mode", (&Lab{ProxyMode: o.ProxyMode}).Mode(), l.Mode()},
 	} {

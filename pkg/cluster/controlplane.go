@@ -48,9 +48,18 @@ const (
 // ControlPlane is a lab's control plane, kept in its state.
 type ControlPlane struct {
 	Kind string     `json:"kind"` // "etcd"
-	IP   netip.Addr `json:"ip"`   // the control-plane node's underlay address
-	// Endpoints are etcd's client URLs (the embedded etcd's).
-	Endpoints []string `json:"endpoints"`
+	IP   netip.Addr `json:"ip"`   // the control-plane node's underlay address (none with an external etcd)
+	// EtcdConfig is how clients reach etcd: the embedded etcd's client
+	// URL, or an external cluster's endpoints, TLS files and prefix
+	// (--etcd-endpoints, controlplane_external.go).
+	agent.EtcdConfig
+	// External is set when etcd is a cluster outside the lab: no
+	// control-plane node, no etcd process in the lab.
+	External bool `json:"external,omitempty"`
+	// Owner is the lab's identity in an external etcd's ownership key
+	// (/klab/lab); Claimed is set once that key is written.
+	Owner   string `json:"owner,omitempty"`
+	Claimed bool   `json:"claimed,omitempty"`
 	// FlannelMode "miss" is old flannel's L2MISS/L3MISS mode.
 	FlannelMode string `json:"flannelMode,omitempty"`
 	// LeaseTTL is the subnet leases' TTL (flannel: 24h).
@@ -62,6 +71,10 @@ type ControlPlane struct {
 
 // validateControlPlane checks the control-plane options (see Validate).
 func (o Options) validateControlPlane() error {
+	if err := o.validateEtcd(); err != nil {
+		return err
+	}
+	o.ControlPlane = o.controlPlaneKind()
 	switch o.ControlPlane {
 	case "", ControlPlaneEtcd:
 	default:
@@ -90,35 +103,50 @@ func (o Options) validateControlPlane() error {
 
 // newControlPlane is the control plane of a new lab with options o.
 func (o Options) newControlPlane(underlay netip.Prefix) *ControlPlane {
-	if o.ControlPlane == "" {
+	if o.controlPlaneKind() == "" {
 		return nil
 	}
-	ip, _ := ipam.Nth(underlay, 100)
 	ttl := o.LeaseTTL
 	if ttl == 0 {
 		ttl = agent.DefaultLeaseTTL
 	}
-	return &ControlPlane{Kind: o.ControlPlane, IP: ip, Endpoints: []string{etcdserver.ClientURL(ip)}, FlannelMode: o.FlannelMode, LeaseTTL: ttl}
+	cp := &ControlPlane{Kind: o.controlPlaneKind(), EtcdConfig: o.Etcd, FlannelMode: o.FlannelMode, LeaseTTL: ttl}
+	if len(o.Etcd.Endpoints) > 0 {
+		cp.External, cp.Owner = true, newOwnerID()
+		return cp
+	}
+	cp.IP, _ = ipam.Nth(underlay, 100)
+	cp.Endpoints = []string{etcdserver.ClientURL(cp.IP)}
+	return cp
 }
 
 // agentsProgram is true when the nodes' agents, not the CLI, own
 // flannel.1, subnet.env and the peer entries.
 func (c *Cluster) agentsProgram() bool { return c.Lab.ControlPlane != nil }
 
-// etcd connects to the lab's etcd from inside the control-plane node's
-// namespace (the CLI itself stays in the host's).
+// etcd connects to the lab's etcd: the embedded one from inside the
+// control-plane node's namespace (the CLI itself stays in the machine's),
+// an external one from the CLI's own namespace (the machine's network).
 //
-// On a machine that joined the lab, from its machine port, over TLS
-// (machines.go).
+// On a machine that joined the lab, from its machine port, over TLS with
+// its certificate of the lab's CA (machines.go).
 func (c *Cluster) etcd() (*clientv3.Client, error) {
+	cp := c.Lab.ControlPlane
 	if c.Lab.Joined() {
-		tlsc, err := labTLS(c.StateDir, c.Lab)
-		if err != nil {
-			return nil, err
-		}
-		return agent.Dial(c.Lab.ControlPlane.Endpoints, c.NS(MachinePortName), 3*time.Second, tlsc)
+		return cp.EtcdConfig.Dial(agent.ViaNetns(c.NS(MachinePortName)), 3*time.Second)
 	}
-	return agent.Dial(c.Lab.ControlPlane.Endpoints, c.NS(ControlPlaneName), 3*time.Second)
+	if cp.External {
+		return cp.EtcdConfig.Dial(agent.ViaCaller(), 3*time.Second)
+	}
+	return cp.EtcdConfig.Dial(agent.ViaNetns(c.NS(ControlPlaneName)), 3*time.Second)
+}
+
+// prefix is flannel's key prefix in the lab's etcd (--etcd-prefix).
+func (c *Cluster) prefix() string { return c.Lab.ControlPlane.KeyPrefix() }
+
+// registry is flannel's registry in the lab's etcd.
+func (c *Cluster) registry(cli *clientv3.Client) *agent.Registry {
+	return &agent.Registry{Cli: cli, Prefix: c.prefix()}
 }
 
 // ensureJoined is ensureControlPlane on a machine that joined: its
@@ -149,6 +177,9 @@ func (c *Cluster) netConfig() agent.NetConfig {
 // network's config is refused.
 func (c *Cluster) ensureControlPlane() error {
 	cp := c.Lab.ControlPlane
+	if cp.External {
+		return c.ensureExternalEtcd()
+	}
 	if c.Serve == nil {
 		return fmt.Errorf("the control plane runs etcd and the agents as klab processes: use the klab CLI (this caller set no server command)")
 	}
@@ -205,16 +236,20 @@ func (c *Cluster) ensureControlPlane() error {
 		return err
 	}
 	defer cli.Close()
-	reg := &agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	have, err := reg.EnsureConfig(ctx, c.netConfig())
+	have, err := c.registry(cli).EnsureConfig(ctx, c.netConfig())
 	if err != nil {
 		return fmt.Errorf("write flannel's config to etcd: %w", err)
 	}
+	return c.checkNetConfig(have)
+}
+
+// checkNetConfig refuses an etcd holding another network's config.
+func (c *Cluster) checkNetConfig(have *agent.NetConfig) error {
 	if have.Network != c.Lab.ClusterCIDR.String() || have.Backend.Type != c.Lab.Backend {
-		return fmt.Errorf("etcd at %s holds another network's config (%s/config: Network %s, backend %s; this lab: %s, %s): use another etcd, or remove the key with 'etcdctl del %s/config'",
-			strings.Join(cp.Endpoints, ","), agent.DefaultPrefix, have.Network, have.Backend.Type, c.Lab.ClusterCIDR, c.Lab.Backend, agent.DefaultPrefix)
+		return fmt.Errorf("etcd at %s holds another network's config (%s/config: Network %s, backend %s; this lab: %s, %s): use another etcd or --etcd-prefix, or remove the key with 'etcdctl del %s/config'",
+			strings.Join(c.Lab.ControlPlane.Endpoints, ","), c.prefix(), have.Network, have.Backend.Type, c.Lab.ClusterCIDR, c.Lab.Backend, c.prefix())
 	}
 	return nil
 }
@@ -261,7 +296,7 @@ func (c *Cluster) cpPrepareNode(n *Node, s NodeSpec) (err error) {
 	if err := c.cpRegisterNode(ctx, cli, n, s.IP.IsValid()); err != nil {
 		return err
 	}
-	leases, _, err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Leases(ctx)
+	leases, _, err := c.registry(cli).Leases(ctx)
 	if err != nil {
 		return fmt.Errorf("list leases in etcd: %w", err)
 	}
@@ -282,7 +317,7 @@ func (c *Cluster) cpPrepareNode(n *Node, s NodeSpec) (err error) {
 	}
 	if who, ok := taken[n.PodCIDR]; ok && who != "" && !strings.HasPrefix(who, "node ") {
 		if s.PodCIDR.IsValid() {
-			return fmt.Errorf("pod CIDR %s is leased in etcd by %s (key %s/subnets/%s): pick another --pod-cidr or leave it out", n.PodCIDR, strings.TrimPrefix(who, "a lease of "), agent.DefaultPrefix, agent.SubnetKey(n.PodCIDR))
+			return fmt.Errorf("pod CIDR %s is leased in etcd by %s (key %s/subnets/%s): pick another --pod-cidr or leave it out", n.PodCIDR, strings.TrimPrefix(who, "a lease of "), c.prefix(), agent.SubnetKey(n.PodCIDR))
 		}
 		var used []netip.Prefix
 		for p := range taken {
@@ -396,7 +431,7 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR); err != nil {
+	if err := c.registry(cli).Delete(ctx, n.PodCIDR); err != nil {
 		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
 	}
 	cpUnregisterNode(ctx, cli, n)          // its Node object and underlay address (machines.go)
@@ -484,14 +519,21 @@ func ServeEtcd(ctx context.Context, stateDir, lab string) error {
 // SuperviseAgent is a node's agent supervisor ('klab __serve --proto
 // agent'): it runs the agent (argv, 'klab __agent ...') and starts it
 // again with backoff when it dies, until ctx ends (klab agent stop,
-// destroy), when it stops the agent. The agent dies with it.
+// destroy), when it stops the agent. The agent dies with it. The machine's
+// network namespace, inherited on agent.MachineNetnsFD when the lab's etcd
+// is external, is handed down to every agent it starts.
 func SuperviseAgent(ctx context.Context, argv []string) error {
 	// Pdeathsig follows the thread that forked the child: keep one.
 	runtime.LockOSThread()
+	var extra []*os.File
+	if f, err := agent.InheritedMachineNetns(); err == nil {
+		extra = []*os.File{f}
+	}
 	d := 200 * time.Millisecond
 	for {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.ExtraFiles = extra
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 		start := time.Now()
 		if err := cmd.Start(); err != nil {
@@ -537,17 +579,23 @@ func RunAgent(ctx context.Context, stateDir, lab, node string, log io.Writer) er
 		return fmt.Errorf("lab %s has no node %s with a control plane", lab, node)
 	}
 	c := &Cluster{StateDir: stateDir, Lab: l}
+	if l.ControlPlane.External {
+		// An external etcd is on the machine's network: the agent opens
+		// its sockets in the machine's namespace, inherited from the CLI.
+		f, err := agent.InheritedMachineNetns()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		c.agentVia = agent.ViaFile(f)
+	}
 	mac, _ := parseMAC(n.VtepMAC)
 	// flanneld takes the subnet its previous run wrote to subnet.env; a
 	// klab node keeps the one its cni0 and pods were built on (the CLI
 	// checked it against the leases before building the node).
 	prefer := n.PodCIDR
-	tlsc, err := labTLS(stateDir, l)
-	if err != nil {
-		return err
-	}
-	ag := agent.New(agent.Config{Fixed: true, TLS: tlsc,
-		NS: c.NS(node), Endpoints: l.ControlPlane.Endpoints, Network: l.ClusterCIDR, Backend: l.Backend,
+	ag := agent.New(agent.Config{Fixed: true,
+		NS: c.NS(node), Etcd: l.ControlPlane.EtcdConfig, Via: c.agentVia, Network: l.ClusterCIDR, Backend: l.Backend,
 		PublicIP: n.IP, Underlay: NodeUplink, VNI: l.VNI, Port: l.Port, MTU: l.MTU(), VtepMAC: mac,
 		Prefer: prefer, LeaseTTL: l.ControlPlane.LeaseTTL, Miss: l.ControlPlane.FlannelMode == FlannelModeMiss,
 		SubnetEnv: c.SubnetEnvPath(node), Log: log,
@@ -632,8 +680,13 @@ func (c *Cluster) spawnAgents(nodes []*Node) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		ns := c.NS(n.Name)
 		op := plan.Op{Verb: plan.Exec, NS: ns, Proc: &plan.Proc{
-			Cmd: fmt.Sprintf("ip netns exec %s setsid %s > %s 2>&1 &", ns, plan.ShellJoin(argv), plan.Quote(logPath)),
+			Cmd: fmt.Sprintf("ip netns exec %s setsid %s > %s 2>&1%s &", ns, plan.ShellJoin(argv), plan.Quote(logPath), c.agentRedirect("agent")),
 			Run: func() error {
+				done, err := c.inheritMachineNetns(cmd, "agent")
+				if err != nil {
+					return err
+				}
+				defer done()
 				return netns.Do(ns, func() error {
 					lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 					if err != nil {
@@ -676,7 +729,7 @@ func (c *Cluster) cpRepair(rep *RepairReport) error {
 	if !c.agentsProgram() || len(c.Lab.Nodes) == 0 {
 		return nil
 	}
-	if !c.serving(ControlPlaneName, "etcd") {
+	if !c.Lab.ControlPlane.External && !c.serving(ControlPlaneName, "etcd") {
 		rep.Started = append(rep.Started, "etcd on "+ControlPlaneName)
 	}
 	if err := c.ensureControlPlane(); err != nil {

@@ -46,7 +46,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klab-dev/klab/pkg/agent"
 	"github.com/klab-dev/klab/pkg/nat"
 	"github.com/klab-dev/klab/pkg/nft"
 	"github.com/klab-dev/klab/pkg/plan"
@@ -179,12 +178,11 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 			cli.Close()
 		}
 	}()
-	cp := c.Lab.ControlPlane
-	op := plan.Op{Verb: plan.Exec, NS: c.NS(ControlPlaneName), Proc: &plan.Proc{
+	op := plan.Op{Verb: plan.Exec, NS: c.etcdctlNS(), Proc: &plan.Proc{
 		// etcdctl txn reads compares, a blank line, the requests on
 		// success, a blank line, those on failure and a blank line: no
 		// compare, every request on success, none on failure.
-		Cmd: fmt.Sprintf("ip netns exec %s etcdctl --endpoints %s txn <<'EOF'\n\n%s\n\nEOF", c.NS(ControlPlaneName), strings.Join(cp.Endpoints, ","), script.String()),
+		Cmd: fmt.Sprintf("%s txn <<'EOF'\n\n%s\n\nEOF", c.etcdctl(), script.String()),
 		Run: func() error {
 			var err error
 			if cli, err = c.etcd(); err != nil {
@@ -436,8 +434,7 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 	for ctx.Err() == nil {
 		var err error
 		if cli == nil {
-			tlsc, _ := labTLS(c.StateDir, c.Lab)
-			if cli, err = agent.Dial(c.Lab.ControlPlane.Endpoints, "", 2*time.Second, tlsc); err != nil {
+			if cli, err = c.Lab.ControlPlane.EtcdConfig.Dial(c.agentVia, 2*time.Second); err != nil {
 				logf("connect: %v; retrying in %v", err, d)
 				sleep(ctx, d)
 				d = min(2*d, 5*time.Second)

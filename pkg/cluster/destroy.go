@@ -68,6 +68,9 @@ func PlanDestroy(stateDir, lab string) (plan.Plan, error) {
 	if len(procs) > 0 {
 		p.Add(killOp(procs))
 	}
+	if l, err := Load(stateDir, lab); err == nil {
+		p.Add(planEtcdCleanup(l)...) // an external etcd's keys (controlplane_external.go)
+	}
 	p.Add(planCNIDestroy(stateDir, lab)...) // CNI-wired pods: DEL (cni.go)
 	sort.Strings(nss)
 	for _, ns := range nss {

@@ -110,7 +110,7 @@ func inspectLab(stateDir, name string, f *found) LabInfo {
 		if len(l.Nodes) > 0 && !have[UnderlayName] {
 			problem("the underlay namespace %s is missing: no node can reach another", netns.Name(name, UnderlayName))
 		}
-		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil && !l.Joined(), MachinePortName: l.Joined()}
+		known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.hasCPNode(), MachinePortName: l.Joined()}
 		if l.spansMachines() {
 			info.Machine = l.ControlPlane.Machine.Name
 			c := &Cluster{StateDir: stateDir, Lab: l, A: &plan.Applier{}}

@@ -42,15 +42,11 @@ func RunMachineAgent(ctx context.Context, stateDir, lab string, log io.Writer) e
 	c := &Cluster{StateDir: stateDir, Lab: l, A: &plan.Applier{}}
 	defer c.A.Close()
 	self := l.ControlPlane.Machine
-	tlsc, err := labTLS(stateDir, l)
-	if err != nil {
-		return err
-	}
 	fmt.Fprintf(log, "machine agent of %s (%s) listening: keeps the stitch flooding to every machine in %s\n", self.Name, self.Address, MachinesPrefix)
 	d := 100 * time.Millisecond
 	var last []netip.Addr
 	for ctx.Err() == nil {
-		cli, err := agent.Dial(l.ControlPlane.Endpoints, "", 2*time.Second, tlsc)
+		cli, err := l.ControlPlane.EtcdConfig.Dial(agent.ViaCaller(), 2*time.Second)
 		if err != nil {
 			logf("connect: %v; retrying in %v", err, d)
 			sleep(ctx, d)

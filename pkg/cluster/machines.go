@@ -161,21 +161,6 @@ func StitchVNI(lab string) int {
 	return int(h.Sum32()%(1<<24-2)) + 2
 }
 
-// labTLS is the TLS config of this machine's etcd clients: nil on the
-// first machine (plain HTTP inside it), the lab CA and this machine's
-// client certificate on a joined one.
-func labTLS(stateDir string, l *Lab) (*tls.Config, error) {
-	if !l.Joined() {
-		return nil, nil
-	}
-	cfg, err := pki.ClientTLS(PKIDir(stateDir, l.Name))
-	if err != nil {
-		return nil, err
-	}
-	cfg.ServerName = l.ControlPlane.IP.String()
-	return cfg, nil
-}
-
 // ensurePKI makes the lab's CA and etcd's serving certificate on the
 // first machine, once (before etcd first starts).
 func (c *Cluster) ensurePKI() error {
@@ -638,9 +623,14 @@ func Join(stateDir, lab string, o JoinOptions, serve ServerArgv, wait io.Writer)
 		return fmt.Errorf("the first machine's lab %s has underlay %s (MTU %d), not the join command's %s (MTU %d): copy the 'klab join' line again", lab, l.UnderlayCIDR, l.UnderlayMTU, c.Lab.UnderlayCIDR, o.MTU)
 	}
 	l.ControlPlane.Machine = c.Lab.ControlPlane.Machine
-	l.ControlPlane.Endpoints = []string{EtcdTLSURL(l.ControlPlane.IP)}
-	c.Lab = l
 	dir := c.pkiDir()
+	// This machine's etcd clients (its CLI, machine agent, node agents)
+	// use etcd's TLS port with its certificate, as flanneld's
+	// --etcd-cafile/--etcd-certfile/--etcd-keyfile would.
+	l.ControlPlane.EtcdConfig = agent.EtcdConfig{Endpoints: []string{EtcdTLSURL(l.ControlPlane.IP)},
+		CAFile: filepath.Join(dir, pki.CACert), CertFile: filepath.Join(dir, pki.ClientCert), KeyFile: filepath.Join(dir, pki.ClientKey),
+		Prefix: l.ControlPlane.Prefix}
+	c.Lab = l
 	for _, f := range [][2]string{{pki.CACert, resp.CACert}, {pki.ClientCert, resp.ClientCert}, {pki.ClientKey, resp.ClientKey}} {
 		if err := pki.Write(dir, f[0], []byte(f[1])); err != nil {
 			return err

@@ -41,7 +41,7 @@ func (c *Cluster) Repair() (*RepairReport, error) {
 	// Cached handles may point at namespaces deleted behind klab's back.
 	c.A.ForgetAll()
 	c.states = nil
-	known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.ControlPlane != nil}
+	known := map[string]bool{UnderlayName: true, ExternalName: true, ControlPlaneName: l.hasCPNode()}
 	for _, n := range l.Names() {
 		known[netns.Object(n)] = true
 	}

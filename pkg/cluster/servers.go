@@ -15,7 +15,7 @@ import (
 // TargetNS returns the namespace of a node, pod, "underlay" or "external"
 // of this lab, or an error naming the valid targets.
 func (c *Cluster) TargetNS(target string) (string, error) {
-	if c.Lab.Node(target) != nil || c.Lab.Pod(target) != nil || target == UnderlayName || (target == ExternalName && netns.Exists(c.NS(ExternalName))) || (target == ControlPlaneName && c.Lab.ControlPlane != nil && !c.Lab.Joined()) || (target == MachinePortName && c.Lab.Joined()) {
+	if c.Lab.Node(target) != nil || c.Lab.Pod(target) != nil || target == UnderlayName || (target == ExternalName && netns.Exists(c.NS(ExternalName))) || (target == ControlPlaneName && c.Lab.hasCPNode()) || (target == MachinePortName && c.Lab.Joined()) {
 		return c.NS(target), nil
 	}
 	return "", fmt.Errorf("%q is neither a node nor a pod of lab %s: use one of %v", target, c.Lab.Name, c.Lab.Names())
@@ -63,8 +63,15 @@ func (c *Cluster) StartServerWith(target, proto string, port int, argv []string,
 	// The script creates the log's directory first, as start does: on a
 	// machine without the lab it does not exist yet.
 	op := plan.Op{Verb: plan.Exec, NS: ns, Proc: &plan.Proc{
-		Cmd: fmt.Sprintf("mkdir -p %s && ip netns exec %s setsid %s > %s 2>&1 &", plan.Quote(dir), ns, plan.ShellJoin(argv), plan.Quote(logPath)),
-		Run: func() error { return netns.Do(ns, start) },
+		Cmd: fmt.Sprintf("mkdir -p %s && ip netns exec %s setsid %s > %s 2>&1%s &", plan.Quote(dir), ns, plan.ShellJoin(argv), plan.Quote(logPath), c.agentRedirect(proto)),
+		Run: func() error {
+			done, err := c.inheritMachineNetns(cmd, proto) // an agent of an external etcd (controlplane_external.go)
+			if err != nil {
+				return err
+			}
+			defer done()
+			return netns.Do(ns, start)
+		},
 	}}
 	if err := c.apply(plan.Plan{op}); err != nil {
 		return nil, fmt.Errorf("start server in %s: %w", target, err)
