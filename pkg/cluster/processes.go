@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/klab-dev/klab/pkg/etcdserver"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/plan"
 )
@@ -70,17 +71,26 @@ func allPIDs() ([]int, error) {
 }
 
 // serverProcesses finds klab's background servers by their command line
-// ("<klab> __serve ... --lab <lab>", see StartServer's callers), by lab:
-// they are found even if their namespace was deleted behind klab's back.
+// ("<klab> __serve ... --lab <lab>", see StartServer's callers, and the
+// etcd that 'klab __serve --proto etcd' became, see etcdserver.LabOf), by
+// lab: they are found even if their namespace was deleted behind klab's
+// back.
 func serverProcesses() map[string][]int {
 	out := map[string][]int{}
 	pids, _ := allPIDs()
 	for _, pid := range pids {
 		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte("\x00__serve\x00")) {
+		if err != nil || !bytes.Contains(b, []byte("\x00__serve\x00")) && !bytes.Contains(b, []byte("\x00--initial-cluster-token="+etcdserver.TokenPrefix)) {
 			continue
 		}
-		if lab := ServerLab(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")); lab != "" {
+		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		lab := ServerLab(argv)
+		if lab == "" {
+			if l := etcdserver.LabOf(argv); netns.ValidateLab(l) == nil {
+				lab = l
+			}
+		}
+		if lab != "" {
 			out[lab] = append(out[lab], pid)
 		}
 	}
