@@ -90,7 +90,20 @@ func (c *Cluster) startServer(target, proto string, port int, argv []string, clo
 		return &Server{Target: target, Proto: proto, Port: port, Log: logPath}, nil
 	}
 	s := &Server{Target: target, Proto: proto, Port: port, PID: cmd.Process.Pid, Log: logPath}
-	go cmd.Wait()
+	// Whether it died is what Wait says, not /proc: a server that
+	// execs another program (klab __serve --proto etcd) from a thread
+	// other than its first looks like a zombie for a moment, while the
+	// kernel hands the PID to the exec'ing thread.
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	dead := func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+			return false
+		}
+	}
 	// Wait until the server reports that it listens (or died).
 	deadline := time.Now().Add(r.wait)
 	for {
@@ -98,7 +111,7 @@ func (c *Cluster) startServer(target, proto string, port int, argv []string, clo
 		if r.up(b) {
 			break
 		}
-		if !alive(s.PID) || time.Now().After(deadline) {
+		if dead() || time.Now().After(deadline) {
 			cmd.Process.Kill()
 			why := string(b)
 			if r.why != nil {
