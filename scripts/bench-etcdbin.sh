@@ -57,7 +57,7 @@ run() { # variant cmd...: run klab, fail loudly on a failed command
 printf "%-44s %14s %14s  %6s\n" "" "old" "new" "new/old"
 sz() { stat -c %s "$1" | awk '{ printf "%.1f", $1 / 1e6 }'; }
 row "binary size: klab" MB "$(sz "$OLD")" "$(sz "$NEW")"
-row "binary size: klab-etcd (new only)" MB 0 "$(sz "$(dirname "$NEW")/klab-etcd")"
+printf "%-44s %14s %10s MB\n" "binary size: klab-etcd (new only)" "-" "$(sz "$(dirname "$NEW")/klab-etcd")"
 
 for i in $(seq 10); do
 	for v in old new; do

@@ -27,8 +27,9 @@ import (
 // is Debian's /usr/bin/etcd (a klab alone in its directory, no klab-etcd
 // on PATH), and checks with etcdctl that flannel's config and both leases
 // are in etcd, that the server klab recorded is that binary itself (exec'd
-// by 'klab __serve'), and that destroy stops it even after its namespace
-// was deleted behind klab's back.
+// by 'klab __serve'), that repair starts it again after a crash with the
+// leases kept, and that destroy stops it even after its namespace was
+// deleted behind klab's back.
 func TestEtcdServerBinaries(t *testing.T) {
 	c := newCLI(t)
 	if _, err := exec.LookPath("etcdctl"); err != nil {
@@ -93,6 +94,20 @@ func TestEtcdServerBinaries(t *testing.T) {
 			}
 			if !strings.Contains(log, "etcd: running "+tc.want+" (") {
 				t.Errorf("the server log does not say which etcd runs:\n%s", log)
+			}
+			// etcd killed: repair starts the same binary again, on the
+			// same data.
+			syscall.Kill(pid, syscall.SIGKILL)
+			waitFor(t, 3*time.Second, "etcd killed", func() bool { return syscall.Kill(pid, 0) != nil || isZombieProc(pid) })
+			if r := cl.run(env, "repair", "--lab", lab); r.code != 0 || !strings.Contains(r.out, "etcd on control-plane") {
+				t.Fatalf("klab repair after etcd was killed: exit %d\n%s", r.code, r.out)
+			}
+			pid = l.serverPID("control-plane", "etcd")
+			if exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe")); exe != tc.want {
+				t.Errorf("repair started %q, want %s", exe, tc.want)
+			}
+			if keys := l.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"); !strings.Contains(keys, "10.244.2.0-24") {
+				t.Errorf("the leases are gone after etcd's restart:\n%s", keys)
 			}
 			// Its namespace deleted behind klab's back: destroy still
 			// finds the etcd by its command line.
