@@ -15,7 +15,8 @@
 # of 10); a direct-mode 2-node x 2-pod lab built with 7 CLI commands (node
 # add x2, pod add x4, destroy: median of RUNS_LAB, default 10); a
 # control-plane lab (--control-plane etcd, 2 nodes: the two node adds, then
-# destroy on its own), median of RUNS_LAB.
+# destroy on its own), median of RUNS_LAB; and, with perf, the CPU time
+# (task-clock) of 'klab labs' and of the direct-mode lab's 7 commands.
 set -eu
 [ $# -ge 2 ] || { echo "usage: $0 OLD_KLAB NEW_KLAB [RUNS_LABS [RUNS_LAB]]" >&2; exit 2; }
 OLD=$1 NEW=$2 N1=${3:-30} N2=${4:-10}
@@ -94,6 +95,38 @@ for i in $(seq "$N2"); do
 	done
 done
 row "direct 2x2 lab, 7 commands (median of $N2)" ms "$(median <"$tmp/lab-old" | awk '{ print $1 / 1000 }')" "$(median <"$tmp/lab-new" | awk '{ print $1 / 1000 }')"
+
+# CPU time (perf's task-clock: every thread, and the child processes of the
+# 7-command build), which a loaded machine disturbs less than wall time.
+if command -v perf >/dev/null 2>&1 && perf stat -x, -e task-clock true >/dev/null 2>&1; then
+	cpu() { # variant out cmd...
+		v=$1 o=$2
+		shift 2
+		perf stat -x, -e task-clock -o "$tmp/perf" "$@" >/dev/null 2>&1 || { echo "bench-etcdbin: $v $*: failed" >&2; exit 1; }
+		awk -F, '$3 == "task-clock" { print $1 }' "$tmp/perf" >>"$tmp/$o-$v"
+	}
+	for i in $(seq "$N1"); do
+		cpu old labscpu "$OLD" labs
+		cpu new labscpu "$NEW" labs
+	done
+	row "klab labs: CPU, task-clock (median of $N1)" ms "$(median <"$tmp/labscpu-old")" "$(median <"$tmp/labscpu-new")"
+	for i in $(seq "$N2"); do
+		for v in old new; do
+			[ "$v" = old ] && k=$OLD || k=$NEW
+			lab=eb-bench-cpu$v$i
+			cpu $v labcpu sh -ec 'k=$1 s=$2 l=$3
+				"$k" --state-dir "$s" node add node1 --lab "$l"
+				"$k" --state-dir "$s" node add node2 --lab "$l"
+				for p in pod-a:node1 pod-b:node1 pod-c:node2 pod-d:node2; do
+					"$k" --state-dir "$s" pod add "${p%:*}" --node "${p#*:}" --lab "$l"
+				done
+				"$k" --state-dir "$s" destroy "$l"' sh "$k" "$tmp/state-$v" "$lab"
+		done
+	done
+	row "direct 2x2 lab: CPU, task-clock (median of $N2)" ms "$(median <"$tmp/labcpu-old")" "$(median <"$tmp/labcpu-new")"
+else
+	echo "(no CPU rows: perf is missing or not allowed: apt-get install linux-perf, run as root)"
+fi
 
 for i in $(seq "$N2"); do
 	for v in old new; do
