@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -16,10 +18,20 @@ import (
 
 	"github.com/klab-dev/klab/pkg/etcdserver"
 	"github.com/klab-dev/klab/pkg/etcdserver/server"
+	"go.etcd.io/etcd/api/v3/version"
 )
 
 func main() {
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
+		// etcd's own first line, which etcdserver.ParseVersion reads.
+		fmt.Printf("etcd Version: %s\nklab-etcd: the etcd server embedded (go.etcd.io/etcd/server/v3)\n", version.Version)
+		return
+	}
 	c, err := etcdserver.Parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Println(err)
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

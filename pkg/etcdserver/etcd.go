@@ -154,7 +154,8 @@ func (c Config) Args() []string {
 // Parse reads etcd's flags (the ones Args writes, in etcd's syntax:
 // --flag=value or --flag value, -flag too) into a Config; etcd's
 // defaults fill what is not given. A flag klab-etcd does not know, a
-// positional argument or a malformed URL is an error in one sentence.
+// positional argument or a malformed URL is an error in one sentence;
+// -h or --help an error wrapping flag.ErrHelp that lists the flags.
 func Parse(args []string) (Config, error) {
 	c := Config{Name: "default", InitialClusterToken: "etcd-cluster", InitialClusterState: "new", LogLevel: "info"}
 	fs := flag.NewFlagSet("klab-etcd", flag.ContinueOnError)
@@ -181,7 +182,7 @@ func Parse(args []string) (Config, error) {
 	fs.BoolVar(&c.ClientCertAuth, "client-cert-auth", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return c, fmt.Errorf("klab-etcd takes these flags of etcd's: %s", strings.Join(flagNames(fs), " "))
+			return c, helpError("klab-etcd runs the etcd server with these flags of etcd's: " + strings.Join(flagNames(fs), " "))
 		}
 		return c, fmt.Errorf("klab-etcd: %v: it takes only these flags of etcd's: %s (run Debian's /usr/bin/etcd for the others)", err, strings.Join(flagNames(fs), " "))
 	}
@@ -228,6 +229,13 @@ func Parse(args []string) (Config, error) {
 	}
 	return c, nil
 }
+
+// helpError is the answer to -h: the flags, as an error that is
+// flag.ErrHelp.
+type helpError string
+
+func (e helpError) Error() string { return string(e) }
+func (e helpError) Unwrap() error { return flag.ErrHelp }
 
 func flagNames(fs *flag.FlagSet) []string {
 	var n []string

@@ -2,6 +2,7 @@ package etcdserver
 
 import (
 	"errors"
+	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -82,12 +83,16 @@ func TestParse(t *testing.T) {
 		{name: "other logger", args: []string{"--logger=capnslog"}, err: "logs with zap only"},
 		{name: "bad cluster state", args: []string{"--initial-cluster-state=old"}, err: "use new or existing"},
 		{name: "bad bool", args: []string{"--unsafe-no-fsync=maybe"}, err: "invalid boolean value"},
+		{name: "help", args: []string{"--help"}, err: "klab-etcd runs the etcd server with these flags of etcd's: --advertise-client-urls"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse(tc.args)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("Parse(%q) = %v, want an error with %q", tc.args, err, tc.err)
+				}
+				if help := errors.Is(err, flag.ErrHelp); help != (tc.name == "help") {
+					t.Fatalf("Parse(%q): errors.Is(err, flag.ErrHelp) = %v", tc.args, help)
 				}
 				return
 			}
