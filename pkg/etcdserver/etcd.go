@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -65,6 +66,8 @@ type Config struct {
 	InitialClusterToken      string   // --initial-cluster-token
 	InitialClusterState      string   // --initial-cluster-state: new or existing
 	UnsafeNoFsync            bool     // --unsafe-no-fsync
+	HeartbeatInterval        uint     // --heartbeat-interval, ms: raft's tick
+	ElectionTimeout          uint     // --election-timeout, ms
 	LogOutputs               []string // --log-outputs: files, or stdout/stderr
 	LogLevel                 string   // --log-level
 	CertFile                 string   // --cert-file: the server's certificate for https clients
@@ -97,8 +100,18 @@ func Lab(lab, dir string, ip netip.Addr) Config {
 		// otherwise times proposals out ("etcdserver: request timed
 		// out"). Raft, leases and watches behave the same.
 		UnsafeNoFsync: true,
-		LogOutputs:    []string{filepath.Join(dir, "etcd.log")},
-		LogLevel:      "warn",
+		// A fresh one-member etcd fast-forwards all but one tick of its
+		// election timeout, then waits raft's randomised rest, one tick
+		// to one whole timeout (etcd-io/etcd server/etcdserver/server.go
+		// adjustTicks, "started as single-node"): 0.1 to 1 s with etcd's
+		// 100 ms ticks and 1 s timeout, most of a control-plane lab's
+		// start. A lone member has no peer to miss heartbeats from, so
+		// ticks of 10 ms and a 100 ms timeout cost nothing but make it
+		// leader within 100 ms.
+		HeartbeatInterval: 10,
+		ElectionTimeout:   100,
+		LogOutputs:        []string{filepath.Join(dir, "etcd.log")},
+		LogLevel:          "warn",
 	}
 }
 
@@ -137,6 +150,12 @@ func (c Config) Args() []string {
 	add("initial-cluster-token", c.InitialClusterToken)
 	add("initial-cluster-state", c.InitialClusterState)
 	on("unsafe-no-fsync", c.UnsafeNoFsync)
+	if c.HeartbeatInterval != 0 {
+		add("heartbeat-interval", strconv.FormatUint(uint64(c.HeartbeatInterval), 10))
+	}
+	if c.ElectionTimeout != 0 {
+		add("election-timeout", strconv.FormatUint(uint64(c.ElectionTimeout), 10))
+	}
 	if len(c.LogOutputs) > 0 {
 		// etcd 3.4 logs through capnslog, to stderr only, unless told
 		// to use zap; 3.5 and later know zap only and take the flag.
@@ -157,7 +176,7 @@ func (c Config) Args() []string {
 // positional argument or a malformed URL is an error in one sentence;
 // -h or --help an error wrapping flag.ErrHelp that lists the flags.
 func Parse(args []string) (Config, error) {
-	c := Config{Name: "default", InitialClusterToken: "etcd-cluster", InitialClusterState: "new", LogLevel: "info"}
+	c := Config{Name: "default", InitialClusterToken: "etcd-cluster", InitialClusterState: "new", LogLevel: "info", HeartbeatInterval: 100, ElectionTimeout: 1000}
 	fs := flag.NewFlagSet("klab-etcd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var lcu, acu, lpu, apu, outs urlList
@@ -172,6 +191,8 @@ func Parse(args []string) (Config, error) {
 	fs.StringVar(&c.InitialClusterToken, "initial-cluster-token", c.InitialClusterToken, "")
 	fs.StringVar(&c.InitialClusterState, "initial-cluster-state", c.InitialClusterState, "")
 	fs.BoolVar(&c.UnsafeNoFsync, "unsafe-no-fsync", false, "")
+	fs.UintVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "")
+	fs.UintVar(&c.ElectionTimeout, "election-timeout", c.ElectionTimeout, "")
 	fs.StringVar(&logger, "logger", "zap", "")
 	outs.plain = true
 	fs.Var(&outs, "log-outputs", "")
@@ -191,6 +212,13 @@ func Parse(args []string) (Config, error) {
 	}
 	if logger != "zap" {
 		return c, fmt.Errorf("--logger %q is not known: klab-etcd logs with zap only (leave --logger out)", logger)
+	}
+	if c.HeartbeatInterval == 0 {
+		return c, fmt.Errorf("--heartbeat-interval 0 is no tick: give it in milliseconds, 1 or more (etcd's default: 100)")
+	}
+	if c.ElectionTimeout < 5*c.HeartbeatInterval {
+		// etcd's own rule (embed Config.Validate): at least 5 ticks.
+		return c, fmt.Errorf("--election-timeout %d ms is under 5 heartbeats of %d ms: make it at least %d", c.ElectionTimeout, c.HeartbeatInterval, 5*c.HeartbeatInterval)
 	}
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
 		return c, fmt.Errorf("--initial-cluster-state %q is not known: use new or existing", c.InitialClusterState)

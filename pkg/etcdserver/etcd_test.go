@@ -24,6 +24,8 @@ func TestLabArgs(t *testing.T) {
 		"--initial-cluster-token=klab.eb-x",
 		"--initial-cluster-state=new",
 		"--unsafe-no-fsync=true",
+		"--heartbeat-interval=10",
+		"--election-timeout=100",
 		"--logger=zap",
 		"--log-outputs=/run/klab/eb-x/etcd/etcd.log",
 		"--log-level=warn",
@@ -83,6 +85,7 @@ func TestParse(t *testing.T) {
 		{name: "other logger", args: []string{"--logger=capnslog"}, err: "logs with zap only"},
 		{name: "bad cluster state", args: []string{"--initial-cluster-state=old"}, err: "use new or existing"},
 		{name: "bad bool", args: []string{"--unsafe-no-fsync=maybe"}, err: "invalid boolean value"},
+		{name: "election under 5 ticks", args: []string{"--heartbeat-interval=50", "--election-timeout=200"}, err: "--election-timeout 200 ms is under 5 heartbeats of 50 ms: make it at least 250"},
 		{name: "help", args: []string{"--help"}, err: "klab-etcd runs the etcd server with these flags of etcd's: --advertise-client-urls"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -102,7 +105,8 @@ func TestParse(t *testing.T) {
 			want := Config{Name: "default", DataDir: "default.etcd", ListenClientURLs: []string{"http://localhost:2379"},
 				AdvertiseClientURLs: []string{"http://localhost:2379"}, ListenPeerURLs: []string{"http://localhost:2380"},
 				InitialAdvertisePeerURLs: []string{"http://localhost:2380"}, InitialCluster: "default=http://localhost:2380",
-				InitialClusterToken: "etcd-cluster", InitialClusterState: "new", LogOutputs: []string{"stderr"}, LogLevel: "info"}
+				InitialClusterToken: "etcd-cluster", InitialClusterState: "new", LogOutputs: []string{"stderr"}, LogLevel: "info",
+				HeartbeatInterval: 100, ElectionTimeout: 1000}
 			tc.want(&want)
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("Parse(%q):\n got %+v\nwant %+v", tc.args, got, want)

@@ -42,6 +42,12 @@ func Config(c etcdserver.Config) (*embed.Config, error) {
 	}
 	cfg.InitialCluster, cfg.InitialClusterToken, cfg.ClusterState = c.InitialCluster, c.InitialClusterToken, c.InitialClusterState
 	cfg.UnsafeNoFsync = c.UnsafeNoFsync
+	if c.HeartbeatInterval != 0 {
+		cfg.TickMs = c.HeartbeatInterval
+	}
+	if c.ElectionTimeout != 0 {
+		cfg.ElectionMs = c.ElectionTimeout
+	}
 	cfg.Logger, cfg.LogLevel, cfg.LogOutputs = "zap", c.LogLevel, c.LogOutputs
 	// TLS for the https client listeners; etcd serves the http ones
 	// in the clear (embed's configureClientListeners, per URL).

@@ -38,7 +38,7 @@ func TestConfig(t *testing.T) {
 		}
 	}
 	if e.Name != "control-plane" || e.Dir != dir+"/data" || e.InitialCluster != "control-plane=http://192.168.1.100:2380" ||
-		e.InitialClusterToken != "klab.eb-s" || e.ClusterState != "new" || !e.UnsafeNoFsync ||
+		e.InitialClusterToken != "klab.eb-s" || e.ClusterState != "new" || !e.UnsafeNoFsync || e.TickMs != 10 || e.ElectionMs != 100 ||
 		e.Logger != "zap" || e.LogLevel != "warn" || len(e.LogOutputs) != 1 || e.LogOutputs[0] != dir+"/etcd.log" {
 		t.Errorf("embed config: %+v", e)
 	}
