@@ -37,7 +37,14 @@ cleanup() {
 	rm -rf "$tmp"
 }
 trap cleanup EXIT INT TERM
-mkdir -p "$tmp/state-old" "$tmp/state-new"
+mkdir -p "$tmp/state-old" "$tmp/state-new" "$tmp/old" "$tmp/new"
+# Both run from copies made the same way: how a binary's pages came into
+# the page cache (written by the linker, copied, read) changes how much of
+# it a process maps, by 5 MB of RSS for one and the same file.
+cp "$OLD" "$tmp/old/klab"
+cp "$NEW" "$tmp/new/klab"
+cp "$(dirname "$NEW")/klab-etcd" "$tmp/new/klab-etcd"
+OLD=$tmp/old/klab NEW=$tmp/new/klab
 
 us() { echo $(($(date +%s%N) / 1000)); } # microseconds
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
