@@ -468,12 +468,13 @@ func ServeEtcd(stateDir, lab, selfDir string) error {
 }
 
 // etcdHealthy asks the lab's etcd for /health from inside the
-// control-plane node's namespace: true once it serves clients (a
+// control-plane node's namespace, on its loopback listener (plain http
+// whatever TLS the other listeners have): true once it serves clients (a
 // one-member cluster then has its leader). A connection etcd accepts
 // while still starting is answered when it is ready, so the wait is
 // bounded by timeout, not polled.
 func (c *Cluster) etcdHealthy(timeout time.Duration) bool {
-	addr := netip.AddrPortFrom(c.Lab.ControlPlane.IP, etcdserver.ClientPort).String()
+	addr := netip.AddrPortFrom(netip.MustParseAddr(etcdserver.LoopbackIP), etcdserver.ClientPort).String()
 	var conn net.Conn
 	err := netns.Do(c.NS(ControlPlaneName), func() error {
 		var err error

@@ -39,6 +39,10 @@ const (
 // MemberName is the lab's one etcd member.
 const MemberName = "control-plane"
 
+// LoopbackIP is where the lab's etcd also listens, in plain http, inside
+// the control-plane node's namespace.
+const LoopbackIP = "127.0.0.1"
+
 // ClientURL is the URL clients use for an etcd on ip.
 func ClientURL(ip netip.Addr) string { return fmt.Sprintf("http://%s:%d", ip, ClientPort) }
 
@@ -84,7 +88,7 @@ func Lab(lab, dir string, ip netip.Addr) Config {
 		DataDir: filepath.Join(dir, "data"),
 		// Also on the namespace's loopback, as on a kubeadm control-plane
 		// node: a plain 'etcdctl' there finds it.
-		ListenClientURLs:         []string{ClientURL(ip), fmt.Sprintf("http://127.0.0.1:%d", ClientPort)},
+		ListenClientURLs:         []string{ClientURL(ip), fmt.Sprintf("http://%s:%d", LoopbackIP, ClientPort)},
 		AdvertiseClientURLs:      []string{ClientURL(ip)},
 		ListenPeerURLs:           []string{PeerURL(ip)},
 		InitialAdvertisePeerURLs: []string{PeerURL(ip)},
