@@ -166,7 +166,7 @@ func processesMentioning(lab string) []int {
 		}
 		// The etcd that 'klab __serve --proto etcd' became names the
 		// lab in its token and data directory only.
-		if etcdserver.LabOf(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")) == lab && !slices.Contains(out, pid) {
+		if l, _ := etcdserver.LabOf(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")); l == lab && !slices.Contains(out, pid) {
 			out = append(out, pid)
 		}
 	}

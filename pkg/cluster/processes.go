@@ -86,7 +86,7 @@ func serverProcesses() map[string][]int {
 		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 		lab := ServerLab(argv)
 		if lab == "" {
-			if l := etcdserver.LabOf(argv); netns.ValidateLab(l) == nil {
+			if l, _ := etcdserver.LabOf(argv); netns.ValidateLab(l) == nil {
 				lab = l
 			}
 		}

@@ -304,8 +304,9 @@ func (l *urlList) Set(s string) error {
 
 // LabOf returns the lab of an etcd command line that klab started (see
 // Lab: --name=control-plane, --initial-cluster-token=klab.LAB and the
-// data in LAB's state directory), or "" if argv is not one.
-func LabOf(argv []string) string {
+// data in LAB's state directory) and that state directory, or "" if argv
+// is not one.
+func LabOf(argv []string) (lab, stateDir string) {
 	var name, token, data string
 	for _, a := range argv[min(1, len(argv)):] {
 		k, v, _ := strings.Cut(a, "=")
@@ -319,10 +320,14 @@ func LabOf(argv []string) string {
 		}
 	}
 	lab, ok := strings.CutPrefix(token, TokenPrefix)
-	if name != MemberName || !ok || lab == "" || !strings.HasSuffix(data, "/"+lab+"/etcd/data") {
-		return ""
+	if name != MemberName || !ok || lab == "" {
+		return "", ""
 	}
-	return lab
+	stateDir, ok = strings.CutSuffix(data, "/"+lab+"/etcd/data")
+	if !ok {
+		return "", ""
+	}
+	return lab, stateDir
 }
 
 // Healthy asks etcd's /health over conn (a connection to addr, made in

@@ -118,18 +118,18 @@ func TestParse(t *testing.T) {
 func TestLabOf(t *testing.T) {
 	argv := append([]string{"/usr/bin/etcd"}, Lab("eb-q", "/run/klab/eb-q/etcd", netip.MustParseAddr("192.168.1.100")).Args()...)
 	for _, tc := range []struct {
-		name string
-		argv []string
-		want string
+		name     string
+		argv     []string
+		lab, dir string
 	}{
-		{"klab's etcd", argv, "eb-q"},
-		{"another token", replace(argv, "--initial-cluster-token=klab.eb-q", "--initial-cluster-token=etcd-cluster"), ""},
-		{"data of another lab", replace(argv, "--data-dir=/run/klab/eb-q/etcd/data", "--data-dir=/run/klab/eb-r/etcd/data"), ""},
-		{"another member", replace(argv, "--name=control-plane", "--name=infra0"), ""},
-		{"empty", nil, ""},
+		{"klab's etcd", argv, "eb-q", "/run/klab"},
+		{"another token", replace(argv, "--initial-cluster-token=klab.eb-q", "--initial-cluster-token=etcd-cluster"), "", ""},
+		{"data of another lab", replace(argv, "--data-dir=/run/klab/eb-q/etcd/data", "--data-dir=/run/klab/eb-r/etcd/data"), "", ""},
+		{"another member", replace(argv, "--name=control-plane", "--name=infra0"), "", ""},
+		{"empty", nil, "", ""},
 	} {
-		if got := LabOf(tc.argv); got != tc.want {
-			t.Errorf("%s: LabOf = %q, want %q", tc.name, got, tc.want)
+		if lab, dir := LabOf(tc.argv); lab != tc.lab || dir != tc.dir {
+			t.Errorf("%s: LabOf = %q, %q, want %q, %q", tc.name, lab, dir, tc.lab, tc.dir)
 		}
 	}
 }
