@@ -1,6 +1,9 @@
 # klab: build, test, benchmark, lint. Tests and labs need root.
 GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     ?= bin/klab
+# klab-etcd, the control plane's etcd server, is built beside klab: klab
+# looks for it there first (docs/control-plane.md).
+ETCDBIN ?= $(dir $(BIN))klab-etcd
 PKGS    ?= ./...
 export CGO_ENABLED ?= 0
 
@@ -10,6 +13,7 @@ all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/klab
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(ETCDBIN) ./cmd/klab-etcd
 
 deps:
 	./scripts/install-deps.sh

@@ -1,13 +1,18 @@
 #!/bin/sh
-# Runs every embedded lab straight through with the already built bin/klab,
-# destroys it, and fails if any lab failed. Needs root. Builds nothing: the
-# Makefile's test target builds bin/klab first and calls this script when it is
-# executable.
+# Runs every embedded lab straight through with the already built bin/klab
+# (and bin/klab-etcd beside it), destroys it, and fails if any lab failed.
+# Needs root. Builds nothing: the Makefile's test target builds both first and
+# calls this script when it is executable.
 set -u
 cd "$(dirname "$0")/.."
 KLAB=${KLAB:-bin/klab}
 if [ ! -x "$KLAB" ]; then
 	echo "ci-labs: $KLAB is missing: run 'make build' first" >&2
+	exit 2
+fi
+# The control-plane labs run klab-etcd, which klab finds beside itself.
+if [ ! -x "$(dirname "$KLAB")/klab-etcd" ]; then
+	echo "ci-labs: $(dirname "$KLAB")/klab-etcd is missing (the control-plane labs' etcd): run 'make build' first" >&2
 	exit 2
 fi
 labs=$("$KLAB" labs -o json | sed -n 's/^    "name": "\(.*\)",$/\1/p')

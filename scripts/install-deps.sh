@@ -4,9 +4,10 @@
 # iproute2, iputils-ping, conntrack, tshark, nft (nftables: reading back
 # kube-proxy's nftables table), ipset (NetworkPolicy peer sets), dig/getent
 # checks of the cluster DNS (bind9-dnsutils), traceroute (klab traceroute
-# is compared with it), etcd-server/etcd-client (etcdctl reads back the
-# control plane's leases) and bird2 (the calico backend runs BIRD on every
-# node).
+# is compared with it), etcd-client (etcdctl reads back the control
+# plane's leases), etcd-server (Debian's etcd, klab's fallback for
+# bin/klab-etcd, which the tests run too) and bird2 (the calico backend
+# runs BIRD on every node).
 set -eu
 need=""
 command -v iptables-restore >/dev/null 2>&1 || need="$need iptables"

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -119,12 +120,14 @@ func newAgentLogCmd() *cobra.Command {
 // serveControlPlane runs the lab's etcd or a node agent's supervisor
 // (klab __serve --proto etcd|agent).
 func serveControlPlane(ctx context.Context, proto, node string) error {
-	if proto == "etcd" {
-		return cluster.ServeEtcd(ctx, globals.stateDir, globals.lab)
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	if proto == "etcd" {
+		// klab-etcd is looked for beside this very binary (make
+		// builds both into bin/).
+		return cluster.ServeEtcd(globals.stateDir, globals.lab, filepath.Dir(self))
 	}
 	return cluster.SuperviseAgent(ctx, []string{self, "__agent", "--node", node, "--lab", globals.lab, "--state-dir", globals.stateDir})
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/klab-dev/klab/internal/testutil"
 	"github.com/klab-dev/klab/pkg/cluster"
+	"github.com/klab-dev/klab/pkg/etcdserver"
 	"github.com/klab-dev/klab/pkg/netns"
 )
 
@@ -161,6 +163,11 @@ func processesMentioning(lab string) []int {
 				out = append(out, pid)
 				break
 			}
+		}
+		// The etcd that 'klab __serve --proto etcd' became names the
+		// lab in its token and data directory only.
+		if l, _ := etcdserver.LabOf(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")); l == lab && !slices.Contains(out, pid) {
+			out = append(out, pid)
 		}
 	}
 	return out

@@ -18,7 +18,9 @@ var (
 )
 
 // Klab builds the klab binary once per test process (static, as shipped)
-// and returns its path. Main removes it at the end.
+// and returns its path. klab-etcd, the control plane's etcd server, is
+// built beside it, where 'klab __serve --proto etcd' looks for it first.
+// Main removes both at the end.
 func Klab(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -33,7 +35,9 @@ func Klab(t testing.TB) string {
 		if _, err := os.Stat(gobin); err != nil {
 			gobin = "go"
 		}
-		cmd := exec.Command(gobin, "build", "-o", buildPath, "./cmd/klab")
+		// One go build of both packages, into the directory: the two
+		// link in parallel.
+		cmd := exec.Command(gobin, "build", "-o", buildDir+string(filepath.Separator), "./cmd/klab", "./cmd/klab-etcd")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		buildOut, buildErr = cmd.CombinedOutput()

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -186,6 +187,14 @@ func (c *Cluster) ensureControlPlane() error {
 	if c.Lab.Joined() {
 		return c.ensureJoined()
 	}
+	start := !c.serving(ControlPlaneName, "etcd")
+	if start {
+		// Said before anything is built: 'klab __serve --proto etcd'
+		// looks for the server the same way, beside the same klab.
+		if _, err := etcdserver.Find(filepath.Dir(c.Serve(ControlPlaneName, "etcd", etcdserver.ClientPort)[0]), exec.LookPath); err != nil {
+			return err
+		}
+	}
 	p, err := c.planUnderlayBridge()
 	if err != nil {
 		return err
@@ -215,7 +224,7 @@ func (c *Cluster) ensureControlPlane() error {
 	if err := c.apply(p); err != nil {
 		return err
 	}
-	if !c.serving(ControlPlaneName, "etcd") {
+	if start {
 		c.forgetDead(ControlPlaneName, "etcd")
 		if err := c.ensurePKI(); err != nil { // etcd's TLS port, for machines that join
 			return err
@@ -224,7 +233,7 @@ func (c *Cluster) ensureControlPlane() error {
 		if err := c.Save(); err != nil {
 			return err
 		}
-		if _, err := c.StartServer(ControlPlaneName, "etcd", etcdserver.ClientPort, c.Serve(ControlPlaneName, "etcd", etcdserver.ClientPort)); err != nil {
+		if _, err := c.startServer(ControlPlaneName, "etcd", etcdserver.ClientPort, c.Serve(ControlPlaneName, "etcd", etcdserver.ClientPort), 0, c.etcdReady()); err != nil {
 			return fmt.Errorf("etcd on the control-plane node: %w", err)
 		}
 	}
@@ -494,9 +503,14 @@ func (c *Cluster) lagging(gone []netip.Prefix) []string {
 	return lag
 }
 
-// ServeEtcd is the etcd process of a lab's control-plane node ('klab
-// __serve --proto etcd', started in its namespace by ensureControlPlane).
-func ServeEtcd(ctx context.Context, stateDir, lab string) error {
+// ServeEtcd is 'klab __serve --proto etcd', started in the control-plane
+// node's namespace by ensureControlPlane: it becomes the lab's etcd. It
+// finds the server (etcdserver.Find: klab-etcd in selfDir, the running
+// klab's directory, then on PATH, then Debian's etcd), says in the server
+// log which one it runs, and execs it with the lab's etcd flags, so the
+// server's recorded PID is etcd's own (destroy, repair and list need
+// nothing else) and klab's code is gone from the process.
+func ServeEtcd(stateDir, lab, selfDir string) error {
 	l, err := Load(stateDir, lab)
 	if err != nil {
 		return err
@@ -504,16 +518,59 @@ func ServeEtcd(ctx context.Context, stateDir, lab string) error {
 	if l.ControlPlane == nil {
 		return fmt.Errorf("lab %s has no control plane", lab)
 	}
-	var tlsl *etcdserver.TLS
-	if dir := PKIDir(stateDir, lab); fileExists(filepath.Join(dir, pki.ServerCert)) {
-		tlsl = &etcdserver.TLS{URL: EtcdTLSURL(l.ControlPlane.IP), CertFile: filepath.Join(dir, pki.ServerCert), KeyFile: filepath.Join(dir, pki.ServerKey), CAFile: filepath.Join(dir, pki.CACert)}
+	dir := filepath.Join(stateDir, lab, "etcd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
 	}
-	return etcdserver.Serve(ctx, filepath.Join(stateDir, lab, "etcd"), l.ControlPlane.IP, func(url string) {
-		fmt.Printf("etcd listening on %s (data %s)\n", url, filepath.Join(stateDir, lab, "etcd", "data"))
-		if tlsl != nil {
-			fmt.Printf("etcd listening on %s for other machines (TLS, client certificates of the lab's CA)\n", tlsl.URL)
-		}
-	}, tlsl)
+	b, err := etcdserver.Find(selfDir, exec.LookPath)
+	if err != nil {
+		return err
+	}
+	if err := b.ReadVersion(); err != nil {
+		return err
+	}
+	cfg := etcdserver.Lab(lab, dir, l.ControlPlane.IP)
+	if pdir := PKIDir(stateDir, lab); fileExists(filepath.Join(pdir, pki.ServerCert)) {
+		// etcd's TLS port, for machines that join the lab (machines.go):
+		// client certificates of the lab's CA only.
+		cfg.ExtraListenClientURLs = []string{EtcdTLSURL(l.ControlPlane.IP)}
+		cfg.CertFile, cfg.KeyFile = filepath.Join(pdir, pki.ServerCert), filepath.Join(pdir, pki.ServerKey)
+		cfg.TrustedCAFile, cfg.ClientCertAuth = filepath.Join(pdir, pki.CACert), true
+		fmt.Printf("etcd: TLS for other machines on %s (client certificates of the lab's CA, %s)\n", EtcdTLSURL(l.ControlPlane.IP), pdir)
+	}
+	argv, notes := b.Argv(cfg)
+	fmt.Printf("etcd: running %s (%s); its log: %s\n", b.Path, b.Why, filepath.Join(dir, "etcd.log"))
+	for _, n := range notes {
+		fmt.Printf("etcd: %s\n", n)
+	}
+	// etcd reads ETCD_<FLAG> variables as flags: none of the caller's
+	// may change the lab's etcd.
+	env := slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, "ETCD_") })
+	if err := syscall.Exec(b.Path, argv, env); err != nil {
+		return fmt.Errorf("run %s: %w", b.Path, err)
+	}
+	return nil
+}
+
+// etcdHealthy asks the lab's etcd for /health from inside the
+// control-plane node's namespace, on its loopback listener (plain http
+// whatever TLS the other listeners have): true once it serves clients (a
+// one-member cluster then has its leader). A connection etcd accepts
+// while still starting is answered when it is ready, so the wait is
+// bounded by timeout, not polled.
+func (c *Cluster) etcdHealthy(timeout time.Duration) bool {
+	addr := netip.AddrPortFrom(netip.MustParseAddr(etcdserver.LoopbackIP), etcdserver.ClientPort).String()
+	var conn net.Conn
+	err := netns.Do(c.NS(ControlPlaneName), func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", addr, timeout)
+		return err
+	})
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	return etcdserver.Healthy(conn, addr, timeout)
 }
 
 // SuperviseAgent is a node's agent supervisor ('klab __serve --proto
@@ -755,4 +812,24 @@ func (c *Cluster) forgetDead(target, proto string) {
 		}
 	}
 	c.Lab.Servers = keep
+}
+
+// etcdReady is when the lab's etcd is up: it answers /health (whichever
+// etcd binary runs, whatever it logs). A cold etcd is up in well under a
+// second; 15 s leaves room for a loaded machine. If it is not, the error
+// quotes the server log (which binary ran, klab-etcd's own errors) and
+// the end of etcd's log.
+func (c *Cluster) etcdReady() *readiness {
+	return &readiness{
+		up:   func([]byte) bool { return c.etcdHealthy(time.Second) },
+		wait: 15 * time.Second,
+		why: func(b []byte) string {
+			log := filepath.Join(c.Dir(), "etcd", "etcd.log")
+			tail, _ := os.ReadFile(log)
+			if len(tail) > 2000 {
+				tail = tail[len(tail)-2000:]
+			}
+			return fmt.Sprintf("%s\n%s ends:\n%s", strings.TrimSpace(string(b)), log, strings.TrimSpace(string(tail)))
+		},
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/klab-dev/klab/pkg/etcdserver"
 	"github.com/klab-dev/klab/pkg/netns"
 	"github.com/klab-dev/klab/pkg/plan"
 )
@@ -70,18 +71,26 @@ func allPIDs() ([]int, error) {
 }
 
 // serverProcesses finds klab's background servers by their command line
-// ("<klab> __serve ... --lab <lab>", see StartServer's callers), by lab:
-// they are found even if their namespace was deleted behind klab's back.
+// ("<klab> __serve ... --lab <lab>", see StartServer's callers, and the
+// etcd that 'klab __serve --proto etcd' became, see etcdserver.LabOf), by
+// lab: they are found even if their namespace was deleted behind klab's
+// back.
 func serverProcesses() map[string][]int {
 	out := map[string][]int{}
 	pids, _ := allPIDs()
 	for _, pid := range pids {
 		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte("\x00__serve\x00")) {
+		if err != nil || !bytes.Contains(b, []byte("\x00__serve\x00")) && !bytes.Contains(b, []byte("\x00--initial-cluster-token="+etcdserver.TokenPrefix)) {
 			continue
 		}
 		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if lab := ServerLab(argv); lab != "" && !otherMachine(pid, argv) {
+		lab, dir := ServerLab(argv), stateDirOf(argv)
+		if lab == "" {
+			if l, sd := etcdserver.LabOf(argv); netns.ValidateLab(l) == nil {
+				lab, dir = l, sd
+			}
+		}
+		if lab != "" && !otherMachine(pid, dir) {
 			out[lab] = append(out[lab], pid)
 		}
 	}
@@ -93,7 +102,20 @@ func serverProcesses() map[string][]int {
 // ours (simulated machines share one kernel's PIDs, each with its own
 // mount namespace and /run: a destroy on one must not stop the other's
 // servers). A server whose state directory cannot be seen counts as ours.
-func otherMachine(pid int, argv []string) bool {
+func otherMachine(pid int, dir string) bool {
+	if dir == "" {
+		return false
+	}
+	var theirs, ours syscall.Stat_t
+	if syscall.Stat(filepath.Join("/proc", strconv.Itoa(pid), "root", dir), &theirs) != nil || syscall.Stat(dir, &ours) != nil {
+		return false
+	}
+	return theirs.Dev != ours.Dev || theirs.Ino != ours.Ino
+}
+
+// stateDirOf is a klab server's --state-dir (klab's default when it has
+// none).
+func stateDirOf(argv []string) string {
 	dir := "/run/klab"
 	for i, a := range argv {
 		if v, ok := strings.CutPrefix(a, "--state-dir="); ok {
@@ -102,11 +124,7 @@ func otherMachine(pid int, argv []string) bool {
 			dir = argv[i+1]
 		}
 	}
-	var theirs, ours syscall.Stat_t
-	if syscall.Stat(filepath.Join("/proc", strconv.Itoa(pid), "root", dir), &theirs) != nil || syscall.Stat(dir, &ours) != nil {
-		return false
-	}
-	return theirs.Dev != ours.Dev || theirs.Ino != ours.Ino
+	return dir
 }
 
 // ServerLab returns the lab of a klab server's command line ("klab __serve

@@ -32,6 +32,23 @@ func (c *Cluster) StartServer(target, proto string, port int, argv []string) (*S
 // namespaces (clone flags, such as a sandbox's new mount and PID
 // namespaces: see nsexec.SandboxCloneflags).
 func (c *Cluster) StartServerWith(target, proto string, port int, argv []string, cloneflags uintptr) (*Server, error) {
+	return c.startServer(target, proto, port, argv, cloneflags, nil)
+}
+
+// readiness is how startServer knows that a server is up: by default a
+// line of its log saying "listening", within 3 s; up replaces the test
+// (it gets the log so far), wait the time, and why, if set, says what
+// went wrong when the server did not come up.
+type readiness struct {
+	up   func(log []byte) bool
+	wait time.Duration
+	why  func(log []byte) string
+}
+
+func (c *Cluster) startServer(target, proto string, port int, argv []string, cloneflags uintptr, r *readiness) (*Server, error) {
+	if r == nil {
+		r = &readiness{up: func(b []byte) bool { return containsLine(string(b), "listening") }, wait: 3 * time.Second}
+	}
 	target = NormalizeKey(target)
 	for _, s := range c.Lab.Servers {
 		if s.Target == target && s.Port == port && s.Proto == proto && alive(s.PID) {
@@ -80,17 +97,34 @@ func (c *Cluster) StartServerWith(target, proto string, port int, argv []string,
 		return &Server{Target: target, Proto: proto, Port: port, Log: logPath}, nil
 	}
 	s := &Server{Target: target, Proto: proto, Port: port, PID: cmd.Process.Pid, Log: logPath}
-	go cmd.Wait()
+	// Whether it died is what Wait says, not /proc: a server that
+	// execs another program (klab __serve --proto etcd) from a thread
+	// other than its first looks like a zombie for a moment, while the
+	// kernel hands the PID to the exec'ing thread.
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	dead := func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+			return false
+		}
+	}
 	// Wait until the server reports that it listens (or died).
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(r.wait)
 	for {
 		b, _ := os.ReadFile(logPath)
-		if len(b) > 0 && containsLine(string(b), "listening") {
+		if r.up(b) {
 			break
 		}
-		if !alive(s.PID) || time.Now().After(deadline) {
+		if dead() || time.Now().After(deadline) {
 			cmd.Process.Kill()
-			return nil, fmt.Errorf("server in %s did not start: %s", target, string(b))
+			why := string(b)
+			if r.why != nil {
+				why = r.why(b)
+			}
+			return nil, fmt.Errorf("server in %s did not start: %s", target, why)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

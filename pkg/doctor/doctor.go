@@ -78,6 +78,7 @@ func Run() []Check {
 		out = append(out, Check{"ipvs", Warn, "this kernel has no IP_VS, so --proxy-mode ipvs is refused: use --proxy-mode nftables or iptables (the default)", "modprobe ip_vs (if your kernel has it)"})
 	}
 	out = append(out, CalicoChecks()...)
+	out = append(out, EtcdChecks()...) // etcd.go
 	if _, err := exec.LookPath("conntrack"); err == nil {
 		out = append(out, Check{"conntrack tool", OK, "conntrack is installed (to list NAT entries)", ""})
 	} else {
