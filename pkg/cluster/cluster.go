@@ -145,6 +145,11 @@ type Cluster struct {
 
 	agentProxy *proxyView // a node agent's view: it renders the services from etcd (controlplane_proxy.go)
 	proxyLag   error      // the agents the last publish waited for in vain (controlplane_proxy.go)
+	policyLag  error      // the same for the policies (controlplane_policy.go)
+	// proxyApplied is, in a node's agent, the proxy mode its kube-proxy
+	// role last synced the node in (the policy role waits for it after a
+	// switch: controlplane_policy.go).
+	proxyApplied *appliedMode
 }
 
 // Dir is the lab's state directory.

@@ -359,7 +359,8 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	if err := (&agent.Registry{Cli: cli, Prefix: agent.DefaultPrefix}).Delete(ctx, n.PodCIDR); err != nil {
 		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
 	}
-	cli.Delete(ctx, ProxyAckPrefix+n.Name) // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
+	cli.Delete(ctx, ProxyAckPrefix+n.Name)  // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
+	cli.Delete(ctx, PolicyAckPrefix+n.Name) // and its policy role's (controlplane_policy.go)
 	return c.WaitConverged(5*time.Second, n.PodCIDR)
 }
 
@@ -370,9 +371,11 @@ func (c *Cluster) WaitConverged(timeout time.Duration, gone ...netip.Prefix) err
 	deadline := time.Now().Add(timeout)
 	proxyLag, done := c.proxyWaiter() // and every service (controlplane_proxy.go)
 	defer done()
+	policyLag, pdone := c.policyWaiter() // and the network policies (controlplane_policy.go)
+	defer pdone()
 	for {
 		lag := c.lagging(gone)
-		for _, n := range proxyLag() {
+		for _, n := range append(proxyLag(), policyLag()...) {
 			if !slices.Contains(lag, n) {
 				lag = append(lag, n)
 			}
@@ -381,7 +384,7 @@ func (c *Cluster) WaitConverged(timeout time.Duration, gone ...netip.Prefix) err
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the agents of %s have not programmed every peer and service after %v: see 'klab agent log NODE'", strings.Join(lag, ", "), timeout)
+			return fmt.Errorf("the agents of %s have not programmed every peer, service and network policy after %v: see 'klab agent log NODE'", strings.Join(lag, ", "), timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -503,7 +506,9 @@ func RunAgent(ctx context.Context, stateDir, lab, node string, log io.Writer) er
 			fmt.Fprintf(log, "%s agent of %s listening: lease %s, subnet.env written\n", time.Now().Format("15:04:05.000"), node, agent.SubnetKey(sn))
 		},
 	})
-	go runProxy(ctx, c, node, log) // kube-proxy's role (controlplane_proxy.go)
+	c.proxyApplied = &appliedMode{}
+	go runProxy(ctx, c, node, log)  // kube-proxy's role (controlplane_proxy.go)
+	go runPolicy(ctx, c, node, log) // the NetworkPolicy agent's (controlplane_policy.go)
 	err = ag.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil
