@@ -290,6 +290,7 @@ func (c *Cluster) StartAgent(node string) error {
 		return fmt.Errorf("the agent of node %s already runs: stop it first with 'klab agent stop %s'", node, node)
 	}
 	c.forgetDead(node, "agent")
+	c.forgetAcks(node)
 	if _, err := c.StartServer(node, "agent", 0, c.Serve(node, "agent", 0)); err != nil {
 		if last := c.lastAgentLine(node); last != "" {
 			return fmt.Errorf("the agent of %s did not start: %s", node, last)
@@ -297,6 +298,24 @@ func (c *Cluster) StartAgent(node string) error {
 		return fmt.Errorf("the agent of %s: %w", node, err)
 	}
 	return nil
+}
+
+// forgetAcks deletes the acks a node's previous agent left (proxy and
+// policy roles), so that a wait after starting it waits for the new
+// agent's own first syncs, not for what the stopped one had acked. Without
+// etcd there is nothing to forget.
+func (c *Cluster) forgetAcks(node string) {
+	if c.A.DryRun {
+		return
+	}
+	cli, err := c.etcd()
+	if err != nil {
+		return
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cli.Txn(ctx).Then(clientv3.OpDelete(ProxyAckPrefix+node), clientv3.OpDelete(PolicyAckPrefix+node)).Commit()
 }
 
 // lastAgentLine is the last line of a node's agent log, without its
