@@ -91,7 +91,7 @@ type PolicyAck struct {
 
 // policyObjects is the lab's namespaces, pods and NetworkPolicies as etcd
 // keys and values: the objects 'klab get' shows (a pod with its labels,
-// spec.nodeName, containerPorts, status.podIP and Ready condition).
+// spec.nodeName, containerPorts and status.podIP).
 func (l *Lab) policyObjects() map[string]string {
 	out := make(map[string]string, len(l.Pods)+len(l.Policies)+len(l.Namespaces)+4)
 	for _, n := range l.AllNamespaces() {
@@ -99,7 +99,12 @@ func (l *Lab) policyObjects() map[string]string {
 		out[NamespacesPrefix+n.Name] = string(b)
 	}
 	for _, p := range l.Pods {
-		b, _ := json.Marshal(l.PodObject(p))
+		o := l.PodObject(p)
+		// Readiness is the EndpointSlices' (controlplane_proxy.go) and no
+		// policy reads it: the stored pod leaves it out, so that set-ready,
+		// which writes only the slices, leaves nothing stale here.
+		o.Status.Conditions, o.Status.ContainerStatuses = nil, nil
+		b, _ := json.Marshal(o)
 		out[PodsPrefix+p.Namespace()+"/"+p.ShortName()] = string(b)
 	}
 	for _, np := range l.Policies {
