@@ -140,6 +140,14 @@ func (c *Cluster) publishPolicies() error {
 		// file is not written either).
 		return nil
 	}
+	if len(c.Lab.Policies) > 0 {
+		// As SetPolicies does before any node changes: policies that do
+		// not compile are refused here, not written for the agents to
+		// ignore.
+		if _, err := policy.NewEvaluator(c.Lab.PolicyState()); err != nil {
+			return err
+		}
+	}
 	var old map[string]string
 	if b, err := os.ReadFile(c.policyObjectsFile()); err == nil {
 		json.Unmarshal(b, &old) // a damaged file only costs writing every object again
