@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +50,9 @@ const (
 	// on node1).
 	npFromOther = `{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"from-other","namespace":"default"},` +
 		`"spec":{"podSelector":{},"policyTypes":["Ingress"],"ingress":[{"from":[{"podSelector":{"matchLabels":{"role":"other"}}}]}]}}`
-	npFromOtherKey = "/registry/networkpolicies/default/from-other"
+	npFromOtherKey  = "/registry/networkpolicies/default/from-other"
+	npFromOtherYAML = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-other}\n" +
+		"spec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{from: [{podSelector: {matchLabels: {role: other}}}]}]\n"
 )
 
 // apply applies a manifest with klab apply -f.
@@ -299,6 +302,29 @@ func TestControlPlanePolicyNFTables(t *testing.T) {
 	l.expect("from-other put by hand", map[string]bool{"other>db": true, "other>client": true})
 	l.everyNodeAcks("the NetworkPolicy deleted by hand", l.etcdWrite("del", npFromOtherKey))
 	l.expect("from-other deleted by hand", map[string]bool{"other>db": false})
+
+	// A frozen agent: the verb waits (bounded), then names it; the policy
+	// is in etcd and in the lab's state, and the agent enforces it once
+	// it thaws.
+	var pid int
+	fmt.Sscan(sh(t, "pgrep", "-f", "__agent --node node2 --lab "+l.lab), &pid)
+	syscall.Kill(pid, syscall.SIGSTOP)
+	f := filepath.Join(t.TempDir(), "m.yaml")
+	os.WriteFile(f, []byte(strings.ReplaceAll(npFromOtherYAML, "from-other", "from-other-2")), 0o600)
+	r := l.run(nil, "apply", "-f", f, "--lab", l.lab)
+	syscall.Kill(pid, syscall.SIGCONT)
+	if r.code == 0 || !strings.Contains(r.out, "the network policies are in etcd") || !strings.Contains(r.out, "the agents of node2 have not synced them after") {
+		t.Fatalf("apply with node2's agent frozen: exit %d: %s", r.code, r.out)
+	}
+	t.Logf("frozen agent: %s", strings.TrimSpace(r.out))
+	if l.labState().Policy("default", "from-other-2") == nil {
+		t.Error("the lab's state did not record the policy the frozen agent lagged on")
+	}
+	waitFor(t, 2*time.Second, "node2's agent catching up after it thawed", func() bool {
+		return l.policyAcks()["node2"].Policies == 3
+	})
+	l.expect("from-other-2 after node2 thawed", map[string]bool{"other>db": true})
+	l.must("delete", "-f", f, "--lab", l.lab)
 
 	l.must("proxy-mode", "set", "iptables", "--lab", l.lab)
 	for _, n := range []string{"node1", "node2"} {
