@@ -247,18 +247,35 @@ func (c *Cluster) etcdWrite(what string, ops []clientv3.Op, script string, after
 }
 
 // waitAcks waits until every running agent acked revision rev under
-// prefix (what names what they sync, for the message).
+// prefix (what names what they sync, for the message). It watches the
+// acks, so it returns as soon as the last one is written, and checks
+// every 100 ms besides (an agent that dies writes nothing).
 func waitAcks(c *Cluster, cli *clientv3.Client, prefix, what string, rev int64, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var acks clientv3.WatchChan
+	watching := false
 	for {
-		lag := c.ackLagging(cli, prefix, rev)
+		lag, at := c.ackLaggingAt(cli, prefix, rev)
 		if len(lag) == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if ctx.Err() != nil {
 			return fmt.Errorf("the %s are in etcd (revision %d), but the agents of %s have not synced them after %v: see 'klab agent log NODE'", what, rev, strings.Join(lag, ", "), timeout.Round(100*time.Millisecond))
 		}
-		time.Sleep(10 * time.Millisecond)
+		if !watching && at > 0 {
+			acks, watching = cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(at+1)), true
+		}
+		select {
+		case _, ok := <-acks:
+			if !ok {
+				acks = nil // ended: the ticker goes on
+			}
+		case <-tick.C:
+		case <-ctx.Done():
+		}
 	}
 }
 
@@ -266,10 +283,19 @@ func waitAcks(c *Cluster, cli *clientv3.Client, prefix, what string, rev int64, 
 // prefix (the proxy's or the policy role's acks: both carry node and
 // revision).
 func (c *Cluster) ackLagging(cli *clientv3.Client, prefix string, rev int64) []string {
+	lag, _ := c.ackLaggingAt(cli, prefix, rev)
+	return lag
+}
+
+// ackLaggingAt is ackLagging and the revision it read the acks at (0 when
+// etcd did not answer).
+func (c *Cluster) ackLaggingAt(cli *clientv3.Client, prefix string, rev int64) ([]string, int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	acks := map[string]int64{}
+	var at int64
 	if r, err := cli.Get(ctx, prefix, clientv3.WithPrefix()); err == nil {
+		at = r.Header.Revision
 		for _, kv := range r.Kvs {
 			var a struct {
 				Node     string `json:"node"`
@@ -286,7 +312,7 @@ func (c *Cluster) ackLagging(cli *clientv3.Client, prefix string, rev int64) []s
 			lag = append(lag, n.Name)
 		}
 	}
-	return lag
+	return lag, at
 }
 
 // policyTarget is the revision every running agent's policy role must
