@@ -1,12 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klab-dev/klab/pkg/nat"
 	"github.com/klab-dev/klab/pkg/policy"
@@ -102,5 +104,46 @@ func TestDecodePolicyObjectRejects(t *testing.T) {
 		if line := strings.Join(said, ""); !strings.Contains(line, tc.want) {
 			t.Errorf("%s: logged %q, want %q", tc.key, line, tc.want)
 		}
+	}
+}
+
+// A write is the difference from what was written last: changed and new
+// keys put, gone ones deleted, unchanged ones left alone (a hand edit of
+// them stays), sorted, as the etcdctl txn script shows.
+func TestEtcdDiff(t *testing.T) {
+	old := map[string]string{"/registry/pods/default/a": digest("A"), "/registry/pods/default/b": digest("B"), "/registry/pods/default/gone": digest("G")}
+	cur := map[string]string{"/registry/pods/default/a": "A", "/registry/pods/default/b": "B2", "/registry/namespaces/x": "X"}
+	ops, script := etcdDiff(old, cur, func(k string) string { return digest(cur[k]) })
+	want := "put /registry/namespaces/x \"X\"\nput /registry/pods/default/b \"B2\"\ndel /registry/pods/default/gone\n"
+	if script != want || len(ops) != 3 {
+		t.Fatalf("%d ops, script:\n%s\nwant:\n%s", len(ops), script, want)
+	}
+	if ops, _ := etcdDiff(map[string]string{"k": digest("v")}, map[string]string{"k": "v"}, func(string) string { return digest("v") }); len(ops) != 0 {
+		t.Errorf("nothing changed, yet %d ops", len(ops))
+	}
+}
+
+// The policy role waits for the proxy role's sync of a mode, bounded; no
+// gate (the CLI) never waits.
+func TestAppliedModeWait(t *testing.T) {
+	ctx := context.Background()
+	var none *appliedMode
+	if !none.wait(ctx, ProxyNFTables, time.Millisecond) {
+		t.Error("a nil gate waited")
+	}
+	m := &appliedMode{}
+	if m.wait(ctx, ProxyIPTables, 20*time.Millisecond) {
+		t.Error("no sync yet, but the wait succeeded")
+	}
+	m.set(ProxyIPTables)
+	if !m.wait(ctx, ProxyIPTables, time.Millisecond) {
+		t.Error("synced iptables, but the wait failed")
+	}
+	done := make(chan bool)
+	go func() { done <- m.wait(ctx, ProxyNFTables, 2*time.Second) }()
+	time.Sleep(10 * time.Millisecond)
+	m.set(ProxyNFTables)
+	if !<-done {
+		t.Error("the wait missed the switch to nftables")
 	}
 }
