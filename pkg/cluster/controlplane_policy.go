@@ -594,10 +594,13 @@ func policySync(ctx context.Context, c *Cluster, n *Node, view *policyView, cli 
 		}
 	}
 	if err != nil {
-		// What the node holds is unknown now: forget the plan file so the
-		// next sync plans against the kernel.
-		os.Remove(ac.policyFile(n.Name))
-		os.Remove(ac.policyNFTFile(n.Name))
+		// What the node holds is unknown now: forget the plan files so
+		// that the next sync plans against the kernel (as SetPolicies
+		// does after a failure).
+		forget := plan.Plan{{Verb: plan.RemoveFile, File: &plan.File{Path: ac.policyFile(n.Name)}}, {Verb: plan.RemoveFile, File: &plan.File{Path: ac.policyNFTFile(n.Name)}}}
+		if ferr := a.Apply(forget); ferr != nil {
+			logf("%s: %v", why, ferr)
+		}
 		view.synced = false
 		logf("%s: %v", why, err)
 		return
