@@ -239,6 +239,19 @@ func TestControlPlanePolicy(t *testing.T) {
 	syscall.Kill(etcd, syscall.SIGCONT)
 	l.apply(npPod("other", "node1", "role: other"))
 	l.expect("after etcd resumed", map[string]bool{"other>db": false, "client>db": true})
+
+	// etcd killed: the nodes keep enforcing; 'klab repair' starts etcd
+	// again (its data is in the state directory), the agents' watches
+	// resume (the etcd client retries them from the last revision; a
+	// watch that ends makes the role list again with backoff), and the
+	// next change reaches every node within the verb's bound.
+	syscall.Kill(l.serverPID("control-plane", "etcd"), syscall.SIGKILL)
+	l.expect("etcd killed", map[string]bool{"client>db": true, "other>db": false})
+	if out := l.must("repair", l.lab); !strings.Contains(out, "etcd") {
+		t.Errorf("repair with etcd killed: %s", out)
+	}
+	l.apply(npPod("other", "node1", "role: client"))
+	l.expect("a change after etcd came back", map[string]bool{"other>db": true})
 	l.must("destroy", l.lab)
 }
 
