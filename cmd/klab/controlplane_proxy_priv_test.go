@@ -326,7 +326,7 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 // agents from etcd and once written by the CLI in a direct-mode lab,
 // leave the same iptables on every node (iptables-save, the lab's name
 // aside) - also a NodePort service with externalTrafficPolicy Local,
-// rendered per node, and a NetworkPolicy (the CLI's) the syncs keep.
+// rendered per node, and a NetworkPolicy (enforced by the agents from etcd).
 var npChain = regexp.MustCompile(`(KLAB-NP[A-Z]*-)[A-Z0-9]{16}`)
 
 func TestControlPlaneProxySameAsDirect(t *testing.T) {
@@ -344,7 +344,7 @@ func TestControlPlaneProxySameAsDirect(t *testing.T) {
 		l.must("service", "add", "web", "--endpoints", "a,b,c", "--port", "80", "--target-port", "8080", "--affinity", "clientip", "--lab", l.lab)
 		l.must("service", "add", "loc", "--endpoints", "b,c", "--port", "81", "--type", "NodePort", "--node-port", "30090", "--external-traffic-policy", "Local", "--lab", l.lab)
 		l.must("pod", "set-ready", "c", "false", "--lab", l.lab)
-		// NetworkPolicies stay the CLI's: the agents' syncs keep them.
+		// NetworkPolicies go through etcd too: the agents enforce them.
 		l.must("apply", "-f", "../../labs/manifests/networkpolicy/pods.yaml", "--lab", l.lab)
 		l.must("apply", "-f", "../../labs/manifests/networkpolicy/deny-all.yaml", "--lab", l.lab)
 		l.must("service", "set-endpoints", "web", "a,b", "--lab", l.lab)

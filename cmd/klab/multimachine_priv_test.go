@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -145,8 +146,13 @@ func TestMultiMachine(t *testing.T) {
 	pods := map[string]*testutil.Machine{"pa": m1, "pb": m1, "pc": m2, "pd": m2, "pe": m3}
 	node := map[string]string{"pa": "node1", "pb": "node2", "pc": "node3", "pd": "node4", "pe": "node5"}
 	ip := map[string]string{}
+	labels := map[string]string{"pa": "role=client", "pc": "tier=db"}
 	for _, p := range []string{"pa", "pb", "pc", "pd", "pe"} {
-		k(pods[p], "pod", "add", p, "--node", node[p])
+		if l, ok := labels[p]; ok {
+			k(pods[p], "pod", "add", p, "--node", node[p], "-l", l)
+		} else {
+			k(pods[p], "pod", "add", p, "--node", node[p])
+		}
 		k(pods[p], "serve", p, "--port", "8080")
 		addr := pods[p].Run("ip", "-n", "klab."+lab+"."+p, "-4", "-o", "addr", "show", "eth0")
 		f := strings.Fields(addr)
@@ -241,6 +247,47 @@ func TestMultiMachine(t *testing.T) {
 	}
 	if len(seen) != 2 {
 		t.Fatalf("the ClusterIP from m2 reached only %v", seen)
+	}
+	// A NetworkPolicy applied on m1 is enforced on m2's node by its
+	// agent, from the policy and the pods (of every machine) in etcd:
+	// only role=client (pa, on m1) reaches tier=db (pc, on m2).
+	np := t.TempDir() + "/db.yaml"
+	if err := os.WriteFile(np, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  podSelector: {matchLabels: {tier: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k(m1, "apply", "-f", np)
+	reach := func(from string) bool {
+		out, err := pods[from].Try("ip", "netns", "exec", "klab."+lab+"."+from, "curl", "-s", "-m", "1", "http://"+ip["pc"]+":8080/")
+		return err == nil && strings.Contains(out, "pc")
+	}
+	got := map[string]bool{}
+	for _, from := range []string{"pa", "pb", "pd", "pe"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := reach(from)
+			mu.Lock()
+			got[from] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if want := map[string]bool{"pa": true, "pb": false, "pd": false, "pe": false}; !maps.Equal(got, want) {
+		t.Fatalf("who reaches pc (on m2) under a policy applied on m1: %v, want %v", got, want)
+	}
+	if out := m2.Run("ip", "netns", "exec", "klab."+lab+".node3", "iptables-save", "-t", "filter"); !strings.Contains(out, "db") {
+		t.Fatalf("node3 has no policy chain:\n%s", out)
+	}
+	k(m1, "delete", "-f", np)
+	if !reach("pb") {
+		t.Fatal("pb does not reach pc after the policy's delete")
 	}
 	// klab list on the joined machine shows the whole lab.
 	if got := k(m2, "list"); !strings.Contains(got, "node1") || !strings.Contains(got, "node4") {

@@ -220,7 +220,7 @@ func (c *Cluster) Apply(set *k8s.Set, serve ServerArgv) (*ApplyResult, error) {
 	if err := c.Save(); err != nil {
 		return fail(err)
 	}
-	return res, nil
+	return res, c.takePolicyLag()
 }
 
 // needsProber reports whether a pod has a readiness probe and the lab's
@@ -357,6 +357,9 @@ func (c *Cluster) DeleteObjects(set *k8s.Set) (*ApplyResult, error) {
 			return res, err
 		}
 		if err := c.Save(); err != nil {
+			return res, err
+		}
+		if err := c.takePolicyLag(); err != nil {
 			return res, err
 		}
 	}

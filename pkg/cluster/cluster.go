@@ -154,6 +154,11 @@ type Cluster struct {
 	// agentVia is where a node agent's etcd sockets open (its node's
 	// namespace, or the machine's for an external etcd: RunAgent).
 	agentVia agent.Via
+	policyLag  error      // the same for the policies (controlplane_policy.go)
+	// proxyApplied is, in a node's agent, the proxy mode its kube-proxy
+	// role last synced the node in (the policy role waits for it after a
+	// switch: controlplane_policy.go).
+	proxyApplied *appliedMode
 }
 
 // Dir is the lab's state directory.

@@ -374,6 +374,7 @@ func (c *Cluster) StartAgent(node string) error {
 		return fmt.Errorf("the agent of node %s already runs: stop it first with 'klab agent stop %s'", node, node)
 	}
 	c.forgetDead(node, "agent")
+	c.forgetAcks(node)
 	if _, err := c.StartServer(node, "agent", 0, c.Serve(node, "agent", 0)); err != nil {
 		if last := c.lastAgentLine(node); last != "" {
 			return fmt.Errorf("the agent of %s did not start: %s", node, last)
@@ -381,6 +382,24 @@ func (c *Cluster) StartAgent(node string) error {
 		return fmt.Errorf("the agent of %s: %w", node, err)
 	}
 	return nil
+}
+
+// forgetAcks deletes the acks a node's previous agent left (proxy and
+// policy roles), so that a wait after starting it waits for the new
+// agent's own first syncs, not for what the stopped one had acked. Without
+// etcd there is nothing to forget.
+func (c *Cluster) forgetAcks(node string) {
+	if c.A.DryRun {
+		return
+	}
+	cli, err := c.etcd()
+	if err != nil {
+		return
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cli.Txn(ctx).Then(clientv3.OpDelete(ProxyAckPrefix+node), clientv3.OpDelete(PolicyAckPrefix+node)).Commit()
 }
 
 // lastAgentLine is the last line of a node's agent log, without its
@@ -443,8 +462,9 @@ func (c *Cluster) cpDelNode(n *Node) error {
 	if err := c.registry(cli).Delete(ctx, n.PodCIDR); err != nil {
 		return fmt.Errorf("node %s: remove its lease: %w", n.Name, err)
 	}
-	cpUnregisterNode(ctx, cli, n)          // its Node object and underlay address (machines.go)
-	cli.Delete(ctx, ProxyAckPrefix+n.Name) // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
+	cpUnregisterNode(ctx, cli, n)           // its Node object and underlay address (machines.go)
+	cli.Delete(ctx, ProxyAckPrefix+n.Name)  // its proxy's ack (controlplane_proxy.go): a node added again under the name starts unsynced
+	cli.Delete(ctx, PolicyAckPrefix+n.Name) // and its policy role's (controlplane_policy.go)
 	return c.WaitConverged(5*time.Second, n.PodCIDR)
 }
 
@@ -455,9 +475,11 @@ func (c *Cluster) WaitConverged(timeout time.Duration, gone ...netip.Prefix) err
 	deadline := time.Now().Add(timeout)
 	proxyLag, done := c.proxyWaiter() // and every service (controlplane_proxy.go)
 	defer done()
+	policyLag, pdone := c.policyWaiter() // and the network policies (controlplane_policy.go)
+	defer pdone()
 	for {
 		lag := c.lagging(gone)
-		for _, n := range proxyLag() {
+		for _, n := range append(proxyLag(), policyLag()...) {
 			if !slices.Contains(lag, n) {
 				lag = append(lag, n)
 			}
@@ -466,7 +488,7 @@ func (c *Cluster) WaitConverged(timeout time.Duration, gone ...netip.Prefix) err
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the agents of %s have not programmed every peer and service after %v: see 'klab agent log NODE'", strings.Join(lag, ", "), timeout)
+			return fmt.Errorf("the agents of %s have not programmed every peer, service and network policy after %v: see 'klab agent log NODE'", strings.Join(lag, ", "), timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -660,7 +682,9 @@ func RunAgent(ctx context.Context, stateDir, lab, node string, log io.Writer) er
 			fmt.Fprintf(log, "%s agent of %s listening: lease %s, subnet.env written\n", time.Now().Format("15:04:05.000"), node, agent.SubnetKey(sn))
 		},
 	})
-	go runProxy(ctx, c, node, log) // kube-proxy's role (controlplane_proxy.go)
+	c.proxyApplied = &appliedMode{}
+	go runProxy(ctx, c, node, log)  // kube-proxy's role (controlplane_proxy.go)
+	go runPolicy(ctx, c, node, log) // the NetworkPolicy agent's (controlplane_policy.go)
 	err = ag.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil

@@ -118,14 +118,17 @@ func (l *Lab) hasCPNode() bool {
 // etcdctlNS is the namespace etcdctl runs in for the lab: the
 // control-plane node's, or the machine's ("") for an external etcd.
 func (c *Cluster) etcdctlNS() string {
-	if c.Lab.ControlPlane.External {
+	switch {
+	case c.Lab.ControlPlane.External:
 		return ""
+	case c.Lab.Joined():
+		return c.NS(MachinePortName) // over TLS to the first machine (machines.go)
 	}
 	return c.NS(ControlPlaneName)
 }
 
 // etcdctl is the etcdctl command line that reaches the lab's etcd.
-func (c *Cluster) etcdctl() string { return etcdctlCommand(c.Lab.ControlPlane, c.NS(ControlPlaneName)) }
+func (c *Cluster) etcdctl() string { return etcdctlCommand(c.Lab.ControlPlane, c.etcdctlNS()) }
 
 func etcdctlCommand(cp *ControlPlane, cpNS string) string {
 	s := "etcdctl --endpoints " + strings.Join(cp.Endpoints, ",")

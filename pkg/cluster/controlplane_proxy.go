@@ -37,6 +37,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -139,71 +140,22 @@ func (l *Lab) proxyObjects() map[string]string {
 func (c *Cluster) publishServices(before, after *Lab) error {
 	c.proxyLag = nil
 	old, cur := before.proxyObjects(), after.proxyObjects()
-	var ops []clientv3.Op
-	var script strings.Builder
-	keys := make([]string, 0, len(cur))
-	for k := range cur {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if old[k] != cur[k] {
-			ops = append(ops, clientv3.OpPut(k, cur[k]))
-			fmt.Fprintf(&script, "put %s %s\n", k, strconv.Quote(cur[k])) // etcdctl unquotes "..." as Go does
-		}
-	}
-	keys = keys[:0]
-	for k := range old {
-		if _, ok := cur[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		ops = append(ops, clientv3.OpDelete(k))
-		fmt.Fprintf(&script, "del %s\n", k)
-	}
+	ops, script := etcdDiff(old, cur, func(k string) string { return cur[k] }) // controlplane_policy.go
 	if len(ops) == 0 {
 		return nil
 	}
 	if old[KubeProxyConfigKey] == cur[KubeProxyConfigKey] {
 		// Along with every write, so it is there from the first one on.
 		ops = append(ops, clientv3.OpPut(KubeProxyConfigKey, cur[KubeProxyConfigKey]))
-		fmt.Fprintf(&script, "put %s %s\n", KubeProxyConfigKey, strconv.Quote(cur[KubeProxyConfigKey]))
+		script += fmt.Sprintf("put %s %s\n", KubeProxyConfigKey, strconv.Quote(cur[KubeProxyConfigKey]))
 	}
-	var rev int64
-	var cli *clientv3.Client // kept open for the wait
-	defer func() {
-		if cli != nil {
-			cli.Close()
-		}
-	}()
-	op := plan.Op{Verb: plan.Exec, NS: c.etcdctlNS(), Proc: &plan.Proc{
-		// etcdctl txn reads compares, a blank line, the requests on
-		// success, a blank line, those on failure and a blank line: no
-		// compare, every request on success, none on failure.
-		Cmd: fmt.Sprintf("%s txn <<'EOF'\n\n%s\n\nEOF", c.etcdctl(), script.String()),
-		Run: func() error {
-			var err error
-			if cli, err = c.etcd(); err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			// etcd caps a transaction at 128 operations (--max-txn-ops):
-			// a bigger change (an apply of many services) is several.
-			for i := 0; i < len(ops); i += maxTxnOps {
-				r, err := cli.Txn(ctx).Then(ops[i:min(i+maxTxnOps, len(ops))]...).Commit()
-				if err != nil {
-					return fmt.Errorf("write the services to etcd: %v: is etcd up? ('klab repair' starts it again)", err)
-				}
-				rev = r.Header.Revision
-			}
-			return nil
-		},
-	}}
-	c.A.Ctx = c.Ctx
-	if err := c.A.Apply(plan.Plan{op}); err != nil {
+	// etcd caps a transaction at 128 operations (--max-txn-ops): a bigger
+	// change (an apply of many services) is several.
+	rev, cli, err := c.etcdWrite("the services", ops, script, nil)
+	if cli != nil {
+		defer cli.Close()
+	}
+	if err != nil {
 		return err
 	}
 	if c.A.DryRun || rev == 0 {
@@ -216,39 +168,12 @@ func (c *Cluster) publishServices(before, after *Lab) error {
 
 // waitProxyAcks waits until every running agent acked revision rev.
 func (c *Cluster) waitProxyAcks(cli *clientv3.Client, rev int64, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		lag := c.proxyLagging(cli, rev)
-		if len(lag) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the services are in etcd (revision %d), but the agents of %s have not synced them after %v: see 'klab agent log NODE'", rev, strings.Join(lag, ", "), timeout.Round(100*time.Millisecond))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return waitAcks(c, cli, ProxyAckPrefix, "services", rev, timeout)
 }
 
 // proxyLagging lists the nodes whose running agent has not acked rev.
 func (c *Cluster) proxyLagging(cli *clientv3.Client, rev int64) []string {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	acks := map[string]int64{}
-	if r, err := cli.Get(ctx, ProxyAckPrefix, clientv3.WithPrefix()); err == nil {
-		for _, kv := range r.Kvs {
-			var a ProxyAck
-			if json.Unmarshal(kv.Value, &a) == nil {
-				acks[a.Node] = a.Revision
-			}
-		}
-	}
-	var lag []string
-	for _, n := range c.Lab.Nodes {
-		if c.serving(n.Name, "agent") && acks[n.Name] < rev {
-			lag = append(lag, n.Name)
-		}
-	}
-	return lag
+	return c.ackLagging(cli, ProxyAckPrefix, rev)
 }
 
 // takeProxyLag returns (and forgets) the lag the last publish found.
@@ -569,6 +494,7 @@ func proxySync(ctx context.Context, c *Cluster, n *Node, view *proxyView, cli *c
 		return
 	}
 	view.prev, view.prevNFT = view.cur, view.curNFT
+	c.proxyApplied.set(ac.Lab.Mode())
 	b, _ := json.Marshal(ProxyAck{Node: n.Name, Revision: rev, Services: len(ac.Lab.Services), Time: time.Now().UTC().Format(time.RFC3339Nano)})
 	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -678,10 +604,11 @@ func (c *Cluster) cpSetProxyMode(mode string) error {
 	if c.Lab.ProxyMode != mode {
 		return err // not switched: etcd was not written
 	}
-	// NetworkPolicies stay the CLI's: they move to the new mode's form as
-	// SetProxyMode moves them.
-	if perr := c.movePolicies(); perr != nil {
-		return perr
+	// The agents' policy roles read the mode from the same ConfigMap and
+	// move their node's policies to the new mode's form: wait for them
+	// too (controlplane_policy.go).
+	if perr := c.waitPolicies(); perr != nil {
+		return errors.Join(err, perr)
 	}
 	return err
 }

@@ -65,8 +65,13 @@ func (l *Lab) PolicyState() policy.State {
 
 // syncPolicies makes every node enforce the lab's policies as they stand
 // (or clears them when the last one went). With no policy ever applied it
-// does nothing.
+// does nothing. In a control-plane lab it writes the namespaces, pods and
+// policies to etcd instead and waits for the nodes' agents
+// (controlplane_policy.go).
 func (c *Cluster) syncPolicies() error {
+	if c.agentsProgram() {
+		return c.publishPolicies()
+	}
 	if len(c.Lab.Policies) > 0 {
 		return c.SetPolicies(c.Lab.PolicyState())
 	}
@@ -77,7 +82,8 @@ func (c *Cluster) syncPolicies() error {
 }
 
 // setPolicyObjects replaces (or adds) NetworkPolicies in the lab and
-// programs the nodes; on failure the lab's list is put back.
+// programs the nodes (or, in a control-plane lab, writes them to etcd); on
+// failure the lab's list is put back.
 func (c *Cluster) setPolicyObjects(add []*networkingv1.NetworkPolicy, del []*networkingv1.NetworkPolicy) error {
 	keep := c.Lab.Policies
 	next := slices.Clone(keep)
@@ -89,7 +95,11 @@ func (c *Cluster) setPolicyObjects(add []*networkingv1.NetworkPolicy, del []*net
 		return next[i].Namespace+"/"+next[i].Name < next[j].Namespace+"/"+next[j].Name
 	})
 	c.Lab.Policies = next
-	if err := c.syncPolicies(); err != nil {
+	if err := c.syncPolicies(); isPolicyLag(err) {
+		// In etcd already: the lab records the change, the caller reports
+		// the lag once it saved the state (takePolicyLag).
+		c.policyLag = err
+	} else if err != nil {
 		c.Lab.Policies = keep
 		return err
 	}

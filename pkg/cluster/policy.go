@@ -150,20 +150,10 @@ func (c *Cluster) ClearPolicies() error {
 	}
 	var plans []plan.Plan
 	for _, n := range c.Lab.Nodes {
-		ns := c.NS(n.Name)
-		prev, err := c.loadPolicyPlan(n.Name)
+		p, err := c.planClearNodePolicies(n, false) // controlplane_policy.go
 		if err != nil {
 			return err
 		}
-		var k *policy.Kernel
-		if !c.A.Simulate && netns.Exists(ns) {
-			if k, err = policy.ReadKernel(ns, c.Lab.Name); err != nil {
-				return err
-			}
-		}
-		p := policy.PlanRemove(ns, c.Lab.Name, prev, k)
-		p.Add(plan.Op{Verb: plan.RemoveFile, File: &plan.File{Path: c.policyFile(n.Name)}})
-		p = append(p, c.clearPoliciesNFT(n.Name)...) // policy_nft.go
 		plans = append(plans, p)
 	}
 	c.states = nil
