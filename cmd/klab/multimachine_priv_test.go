@@ -188,6 +188,24 @@ func TestMultiMachine(t *testing.T) {
 	if len(fails) > 0 {
 		t.Fatalf("%d of 40 probes failed:\n%s", len(fails), strings.Join(fails, "\n"))
 	}
+	// Kubelet's role: a pod asked for on m1 for m2's node is built by
+	// m2's machine agent; pod names are cluster-wide; a delete on m1
+	// tears it down on m2.
+	out = k(m1, "pod", "add", "pf", "--node", "node3")
+	f := strings.Fields(out)
+	if len(f) < 3 || !strings.Contains(out, "on node node3 (another machine's node") {
+		t.Fatalf("remote pod add: %q", out)
+	}
+	if !slices.Contains(m2.Netns(), "klab."+lab+".pf") {
+		t.Fatalf("m2 has no namespace for pf: %v", m2.Netns())
+	}
+	m1.Run("ip", "netns", "exec", "klab."+lab+".pa", "ping", "-c1", "-W2", f[2])
+	if out, err := m2.Try(klab, "pod", "add", "pa", "--node", "node4", "--lab", lab); err == nil || !strings.Contains(out, "on node node1 of another machine") {
+		t.Fatalf("a pod name m1 holds, added on m2: err %v\n%s", err, out)
+	}
+	k(m1, "pod", "del", "pf")
+	waitFor(t, 3*time.Second, "m2 to tear down pf", func() bool { return !slices.Contains(m2.Netns(), "klab."+lab+".pf") })
+
 	// MTUs nest: the LAN's 1500, the underlay's 1450 inside the stitch,
 	// the pods' 1400 inside flannel's VXLAN. A full-size pod packet
 	// with DF set crosses machines whole; one byte more does not leave
@@ -290,7 +308,7 @@ spec:
 		t.Fatal("pb does not reach pc after the policy's delete")
 	}
 	// klab list on the joined machine shows the whole lab.
-	if got := k(m2, "list"); !strings.Contains(got, "node1") || !strings.Contains(got, "node4") {
+	if got := k(m2, "list", "--prefix", lab); !strings.Contains(got, "node3,node4 + node1@m1,node2@m1,node5@m3") {
 		t.Fatalf("klab list on m2 does not show the whole lab:\n%s", got)
 	}
 
@@ -311,11 +329,11 @@ spec:
 	}
 	m2.Run("kill", "-9", pid)
 	waitFor(t, 2*time.Second, "the machine agent to die", func() bool { _, err := m2.Try("kill", "-0", pid); return err != nil })
-	if got, _ := m2.Try(klab, "list", "--lab", lab); !strings.Contains(got, "machine server on machine port 0 (pid "+pid+") is not running") {
+	if got, _ := m2.Try(klab, "list", "--prefix", lab); !strings.Contains(got, "machine server on machine port 0 (pid "+pid+") is not running") {
 		t.Fatalf("list on m2 does not see the dead machine agent:\n%s", got)
 	}
 	k(m2, "repair")
-	if got := k(m2, "list"); strings.Contains(got, "DAMAGED") {
+	if got := k(m2, "list", "--prefix", lab); strings.Contains(got, "DAMAGED") {
 		t.Fatalf("after repair on m2:\n%s", got)
 	}
 	m2.Run("ip", "netns", "exec", "klab."+lab+".pc", "ping", "-c1", "-W2", ip["pe"])

@@ -79,7 +79,11 @@ through libcni; --explain shows each plugin's call and the result JSON.`,
 			if err := finish(c.A); err != nil {
 				return err
 			}
-			fmt.Fprintf(out(), "pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
+			if p.HostVeth == "" {
+				fmt.Fprintf(out(), "pod %s: %s on node %s (another machine's node: its machine agent built it)\n", p.Name, p.IP, p.Node)
+			} else {
+				fmt.Fprintf(out(), "pod %s: %s on node %s (host side %s)\n", p.Name, p.IP, p.Node, p.HostVeth)
+			}
 			return interrupted(c, "pod "+p.Name, true, nil)
 		},
 	}
@@ -101,7 +105,7 @@ func newPodDelCmd() *cobra.Command {
 		Args:              minArgs(1, "NAME"),
 		ValidArgsFunction: completePods,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return deleteEach("pod", args, func(c *cluster.Cluster, name string) bool { return c.Lab.Pod(name) != nil }, (*cluster.Cluster).DelPod)
+			return deleteEach("pod", args, (*cluster.Cluster).HasPod, (*cluster.Cluster).DelPod)
 		},
 	}
 }

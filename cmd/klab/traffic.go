@@ -257,7 +257,15 @@ func newServeWorkerCmd() *cobra.Command {
 			case "join":
 				return cluster.ServeJoin(ctx, globals.stateDir, globals.lab, os.Stdout)
 			case "machine":
-				return cluster.RunMachineAgent(ctx, globals.stateDir, globals.lab, os.Stdout)
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				lab, stateDir := globals.lab, globals.stateDir
+				serve := func(target, proto string, port int) []string {
+					return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", stateDir}
+				}
+				return cluster.RunMachineAgent(ctx, stateDir, lab, serve, os.Stdout)
 			case "dns":
 				return cluster.ServeDNS(ctx, globals.stateDir, globals.lab)
 			case "dns-authority":

@@ -28,7 +28,11 @@ import (
 )
 
 // RunMachineAgent runs a machine's agent until ctx ends.
-func RunMachineAgent(ctx context.Context, stateDir, lab string, log io.Writer) error {
+//
+// It also has kubelet's role for this machine's nodes (kubelet.go): the
+// pods asked for in etcd on them are built here, those deleted there torn
+// down; serve is the server command line, for what AddPod starts.
+func RunMachineAgent(ctx context.Context, stateDir, lab string, serve ServerArgv, log io.Writer) error {
 	l, err := Load(stateDir, lab)
 	if err != nil {
 		return err
@@ -88,6 +92,11 @@ func RunMachineAgent(ctx context.Context, stateDir, lab string, log io.Writer) e
 		}
 		sync("sync")
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		go func() {
+			if err := runKubelet(wctx, cli, stateDir, lab, serve, logf); err != nil && wctx.Err() == nil {
+				logf("kubelet: %v", err)
+			}
+		}()
 		for wr := range cli.Watch(wctx, MachinesPrefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1)) {
 			if wr.Err() != nil {
 				logf("watch: %v", wr.Err())

@@ -417,6 +417,14 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 	if err := c.registerUnderlay(ctx, cli, l.ControlPlane.IP, "control-plane", 0); err != nil {
 		return JoinCommand{}, err
 	}
+	// The nodes built before the lab spanned machines get this machine's
+	// name on their Node objects.
+	for _, n := range l.Nodes {
+		obj, _ := json.Marshal(c.nodeObject(n))
+		if _, err := cli.Put(ctx, NodesPrefix+n.Name, string(obj)); err != nil {
+			return JoinCommand{}, err
+		}
+	}
 	for _, proto := range []string{"join", "machine"} {
 		if !c.serving(ControlPlaneName, proto) {
 			c.forgetDead(ControlPlaneName, proto)

@@ -31,6 +31,16 @@ func (c *Cluster) ipamStore(node *Node) ipam.Store {
 	return ipam.Store{Dir: filepath.Join(c.Dir(), "ipam", node.Name), Subnet: node.PodCIDR}
 }
 
+// HasPod reports whether a pod exists: on this machine, or, in a lab
+// that spans machines, on another machine's node (kubelet.go).
+func (c *Cluster) HasPod(name string) bool {
+	if c.Lab.Pod(name) != nil {
+		return true
+	}
+	o, _ := c.RemotePod(name)
+	return o != nil
+}
+
 // PodAttachment is the veth wiring of a pod, as the CNI bridge plugin
 // would set it up: eth0 with an address from the node's subnet and two
 // routes via cni0's address (default, and the cluster network).
@@ -70,6 +80,16 @@ func ParseLabels(kvs []string) (map[string]string, error) {
 // services it joins and the state, as plans. On failure what this call
 // created is removed and the address released.
 func (c *Cluster) AddPod(s PodSpec) (*Pod, error) {
+	if c.Lab.spansMachines() && !c.A.DryRun {
+		// kubelet.go: another machine's node builds it; names are
+		// cluster-wide.
+		if s.Node != "" && c.Lab.Node(s.Node) == nil {
+			return c.addRemotePod(s)
+		}
+		if err := c.checkPodFree(s.Name); err != nil {
+			return nil, err
+		}
+	}
 	if c.Lab.Backend == BackendCalico {
 		return c.addCalicoPod(s)
 	}
@@ -183,6 +203,13 @@ func (c *Cluster) podPlan(p *Pod, nst, pst *plan.State) (plan.Plan, error) {
 // node's state right the moment this returns.
 func (c *Cluster) DelPod(name string) error {
 	p := c.Lab.Pod(name)
+	if p == nil && c.Lab.spansMachines() {
+		if o, err := c.RemotePod(name); err != nil {
+			return err
+		} else if o != nil {
+			return c.delRemotePod(name) // its machine tears it down (kubelet.go)
+		}
+	}
 	if p == nil {
 		return fmt.Errorf("pod %q does not exist in lab %s: see 'klab pod list'", name, c.Lab.Name)
 	}
