@@ -105,7 +105,7 @@ func (c *Cluster) addRemotePod(s PodSpec) (*Pod, error) {
 	machine := node.Labels[MachineLabel]
 	ns, name := SplitKey(s.Name)
 	o := corev1.Pod{TypeMeta: typeMeta("Pod"), ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: maps.Clone(s.Labels)},
-		Spec: corev1.PodSpec{NodeName: s.Node, Containers: []corev1.Container{{Name: "echo", Image: "klab-echo"}}},
+		Spec:   corev1.PodSpec{NodeName: s.Node, Containers: []corev1.Container{{Name: "echo", Image: "klab-echo"}}},
 		Status: corev1.PodStatus{Phase: corev1.PodPending}}
 	if s.IP.IsValid() {
 		o.Annotations = map[string]string{RequestedIPAnnotation: s.IP.String()}
