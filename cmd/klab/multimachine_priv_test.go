@@ -203,6 +203,9 @@ func TestMultiMachine(t *testing.T) {
 	if out, err := m2.Try(klab, "pod", "add", "pa", "--node", "node4", "--lab", lab); err == nil || !strings.Contains(out, "on node node1 of another machine") {
 		t.Fatalf("a pod name m1 holds, added on m2: err %v\n%s", err, out)
 	}
+	if out, err := m1.Try(klab, "exec", "pf", "--lab", lab, "--", "true"); err == nil || !strings.Contains(out, "a pod on node node3 of another machine") {
+		t.Fatalf("exec of m2's pod on m1: err %v\n%s", err, out)
+	}
 	k(m1, "pod", "del", "pf")
 	waitFor(t, 3*time.Second, "m2 to tear down pf", func() bool { return !slices.Contains(m2.Netns(), "klab."+lab+".pf") })
 

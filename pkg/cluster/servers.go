@@ -18,7 +18,28 @@ func (c *Cluster) TargetNS(target string) (string, error) {
 	if c.Lab.Node(target) != nil || c.Lab.Pod(target) != nil || target == UnderlayName || (target == ExternalName && netns.Exists(c.NS(ExternalName))) || (target == ControlPlaneName && c.Lab.hasCPNode()) || (target == MachinePortName && c.Lab.Joined()) {
 		return c.NS(target), nil
 	}
+	if where := c.elsewhere(target); where != "" {
+		return "", fmt.Errorf("%q is %s, whose namespaces are on that machine: run this there", target, where)
+	}
 	return "", fmt.Errorf("%q is neither a node nor a pod of lab %s: use one of %v", target, c.Lab.Name, c.Lab.Names())
+}
+
+// elsewhere says which machine holds a node or pod of a lab that spans
+// machines ("" when none does).
+func (c *Cluster) elsewhere(target string) string {
+	if !c.Lab.spansMachines() {
+		return ""
+	}
+	if o, _ := c.RemotePod(target); o != nil {
+		return fmt.Sprintf("a pod on node %s of another machine", o.Spec.NodeName)
+	}
+	rn, _ := c.RemoteNodes()
+	for _, n := range rn {
+		if n.Name == target {
+			return fmt.Sprintf("a node of machine %s", dashIfEmpty(n.Machine))
+		}
+	}
+	return ""
 }
 
 // StartServer starts argv as a background process (its own session, output
