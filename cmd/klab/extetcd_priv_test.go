@@ -400,7 +400,7 @@ func TestExternalEtcdRefused(t *testing.T) {
 	t.Logf("destroy with etcd down: %s", strings.TrimSpace(out))
 	e.assertGone(lab, nil)
 	e.start()
-	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/config", "/ee/network/config", "/ee/network/subnets/10.244.1.0-24", "/klab/lab", "/klab/proxy/nodes/node1"}) {
+	if keys := e.keys(); !slices.Equal(keys, []string{"/coreos.com/network/config", "/ee/network/config", "/ee/network/subnets/10.244.1.0-24", "/klab/lab", "/klab/policy/nodes/node1", "/klab/proxy/nodes/node1", "/klab/underlay/192.168.1.101", "/registry/minions/node1"}) {
 		t.Errorf("etcd after a destroy while it was down holds %v", keys)
 	}
 }

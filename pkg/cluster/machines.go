@@ -366,6 +366,8 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 		return JoinCommand{}, fmt.Errorf("lab %s has no control plane for other machines to join: create it with --control-plane etcd", l.Name)
 	case l.Joined():
 		return JoinCommand{}, fmt.Errorf("this machine joined lab %s from %s: create tokens on the first machine", l.Name, l.ControlPlane.Machine.First)
+	case l.ControlPlane.External:
+		return JoinCommand{}, fmt.Errorf("lab %s uses an external etcd (%s): other machines join a lab whose etcd runs on its control-plane node (create it with --control-plane etcd and no --etcd-endpoints)", l.Name, strings.Join(l.ControlPlane.Endpoints, ","))
 	case len(l.Nodes) == 0:
 		return JoinCommand{}, fmt.Errorf("lab %s has no node yet: add one first (klab node add node1 --lab %s --control-plane etcd)", l.Name, l.Name)
 	}
