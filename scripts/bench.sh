@@ -54,6 +54,8 @@ run ./pkg/nat 'BenchmarkServices/.*/(klab|restore)$' 3x 1
 run ./pkg/nat 'BenchmarkServices/.*/one-change' 5x 1
 run ./pkg/nat 'BenchmarkServices/.*/per-rule' 1x 1
 run ./pkg/policy 'BenchmarkPolicies/(change|add-pod)' 20x 1
+run ./cmd/klab 'BenchmarkControlPlane/100x10' 1x 1
+run ./cmd/klab 'BenchmarkMultiMachine$' 5x 1
 # Skips with a sentence without dnsperf and unbound (KLAB_BENCH_DEPS=1
 # scripts/install-deps.sh installs them).
 run ./pkg/dns 'BenchmarkDNSPerf' 1x 1

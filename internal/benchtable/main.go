@@ -99,6 +99,8 @@ const (
 	cli = "cmd/klab/BenchmarkFlannel/"
 	nt  = "pkg/nat/BenchmarkServices/"
 	tr  = "trace/BenchmarkDecodeVsGopacket/"
+	cp  = "cmd/klab/BenchmarkControlPlane/"
+	mm  = "cmd/klab/BenchmarkMultiMachine"
 )
 
 var rows = []row{
@@ -146,6 +148,14 @@ var rows = []row{
 		target: "<= 50 ms", met: func(k, _ float64) bool { return k <= 50 }},
 	{what: "one NetworkPolicy change, incremental (policy.Compiler)", klab: fig{"pkg/policy/BenchmarkPolicies/change/klab-incremental", "ms/op"}, base: fig{"pkg/policy/BenchmarkPolicies/change/baseline", "ms/op"}, baseName: "iptables-restore of the changed chains", ratio: "of",
 		target: "<= 50 ms", met: func(k, _ float64) bool { return k <= 50 }},
+	{what: "100 x 10 up, control plane: etcd and 100 agents until every peer", klab: fig{cp + "100x10/etcd", "up-ms"}, base: fig{cp + "100x10/direct", "up-ms"}, baseName: "direct mode (klab programs every node)", ratio: "of"},
+	{what: "one new lease reaching all 100 nodes' kernels", klab: fig{cp + "100x10/etcd", "lease-ms"},
+		target: "<= 1000 ms", met: func(k, _ float64) bool { return k <= 1000 }},
+	{what: "control plane, 100 nodes: one agent's private memory", klab: fig{cp + "100x10/etcd", "agent-anon-MB"}},
+	{what: "control plane, 100 nodes: etcd's private memory", klab: fig{cp + "100x10/etcd", "etcd-anon-MB"}},
+	{what: "second machine joins (token create, join, its first node)", klab: fig{mm, "join-ms"}, base: fig{mm, "first-node-ms"}, baseName: "first machine's first node (starts etcd)", ratio: "of"},
+	{what: "pod add on another machine's node (its machine agent builds it)", klab: fig{mm, "remote-pod-ms"}, base: fig{mm, "local-pod-ms"}, baseName: "pod add on this machine's node", ratio: "of"},
+	{what: "pod-to-pod ping across machines (stitch + flannel VXLAN), median", klab: fig{mm, "rtt-cross-us"}, base: fig{mm, "rtt-same-us"}, baseName: "across two nodes of one machine", ratio: "of"},
 	{what: "decode a VXLAN frame (packets/s)", klab: fig{tr + "klab", "pkts/s"}, base: fig{tr + "dlp", "pkts/s"}, baseName: "gopacket DecodingLayerParser", ratio: "rate"},
 	{what: "decode a VXLAN frame vs gopacket.NewPacket", klab: fig{tr + "klab", "pkts/s"}, base: fig{tr + "newpacket", "pkts/s"}, baseName: "gopacket.NewPacket", ratio: "rate"},
 }
@@ -157,8 +167,10 @@ func format(v float64, unit string) string {
 		return fmt.Sprintf("%.0f pods/s", v)
 	case "pkts/s":
 		return fmt.Sprintf("%.2f M/s", v/1e6)
-	case "peak-MB":
+	case "peak-MB", "agent-anon-MB", "etcd-anon-MB":
 		return fmt.Sprintf("%.1f MB", v)
+	case "rtt-cross-us", "rtt-same-us":
+		return fmt.Sprintf("%.0f µs", v)
 	case "qps":
 		return fmt.Sprintf("%.0f q/s", v)
 	}
