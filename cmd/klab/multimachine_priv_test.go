@@ -146,7 +146,7 @@ func TestMultiMachine(t *testing.T) {
 	pods := map[string]*testutil.Machine{"pa": m1, "pb": m1, "pc": m2, "pd": m2, "pe": m3}
 	node := map[string]string{"pa": "node1", "pb": "node2", "pc": "node3", "pd": "node4", "pe": "node5"}
 	ip := map[string]string{}
-	labels := map[string]string{"pa": "role=client", "pc": "tier=db"}
+	labels := map[string]string{"pa": "role=client", "pb": "app=web", "pc": "tier=db", "pd": "app=web"}
 	for _, p := range []string{"pa", "pb", "pc", "pd", "pe"} {
 		if l, ok := labels[p]; ok {
 			k(pods[p], "pod", "add", p, "--node", node[p], "-l", l)
@@ -269,6 +269,50 @@ func TestMultiMachine(t *testing.T) {
 	if len(seen) != 2 {
 		t.Fatalf("the ClusterIP from m2 reached only %v", seen)
 	}
+	// A selector service: its endpoints are pods of every machine (the
+	// first machine's endpointslice controller reads the others' Pod
+	// objects in etcd); a matching pod added on m3 joins it.
+	k(m1, "service", "add", "sel", "--selector", "app=web", "--port", "80", "--target-port", "8080")
+	if err := json.Unmarshal([]byte(m1.Run("cat", "/run/klab/"+lab+"/state.json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	selIP := ""
+	for _, s := range st.Services {
+		if s.Name == "sel" {
+			selIP = s.ClusterIP
+		}
+	}
+	spread := func(from string, n int) map[string]bool {
+		seen := map[string]bool{}
+		for i := 0; i < n; i++ {
+			out, err := pods[from].Try("ip", "netns", "exec", "klab."+lab+"."+from, "curl", "-s", "-m", "2", "http://"+selIP+"/")
+			if err != nil {
+				t.Fatalf("curl %s -> sel %s: %v %q", from, selIP, err, out)
+			}
+			for _, p := range []string{"pb", "pd", "pg"} {
+				if strings.Contains(out, p) {
+					seen[p] = true
+				}
+			}
+		}
+		return seen
+	}
+	if got := spread("pe", 16); !got["pb"] || !got["pd"] || len(got) != 2 {
+		t.Fatalf("the selector service from m3 reached %v, want pb (m1) and pd (m2)", got)
+	}
+	k(m3, "pod", "add", "pg", "--node", "node5", "-l", "app=web")
+	k(m3, "serve", "pg", "--port", "8080")
+	waitFor(t, 2*time.Second, "pg (on m3) to join sel's EndpointSlice", func() bool {
+		return strings.Contains(etcdctl("get", "--print-value-only", "/registry/endpointslices/default/sel"), `"name":"pg"`)
+	})
+	if got := spread("pa", 24); !got["pg"] {
+		t.Fatalf("the selector service from m1 never reached pg on m3: %v", got)
+	}
+	k(m3, "pod", "del", "pg")
+	waitFor(t, 2*time.Second, "pg to leave sel's EndpointSlice", func() bool {
+		return !strings.Contains(etcdctl("get", "--print-value-only", "/registry/endpointslices/default/sel"), `"name":"pg"`)
+	})
+
 	// A NetworkPolicy applied on m1 is enforced on m2's node by its
 	// agent, from the policy and the pods (of every machine) in etcd:
 	// only role=client (pa, on m1) reaches tier=db (pc, on m2).

@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -460,14 +462,34 @@ func TestCalicoVXLAN(t *testing.T) {
 			t.Errorf("node2 routes %v, want %q", routes(t, c, "node2"), want)
 		}
 	}
-	capture := exec.Command("ip", "netns", "exec", c.NS("node2"), "tshark", "-n", "-i", "eth0", "-a", "duration:6", "-c", "1",
+	capture := exec.Command("ip", "netns", "exec", c.NS("node2"), "tshark", "-n", "-i", "eth0", "-a", "duration:20", "-c", "1",
 		"-f", "udp port 4789", "-d", "udp.port==4789,vxlan", "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src")
 	var capOut strings.Builder
 	capture.Stdout = &capOut
+	stderr, err := capture.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := capture.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	// Ping once tshark says it captures (a fixed wait missed the ping on a
+	// loaded machine, where tshark's start takes seconds).
+	capturing := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "Capturing on") {
+				close(capturing)
+				break
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case <-capturing:
+	case <-time.After(15 * time.Second):
+	}
 	out, err := exec.Command("ip", "netns", "exec", c.NS("pod-a"), "ping", "-c", "2", "-i", "0.2", "-W", "2", c.Lab.Pod("q2").IP.String()).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ttl=62") {
 		t.Errorf("ping pod-a -> q2 (second block): %v: %s", err, out)

@@ -139,7 +139,10 @@ func (l *Lab) proxyObjects() map[string]string {
 // change: the lab must record it too).
 func (c *Cluster) publishServices(before, after *Lab) error {
 	c.proxyLag = nil
-	old, cur := before.proxyObjects(), after.proxyObjects()
+	// With the other machines' pods, as the endpointslice controller
+	// renders them (endpointslices.go).
+	remote := c.withRemotePods()
+	old, cur := remote(before).proxyObjects(), remote(after).proxyObjects()
 	ops, script := etcdDiff(old, cur, func(k string) string { return cur[k] }) // controlplane_policy.go
 	if len(ops) == 0 {
 		return nil

@@ -97,6 +97,14 @@ func RunMachineAgent(ctx context.Context, stateDir, lab string, serve ServerArgv
 				logf("kubelet: %v", err)
 			}
 		}()
+		if !l.Joined() {
+			// The control plane's controller (endpointslices.go).
+			go func() {
+				if err := runEndpointSlices(wctx, cli, stateDir, lab, logf); err != nil && wctx.Err() == nil {
+					logf("endpointslices: %v", err)
+				}
+			}()
+		}
 		for wr := range cli.Watch(wctx, MachinesPrefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1)) {
 			if wr.Err() != nil {
 				logf("watch: %v", wr.Err())
