@@ -384,6 +384,17 @@ spec:
 		t.Fatalf("after repair on m2:\n%s", got)
 	}
 	m2.Run("ip", "netns", "exec", "klab."+lab+".pc", "ping", "-c1", "-W2", ip["pe"])
+	// The first machine's join endpoint and machine agent, killed, are
+	// started again by repair there.
+	for _, sv := range serversOf(t, m1, lab, "join", "machine") {
+		m1.Run("kill", "-9", fmt.Sprint(sv))
+	}
+	if out := k(m1, "repair"); !strings.Contains(out, "the join endpoint on control-plane") || !strings.Contains(out, "the machine agent on control-plane") {
+		t.Fatalf("repair on m1 after its join endpoint and machine agent died:\n%s", out)
+	}
+	if got := k(m1, "list", "--prefix", lab); strings.Contains(got, "DAMAGED") {
+		t.Fatalf("after repair on m1:\n%s", got)
+	}
 
 	// Destroy on every machine: the joined ones first (their goodbye
 	// leaves etcd), then m1.
@@ -402,6 +413,30 @@ spec:
 	for _, m := range ms {
 		assertMachineClean(t, m, baseline[m], "after destroy")
 	}
+}
+
+// serversOf lists the PIDs of a machine's servers of the protos.
+func serversOf(t *testing.T, m *testutil.Machine, lab string, protos ...string) []int {
+	t.Helper()
+	var st struct {
+		Servers []struct {
+			Proto string `json:"proto"`
+			PID   int    `json:"pid"`
+		} `json:"servers"`
+	}
+	if err := json.Unmarshal([]byte(m.Run("cat", "/run/klab/"+lab+"/state.json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, s := range st.Servers {
+		if slices.Contains(protos, s.Proto) {
+			pids = append(pids, s.PID)
+		}
+	}
+	if len(pids) != len(protos) {
+		t.Fatalf("%s runs %v of %v", m.Name, pids, protos)
+	}
+	return pids
 }
 
 // assertMachineClean checks that a simulated machine holds nothing of a

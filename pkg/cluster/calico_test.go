@@ -226,14 +226,11 @@ func TestCalicoKernelState(t *testing.T) {
 	if out := ping(a, b.IP); !strings.Contains(out, "ttl=63") {
 		t.Errorf("same-node ping: %s", out)
 	}
-	capture := exec.Command("ip", "netns", "exec", c.NS("node2"), "tshark", "-n", "-i", "eth0", "-a", "duration:6", "-c", "2",
+	capture := exec.Command("ip", "netns", "exec", c.NS("node2"), "tshark", "-n", "-i", "eth0", "-a", "duration:20", "-c", "2",
 		"-f", "icmp or udp port 4789 or udp port 8472", "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto", "-e", "udp.dstport")
 	var capOut strings.Builder
 	capture.Stdout = &capOut
-	if err := capture.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(1500 * time.Millisecond) // tshark needs a moment to open the interface
+	startCapture(t, capture)
 	if out := ping(a, cc.IP); !strings.Contains(out, "ttl=62") {
 		t.Errorf("cross-node ping: %s", out)
 	}
@@ -466,30 +463,7 @@ func TestCalicoVXLAN(t *testing.T) {
 		"-f", "udp port 4789", "-d", "udp.port==4789,vxlan", "-T", "fields", "-e", "vxlan.vni", "-e", "ip.src")
 	var capOut strings.Builder
 	capture.Stdout = &capOut
-	stderr, err := capture.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := capture.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Ping once tshark says it captures (a fixed wait missed the ping on a
-	// loaded machine, where tshark's start takes seconds).
-	capturing := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "Capturing on") {
-				close(capturing)
-				break
-			}
-		}
-		io.Copy(io.Discard, stderr)
-	}()
-	select {
-	case <-capturing:
-	case <-time.After(15 * time.Second):
-	}
+	startCapture(t, capture)
 	out, err := exec.Command("ip", "netns", "exec", c.NS("pod-a"), "ping", "-c", "2", "-i", "0.2", "-W", "2", c.Lab.Pod("q2").IP.String()).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ttl=62") {
 		t.Errorf("ping pod-a -> q2 (second block): %v: %s", err, out)
@@ -624,5 +598,36 @@ func TestCalicoBuildBadInputChangesNothing(t *testing.T) {
 		if strings.HasPrefix(r, p.IP.String()+" ") {
 			t.Errorf("route %q left after pod del", r)
 		}
+	}
+}
+
+// startCapture starts a tshark command and returns once tshark says it
+// captures ("Capturing on ..." on stderr), or after 15 s: a fixed wait
+// missed the packets on a loaded machine, where tshark's start takes
+// seconds. Give tshark an -a duration long enough for that wait; -c ends
+// it at once when the packets come.
+func startCapture(t *testing.T, capture *exec.Cmd) {
+	t.Helper()
+	stderr, err := capture.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := capture.Start(); err != nil {
+		t.Fatal(err)
+	}
+	capturing := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "Capturing on") {
+				close(capturing)
+				break
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case <-capturing:
+	case <-time.After(15 * time.Second):
 	}
 }

@@ -810,11 +810,23 @@ func (c *Cluster) cpRepair(rep *RepairReport) error {
 	if !c.agentsProgram() || len(c.Lab.Nodes) == 0 {
 		return nil
 	}
-	if !c.Lab.ControlPlane.External && !c.serving(ControlPlaneName, "etcd") {
+	switch {
+	case c.Lab.Joined():
+		if !c.serving(MachinePortName, "machine") {
+			rep.Started = append(rep.Started, "the machine agent on "+MachinePortName)
+		}
+	case !c.Lab.ControlPlane.External && !c.serving(ControlPlaneName, "etcd"):
 		rep.Started = append(rep.Started, "etcd on "+ControlPlaneName)
 	}
 	if err := c.ensureControlPlane(); err != nil {
 		return err
+	}
+	if c.Lab.spansMachines() && !c.Lab.Joined() && !c.A.DryRun {
+		started, err := c.ensureFirstMachineServers()
+		rep.Started = append(rep.Started, started...)
+		if err != nil {
+			return err
+		}
 	}
 	var missing []*Node
 	for _, n := range c.Lab.Nodes {

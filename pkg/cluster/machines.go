@@ -427,17 +427,8 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 			return JoinCommand{}, err
 		}
 	}
-	for _, proto := range []string{"join", "machine"} {
-		if !c.serving(ControlPlaneName, proto) {
-			c.forgetDead(ControlPlaneName, proto)
-			port := 0
-			if proto == "join" {
-				port = JoinPort
-			}
-			if _, err := c.StartServer(ControlPlaneName, proto, port, c.Serve(ControlPlaneName, proto, port)); err != nil {
-				return JoinCommand{}, fmt.Errorf("the %s server on the control-plane node: %w", proto, err)
-			}
-		}
+	if _, err := c.ensureFirstMachineServers(); err != nil {
+		return JoinCommand{}, err
 	}
 	// The token: its address on the underlay reserved, both under one
 	// lease of the token's TTL.
@@ -461,6 +452,28 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 	}
 	return JoinCommand{Address: m.Address, Lab: l.Name, Token: tok, CAHash: pki.Hash(ca.Cert),
 		UnderlayIP: netip.PrefixFrom(ip, l.UnderlayCIDR.Bits()), MTU: l.UnderlayMTU}, nil
+}
+
+// ensureFirstMachineServers starts, on the first machine of a lab that
+// spans machines, the join endpoint and the machine agent where they do
+// not run (token create; repair after a crash), and names those started.
+func (c *Cluster) ensureFirstMachineServers() ([]string, error) {
+	var started []string
+	for _, proto := range []string{"join", "machine"} {
+		if c.serving(ControlPlaneName, proto) {
+			continue
+		}
+		c.forgetDead(ControlPlaneName, proto)
+		port := 0
+		if proto == "join" {
+			port = JoinPort
+		}
+		if _, err := c.StartServer(ControlPlaneName, proto, port, c.Serve(ControlPlaneName, proto, port)); err != nil {
+			return started, fmt.Errorf("the %s server on the control-plane node: %w", proto, err)
+		}
+		started = append(started, map[string]string{"join": "the join endpoint", "machine": "the machine agent"}[proto]+" on "+ControlPlaneName)
+	}
+	return started, nil
 }
 
 // registerUnderlay claims an underlay address for owner in a transaction
