@@ -300,6 +300,35 @@ func TestMultiMachine(t *testing.T) {
 	if got := spread("pe", 16); !got["pb"] || !got["pd"] || len(got) != 2 {
 		t.Fatalf("the selector service from m3 reached %v, want pb (m1) and pd (m2)", got)
 	}
+	// Readiness crosses machines too: pd marked unready on m2 leaves sel
+	// (its Pod object's Ready condition, read by m1's controller).
+	k(m2, "pod", "set-ready", "pd", "false")
+	waitFor(t, 2*time.Second, "pd to be unready in sel's EndpointSlice", func() bool {
+		var es struct {
+			Endpoints []struct {
+				Conditions struct {
+					Ready bool `json:"ready"`
+				} `json:"conditions"`
+				TargetRef struct {
+					Name string `json:"name"`
+				} `json:"targetRef"`
+			} `json:"endpoints"`
+		}
+		json.Unmarshal([]byte(etcdctl("get", "--print-value-only", "/registry/endpointslices/default/sel")), &es)
+		for _, e := range es.Endpoints {
+			if e.TargetRef.Name == "pd" {
+				return !e.Conditions.Ready
+			}
+		}
+		return false
+	})
+	if got := spread("pe", 12); !got["pb"] || got["pd"] {
+		t.Fatalf("sel with pd unready reached %v, want pb only", got)
+	}
+	k(m2, "pod", "set-ready", "pd", "true")
+	waitFor(t, 2*time.Second, "pd to be ready in sel again", func() bool {
+		return spread("pe", 8)["pd"]
+	})
 	k(m3, "pod", "add", "pg", "--node", "node5", "-l", "app=web")
 	k(m3, "serve", "pg", "--port", "8080")
 	waitFor(t, 2*time.Second, "pg (on m3) to join sel's EndpointSlice", func() bool {

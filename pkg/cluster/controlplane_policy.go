@@ -102,7 +102,13 @@ func (l *Lab) policyObjects() map[string]string {
 		// Readiness is the EndpointSlices' (controlplane_proxy.go) and no
 		// policy reads it: the stored pod leaves it out, so that set-ready,
 		// which writes only the slices, leaves nothing stale here.
-		o.Status.Conditions, o.Status.ContainerStatuses = nil, nil
+		// In a lab that spans machines the Ready condition stays: the
+		// endpointslice controller reads the other machines' pods from
+		// here (endpointslices.go), and set-ready writes it too.
+		if !l.spansMachines() {
+			o.Status.Conditions = nil
+		}
+		o.Status.ContainerStatuses = nil
 		b, _ := json.Marshal(o)
 		out[PodsPrefix+p.Namespace()+"/"+p.ShortName()] = string(b)
 	}

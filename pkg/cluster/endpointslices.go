@@ -39,6 +39,11 @@ func remotePods(l *Lab, kvs [][2][]byte) []*Pod {
 			continue
 		}
 		p := &Pod{Name: Key(o.Namespace, o.Name), Node: o.Spec.NodeName, IP: ip, Labels: o.Labels}
+		for _, c := range o.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionFalse {
+				p.Unready = true
+			}
+		}
 		if l.Pod(p.Name) == nil {
 			out = append(out, p)
 		}

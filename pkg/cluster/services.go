@@ -235,6 +235,9 @@ func firstSubnet(l *Lab) netip.Prefix {
 
 // AddService validates, records and programs a service into every node.
 func (c *Cluster) AddService(s ServiceSpec) (*Service, error) {
+	if err := c.onFirstMachine("services"); err != nil {
+		return nil, err
+	}
 	svc, err := c.PlanService(s)
 	if err != nil {
 		return nil, err
@@ -248,6 +251,9 @@ func (c *Cluster) AddService(s ServiceSpec) (*Service, error) {
 
 // DelService removes a service from the lab and from every node.
 func (c *Cluster) DelService(name string) error {
+	if err := c.onFirstMachine("services"); err != nil {
+		return err
+	}
 	if c.Lab.Service(name) == nil {
 		return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", name, c.Lab.Name)
 	}
@@ -259,6 +265,9 @@ func (c *Cluster) DelService(name string) error {
 // SetEndpoints replaces the pods a service names (or, with a selector,
 // switches it to an explicit list), and reprograms the nodes.
 func (c *Cluster) SetEndpoints(name string, pods []string) error {
+	if err := c.onFirstMachine("services"); err != nil {
+		return err
+	}
 	s := c.Lab.Service(name)
 	if s == nil {
 		return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", name, c.Lab.Name)
@@ -283,9 +292,6 @@ func (c *Cluster) SetEndpoints(name string, pods []string) error {
 // changeServices applies a change of the lab's services to every node's
 // iptables, then saves the lab (see commit).
 func (c *Cluster) changeServices(change func(l *Lab)) error {
-	if err := c.onFirstMachine("services"); err != nil {
-		return err
-	}
 	before := *c.Lab
 	change(c.Lab)
 	return c.commit(&before)
@@ -432,7 +438,7 @@ func (c *Cluster) SetReady(pod string, ready bool) error {
 	if p.Unready == !ready {
 		return nil
 	}
-	return c.changeServices(func(l *Lab) {
+	if err := c.changeServices(func(l *Lab) {
 		l.Pods = slices.Clone(l.Pods)
 		for i, o := range l.Pods {
 			if o == p {
@@ -441,5 +447,14 @@ func (c *Cluster) SetReady(pod string, ready bool) error {
 				l.Pods[i] = &q
 			}
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	if c.Lab.spansMachines() {
+		// The Pod object carries the Ready condition there: the
+		// endpointslice controller reads other machines' pods from it
+		// (endpointslices.go).
+		return policyCheck("pod "+pod+" is marked", c.syncPolicies())
+	}
+	return nil
 }
