@@ -282,12 +282,12 @@ func TestMultiMachine(t *testing.T) {
 			selIP = s.ClusterIP
 		}
 	}
-	spread := func(from string, n int) map[string]bool {
+	spreadTo := func(from, vip string, n int) map[string]bool {
 		seen := map[string]bool{}
 		for i := 0; i < n; i++ {
-			out, err := pods[from].Try("ip", "netns", "exec", "klab."+lab+"."+from, "curl", "-s", "-m", "2", "http://"+selIP+"/")
+			out, err := pods[from].Try("ip", "netns", "exec", "klab."+lab+"."+from, "curl", "-s", "-m", "2", "http://"+vip+"/")
 			if err != nil {
-				t.Fatalf("curl %s -> sel %s: %v %q", from, selIP, err, out)
+				t.Fatalf("curl %s -> %s: %v %q\nslices:\n%s", from, vip, err, out, etcdctl("get", "--prefix", cluster.EndpointSlicesPrefix))
 			}
 			for _, p := range []string{"pb", "pd", "pg"} {
 				if strings.Contains(out, p) {
@@ -297,6 +297,7 @@ func TestMultiMachine(t *testing.T) {
 		}
 		return seen
 	}
+	spread := func(from string, n int) map[string]bool { return spreadTo(from, selIP, n) }
 	if got := spread("pe", 16); !got["pb"] || !got["pd"] || len(got) != 2 {
 		t.Fatalf("the selector service from m3 reached %v, want pb (m1) and pd (m2)", got)
 	}
@@ -341,6 +342,42 @@ func TestMultiMachine(t *testing.T) {
 	waitFor(t, 2*time.Second, "pg to leave sel's EndpointSlice", func() bool {
 		return !strings.Contains(etcdctl("get", "--print-value-only", "/registry/endpointslices/default/sel"), `"name":"pg"`)
 	})
+
+	// Services from any machine: m2 makes one; its ClusterIP is an
+	// IPAddress claimed in etcd, and pods of every machine reach it.
+	k(m2, "service", "add", "web2", "--selector", "app=web", "--port", "80", "--target-port", "8080")
+	var m2st struct {
+		Services []struct {
+			Name      string `json:"name"`
+			ClusterIP string `json:"clusterIP"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal([]byte(m2.Run("cat", "/run/klab/"+lab+"/state.json")), &m2st); err != nil || len(m2st.Services) != 1 {
+		t.Fatalf("m2's services: %v %+v", err, m2st)
+	}
+	web2 := m2st.Services[0].ClusterIP
+	if web2 == vip || web2 == selIP {
+		t.Fatalf("m2's service got ClusterIP %s, which m1's services hold (%s, %s)", web2, vip, selIP)
+	}
+	ips := etcdctl("get", "--prefix", "--keys-only", cluster.IPAddressesPrefix)
+	for _, a := range []string{vip, selIP, web2} {
+		if !strings.Contains(ips, cluster.IPAddressesPrefix+a) {
+			t.Fatalf("no IPAddress for %s in etcd:\n%s", a, ips)
+		}
+	}
+	if got := spreadTo("pa", web2, 16); !got["pb"] || !got["pd"] {
+		t.Fatalf("m2's selector service from m1 reached %v, want pb (m1) and pd (m2)", got)
+	}
+	if out, err := m3.Try(klab, "service", "add", "web", "--endpoints", "pe", "--port", "80", "--lab", lab); err == nil || !strings.Contains(out, "created on another machine") {
+		t.Fatalf("a service name m1 holds, added on m3: err %v\n%s", err, out)
+	}
+	if out, err := m3.Try(klab, "service", "add", "dup", "--endpoints", "pe", "--port", "80", "--cluster-ip", vip, "--lab", lab); err == nil || !strings.Contains(out, "is taken by service web") {
+		t.Fatalf("m1's ClusterIP asked for on m3: err %v\n%s", err, out)
+	}
+	k(m2, "service", "del", "web2")
+	if got := etcdctl("get", "--prefix", "--keys-only", cluster.IPAddressesPrefix); strings.Contains(got, web2) {
+		t.Fatalf("web2's IPAddress stays after its delete:\n%s", got)
+	}
 
 	// A NetworkPolicy applied on m1 is enforced on m2's node by its
 	// agent, from the policy and the pods (of every machine) in etcd:

@@ -153,8 +153,11 @@ type Cluster struct {
 	proxyLag   error      // the agents the last publish waited for in vain (controlplane_proxy.go)
 	// agentVia is where a node agent's etcd sockets open (its node's
 	// namespace, or the machine's for an external etcd: RunAgent).
-	agentVia  agent.Via
-	policyLag error // the same for the policies (controlplane_policy.go)
+	agentVia agent.Via
+	// claimCache is the service claims etcd held when this verb first
+	// read them, in a lab that spans machines (serviceclaims.go).
+	claimCache *serviceClaims
+	policyLag  error // the same for the policies (controlplane_policy.go)
 	// proxyApplied is, in a node's agent, the proxy mode its kube-proxy
 	// role last synced the node in (the policy role waits for it after a
 	// switch: controlplane_policy.go).

@@ -121,6 +121,11 @@ func (l *Lab) proxyObjects() map[string]string {
 	out[KubeProxyConfigKey] = string(b)
 	for _, s := range l.Services {
 		so := l.ServiceObject(s)
+		if l.spansMachines() {
+			// Which machine created it: the endpointslice controller
+			// renders the other machines' Services (endpointslices.go).
+			so.Annotations = map[string]string{MachineLabel: l.ControlPlane.Machine.Name}
+		}
 		b, _ = json.Marshal(so)
 		out[ServiceKey(s)] = string(b)
 		if s.Type != ServiceExternalName {

@@ -56,7 +56,7 @@ func remotePods(l *Lab, kvs [][2][]byte) []*Pod {
 // lab that spans machines; the identity elsewhere.
 func (c *Cluster) withRemotePods() func(*Lab) *Lab {
 	same := func(l *Lab) *Lab { return l }
-	if !c.Lab.spansMachines() || c.Lab.Joined() || c.A.DryRun {
+	if !c.Lab.spansMachines() || c.A.DryRun {
 		return same
 	}
 	cli, err := c.etcd()
@@ -91,7 +91,7 @@ func runEndpointSlices(ctx context.Context, cli *clientv3.Client, stateDir, lab 
 		}
 		pods := map[string][]byte{}
 		slices := map[string]string{}
-		svcs := map[string]bool{} // the Services etcd has: only theirs are written
+		svcs := map[string][]byte{} // the Services etcd has: only theirs are written
 		for _, kv := range r.Kvs {
 			k := string(kv.Key)
 			switch {
@@ -100,7 +100,7 @@ func runEndpointSlices(ctx context.Context, cli *clientv3.Client, stateDir, lab 
 			case strings.HasPrefix(k, EndpointSlicesPrefix):
 				slices[k] = string(kv.Value)
 			case strings.HasPrefix(k, ServicesPrefix):
-				svcs[k] = true
+				svcs[k] = kv.Value
 			}
 		}
 		reconcile := func(why string) {
@@ -117,10 +117,26 @@ func runEndpointSlices(ctx context.Context, cli *clientv3.Client, stateDir, lab 
 			v.Pods = append(append([]*Pod(nil), l.Pods...), remote...)
 			var ops []clientv3.Op
 			var names []string
-			for _, s := range l.Services {
+			// This machine's Services from its state; the other
+			// machines' selector Services from their objects (a Service
+			// without a selector has the slice its machine writes).
+			services := append([]*Service(nil), l.Services...)
+			for _, b := range svcs {
+				var o corev1.Service
+				// This machine's own Service not yet in its state (the
+				// CLI saves it after the write) has the slice the CLI wrote.
+				if json.Unmarshal(b, &o) != nil || o.Spec.Selector == nil || o.Annotations[MachineLabel] == l.ControlPlane.Machine.Name || l.Service(Key(o.Namespace, o.Name)) != nil {
+					continue
+				}
+				if svc := serviceFromObject(&o); svc != nil {
+					svc.Selector = o.Spec.Selector // the agents' view leaves it out: it reads the slices
+					services = append(services, svc)
+				}
+			}
+			for _, s := range services {
 				// A Service the state has but etcd not (being deleted:
 				// the state is saved after the write) gets no slice back.
-				if s.Type == ServiceExternalName || !svcs[ServiceKey(s)] {
+				if _, ok := svcs[ServiceKey(s)]; s.Type == ServiceExternalName || !ok {
 					continue
 				}
 				b, _ := json.Marshal(v.EndpointSliceObject(s))
@@ -168,7 +184,11 @@ func runEndpointSlices(ctx context.Context, cli *clientv3.Client, stateDir, lab 
 					}
 					changed = true
 				case strings.HasPrefix(k, ServicesPrefix):
-					svcs[k] = ev.Type != clientv3.EventTypeDelete
+					if ev.Type == clientv3.EventTypeDelete {
+						delete(svcs, k)
+					} else {
+						svcs[k] = ev.Kv.Value
+					}
 					changed = true
 				}
 			}

@@ -419,6 +419,16 @@ func (c *Cluster) CreateToken(o TokenOptions) (JoinCommand, error) {
 	if err := c.registerUnderlay(ctx, cli, l.ControlPlane.IP, "control-plane", 0); err != nil {
 		return JoinCommand{}, err
 	}
+	// The Services made before the lab spanned machines claim their
+	// ClusterIPs and NodePorts (serviceclaims.go).
+	for _, s := range l.Services {
+		_, puts, _ := claimOps(s)
+		if len(puts) > 0 {
+			if _, err := cli.Txn(ctx).Then(puts...).Commit(); err != nil {
+				return JoinCommand{}, err
+			}
+		}
+	}
 	// The nodes built before the lab spanned machines get this machine's
 	// name on their Node objects.
 	for _, n := range l.Nodes {
@@ -926,10 +936,10 @@ func admit(ctx context.Context, cli *clientv3.Client, stateDir, lab string, ca *
 	return &joinResponse{Lab: &settings, CACert: string(ca.PEM.Cert), ClientCert: string(pair.Cert), ClientKey: string(pair.Key)}, http.StatusOK, nil
 }
 
-// onFirstMachine refuses a change of cluster-wide objects on a machine
-// that joined: Services (their ClusterIPs and NodePorts) and
-// NetworkPolicies are kept in the first machine's state and published
-// from there to etcd, where every machine's agents read them.
+// onFirstMachine refuses a change of NetworkPolicies on a machine that
+// joined: they are kept in the first machine's state and published from
+// there to etcd, where every machine's agents read them. (Services are
+// created on any machine: serviceclaims.go.)
 func (c *Cluster) onFirstMachine(what string) error {
 	if !c.Lab.Joined() {
 		return nil
@@ -1088,6 +1098,11 @@ func leaveCluster(stateDir, lab string) {
 		reg.Delete(ctx, n.PodCIDR)
 		cpUnregisterNode(ctx, cli, n)
 		cli.Delete(ctx, ProxyAckPrefix+n.Name)
+	}
+	// Its Services, their slices and claims (serviceclaims.go).
+	for _, s := range l.Services {
+		_, _, dels := claimOps(s)
+		cli.Txn(ctx).Then(append(dels, clientv3.OpDelete(ServiceKey(s)), clientv3.OpDelete(EndpointSliceKey(s)))...).Commit()
 	}
 	m := l.ControlPlane.Machine
 	cli.Txn(ctx).Then(clientv3.OpDelete(MachinesPrefix+m.Name), clientv3.OpDelete(UnderlayPrefix+m.UnderlayIP.String())).Commit()

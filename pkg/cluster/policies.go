@@ -85,6 +85,11 @@ func (c *Cluster) syncPolicies() error {
 // programs the nodes (or, in a control-plane lab, writes them to etcd); on
 // failure the lab's list is put back.
 func (c *Cluster) setPolicyObjects(add []*networkingv1.NetworkPolicy, del []*networkingv1.NetworkPolicy) error {
+	if len(add)+len(del) > 0 {
+		if err := c.onFirstMachine("NetworkPolicies"); err != nil {
+			return err
+		}
+	}
 	keep := c.Lab.Policies
 	next := slices.Clone(keep)
 	for _, np := range append(slices.Clone(add), del...) {

@@ -174,11 +174,29 @@ func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 		}
 		seen[e] = true
 		if l.Pod(endpointKey(&Service{Name: s.Name}, e)) == nil {
-			return nil, c.unknownPod(s.Name, e)
+			// Across machines, a pod of another machine's node will do
+			// (kubelet.go).
+			if o, _ := c.RemotePod(endpointKey(&Service{Name: s.Name}, e)); o == nil {
+				return nil, c.unknownPod(s.Name, e)
+			}
 		}
 	}
 	var usedIPs []netip.Addr
 	var usedPorts []int
+	// Across machines, around what the other machines' Services hold
+	// (serviceclaims.go).
+	cl, err := c.claims()
+	if err != nil {
+		return nil, err
+	}
+	if cl != nil {
+		for ip := range cl.ips {
+			usedIPs = append(usedIPs, ip)
+		}
+		for p := range cl.ports {
+			usedPorts = append(usedPorts, p)
+		}
+	}
 	for _, o := range l.Services {
 		usedIPs = append(usedIPs, o.ClusterIP)
 		for _, p := range o.Ports {
@@ -216,6 +234,9 @@ func (c *Cluster) PlanService(s ServiceSpec) (*Service, error) {
 			usedPorts = append(usedPorts, p)
 		}
 	}
+	if err := c.checkClaims(svc, cl); err != nil {
+		return nil, err
+	}
 	// Render once for validation: names, ranges, duplicates, the lot.
 	all := append(slices.Clone(l.Services), svc)
 	if _, err := nat.Render(l.natConfig(&Node{Name: "plan", PodCIDR: firstSubnet(l)}), (&Lab{Name: l.Name, Pods: l.Pods, Services: all}).natServices()); err != nil {
@@ -235,9 +256,6 @@ func firstSubnet(l *Lab) netip.Prefix {
 
 // AddService validates, records and programs a service into every node.
 func (c *Cluster) AddService(s ServiceSpec) (*Service, error) {
-	if err := c.onFirstMachine("services"); err != nil {
-		return nil, err
-	}
 	svc, err := c.PlanService(s)
 	if err != nil {
 		return nil, err
@@ -251,9 +269,6 @@ func (c *Cluster) AddService(s ServiceSpec) (*Service, error) {
 
 // DelService removes a service from the lab and from every node.
 func (c *Cluster) DelService(name string) error {
-	if err := c.onFirstMachine("services"); err != nil {
-		return err
-	}
 	if c.Lab.Service(name) == nil {
 		return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", name, c.Lab.Name)
 	}
@@ -265,9 +280,6 @@ func (c *Cluster) DelService(name string) error {
 // SetEndpoints replaces the pods a service names (or, with a selector,
 // switches it to an explicit list), and reprograms the nodes.
 func (c *Cluster) SetEndpoints(name string, pods []string) error {
-	if err := c.onFirstMachine("services"); err != nil {
-		return err
-	}
 	s := c.Lab.Service(name)
 	if s == nil {
 		return fmt.Errorf("service %q does not exist in lab %s: see 'klab service list'", name, c.Lab.Name)
@@ -294,7 +306,16 @@ func (c *Cluster) SetEndpoints(name string, pods []string) error {
 func (c *Cluster) changeServices(change func(l *Lab)) error {
 	before := *c.Lab
 	change(c.Lab)
-	return c.commit(&before)
+	undo, err := c.claimServices(&before, c.Lab) // across machines (serviceclaims.go)
+	if err != nil {
+		*c.Lab = before
+		return err
+	}
+	if err := c.commit(&before); err != nil {
+		undo()
+		return err
+	}
+	return nil
 }
 
 // commit makes the kernel and the state file follow a change of c.Lab,
