@@ -67,13 +67,22 @@ func openLab(create *cluster.Options) (*cluster.Cluster, error) {
 	c.A.DryRun = globals.dryRun
 	c.A.Simulate = simulate()
 	c.A.Discard = false
-	if self, err := os.Executable(); err == nil {
-		lab := c.Lab.Name
-		c.Serve = func(target, proto string, port int) []string {
-			return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", globals.stateDir}
-		}
+	if serve, err := serverArgv(c.Lab.Name, globals.stateDir); err == nil {
+		c.Serve = serve
 	}
 	return c, nil
+}
+
+// serverArgv is the command line of this klab's server worker (klab
+// __serve) for a lab's servers.
+func serverArgv(lab, stateDir string) (cluster.ServerArgv, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return func(target, proto string, port int) []string {
+		return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", stateDir}
+	}, nil
 }
 
 // planFlags gives a mutating verb --dry-run and --script.

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/klab-dev/klab/pkg/cluster"
@@ -94,13 +93,10 @@ reach every other node across the stitch. A failed join leaves nothing here.`,
 			if globals.lab == "" {
 				return fmt.Errorf("give the lab's name with --lab: copy the 'klab join' line 'klab token create' printed")
 			}
-			self, err := os.Executable()
+			lab, stateDir := globals.lab, globals.stateDir
+			serve, err := serverArgv(lab, stateDir)
 			if err != nil {
 				return err
-			}
-			lab, stateDir := globals.lab, globals.stateDir
-			serve := func(target, proto string, port int) []string {
-				return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", stateDir}
 			}
 			if err := cluster.Join(stateDir, lab, o, serve, os.Stderr); err != nil {
 				return err

@@ -257,15 +257,11 @@ func newServeWorkerCmd() *cobra.Command {
 			case "join":
 				return cluster.ServeJoin(ctx, globals.stateDir, globals.lab, os.Stdout)
 			case "machine":
-				self, err := os.Executable()
+				serve, err := serverArgv(globals.lab, globals.stateDir)
 				if err != nil {
 					return err
 				}
-				lab, stateDir := globals.lab, globals.stateDir
-				serve := func(target, proto string, port int) []string {
-					return []string{self, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", stateDir}
-				}
-				return cluster.RunMachineAgent(ctx, stateDir, lab, serve, os.Stdout)
+				return cluster.RunMachineAgent(ctx, globals.stateDir, globals.lab, serve, os.Stdout)
 			case "dns":
 				return cluster.ServeDNS(ctx, globals.stateDir, globals.lab)
 			case "dns-authority":

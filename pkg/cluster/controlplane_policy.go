@@ -316,6 +316,18 @@ func (c *Cluster) ackLaggingAt(cli *clientv3.Client, prefix string, rev int64) (
 			lag = append(lag, n.Name)
 		}
 	}
+	// Across machines, the other machines' nodes too: those etcd has a
+	// Node for and whose agent has acked before (machines.go).
+	if at > 0 && c.Lab.spansMachines() {
+		if r, err := cli.Get(ctx, NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()); err == nil {
+			for _, kv := range r.Kvs {
+				name := strings.TrimPrefix(string(kv.Key), NodesPrefix)
+				if a, ok := acks[name]; ok && c.Lab.Node(name) == nil && a < rev {
+					lag = append(lag, name)
+				}
+			}
+		}
+	}
 	return lag, at
 }
 

@@ -59,14 +59,7 @@ func (c *Cluster) withRemotePods() func(*Lab) *Lab {
 	if !c.Lab.spansMachines() || c.A.DryRun {
 		return same
 	}
-	cli, err := c.etcd()
-	if err != nil {
-		return same
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	r, err := cli.Get(ctx, PodsPrefix, clientv3.WithPrefix())
+	r, err := c.etcdPrefix(PodsPrefix)
 	if err != nil {
 		return same
 	}

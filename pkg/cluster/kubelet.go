@@ -60,23 +60,48 @@ func (c *Cluster) remoteNode(cli *clientv3.Client, ctx context.Context, name str
 	return &o, nil
 }
 
-// checkPodFree refuses a pod name that a node of another machine holds.
-func (c *Cluster) checkPodFree(name string) error {
+// withEtcd runs f with a client of the lab's etcd and a context that
+// ends after timeout.
+func (c *Cluster) withEtcd(timeout time.Duration, f func(context.Context, *clientv3.Client) error) error {
 	cli, err := c.etcd()
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	r, err := cli.Get(ctx, podKey(NormalizeKey(name)))
-	if err != nil || len(r.Kvs) == 0 {
+	return f(ctx, cli)
+}
+
+// etcdPrefix reads every key under prefix from the lab's etcd.
+func (c *Cluster) etcdPrefix(prefix string) (*clientv3.GetResponse, error) {
+	var r *clientv3.GetResponse
+	err := c.withEtcd(3*time.Second, func(ctx context.Context, cli *clientv3.Client) (err error) {
+		r, err = cli.Get(ctx, prefix, clientv3.WithPrefix())
 		return err
-	}
-	var o corev1.Pod
-	json.Unmarshal(r.Kvs[0].Value, &o)
-	if c.Lab.Node(o.Spec.NodeName) != nil {
-		return nil // this machine's: a pod asked for from another machine, being built
+	})
+	return r, err
+}
+
+// storedPod is a pod's object in etcd (any machine's), or nil.
+func (c *Cluster) storedPod(name string) (*corev1.Pod, error) {
+	var o *corev1.Pod
+	err := c.withEtcd(3*time.Second, func(ctx context.Context, cli *clientv3.Client) error {
+		r, err := cli.Get(ctx, podKey(NormalizeKey(name)))
+		if err != nil || len(r.Kvs) == 0 {
+			return err
+		}
+		o = &corev1.Pod{}
+		return json.Unmarshal(r.Kvs[0].Value, o)
+	})
+	return o, err
+}
+
+// checkPodFree refuses a pod name that a node of another machine holds.
+func (c *Cluster) checkPodFree(name string) error {
+	o, err := c.storedPod(name)
+	if err != nil || o == nil || c.Lab.Node(o.Spec.NodeName) != nil {
+		return err // none, or this machine's: a pod asked for from another machine, being built
 	}
 	return fmt.Errorf("pod %q already exists in lab %s, on node %s of another machine (etcd key %s): choose another name", name, c.Lab.Name, o.Spec.NodeName, podKey(NormalizeKey(name)))
 }
@@ -144,38 +169,22 @@ func (c *Cluster) RemotePod(name string) (*corev1.Pod, error) {
 	if !c.Lab.spansMachines() {
 		return nil, nil
 	}
-	cli, err := c.etcd()
-	if err != nil {
+	o, err := c.storedPod(name)
+	if err != nil || o == nil || c.Lab.Node(o.Spec.NodeName) != nil {
 		return nil, err
 	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	r, err := cli.Get(ctx, podKey(NormalizeKey(name)))
-	if err != nil || len(r.Kvs) == 0 {
-		return nil, err
-	}
-	var o corev1.Pod
-	if err := json.Unmarshal(r.Kvs[0].Value, &o); err != nil || c.Lab.Node(o.Spec.NodeName) != nil {
-		return nil, err
-	}
-	return &o, nil
+	return o, nil
 }
 
 // delRemotePod deletes a pod of another machine's node from etcd; that
 // machine tears it down.
 func (c *Cluster) delRemotePod(name string) error {
-	cli, err := c.etcd()
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if _, err := cli.Delete(ctx, podKey(NormalizeKey(name))); err != nil {
-		return fmt.Errorf("delete pod %s in etcd: %w", name, err)
-	}
-	return nil
+	return c.withEtcd(3*time.Second, func(ctx context.Context, cli *clientv3.Client) error {
+		if _, err := cli.Delete(ctx, podKey(NormalizeKey(name))); err != nil {
+			return fmt.Errorf("delete pod %s in etcd: %w", name, err)
+		}
+		return nil
+	})
 }
 
 // runKubelet is the machine agent's kubelet role: it builds the pods

@@ -1043,14 +1043,7 @@ func (c *Cluster) RemoteNodes() ([]RemoteNode, error) {
 	if !c.Lab.spansMachines() {
 		return nil, nil
 	}
-	cli, err := c.etcd()
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	r, err := cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())
+	r, err := c.etcdPrefix(NodesPrefix)
 	if err != nil {
 		return nil, err
 	}

@@ -57,37 +57,41 @@ func (c *Cluster) claims() (*serviceClaims, error) {
 	if c.claimCache != nil {
 		return c.claimCache, nil
 	}
-	cli, err := c.etcd()
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
 	cl := &serviceClaims{ips: map[netip.Addr]string{}, ports: map[int]string{}, services: map[string]bool{}}
-	for _, pfx := range []string{IPAddressesPrefix, NodePortsPrefix, ServicesPrefix} {
-		r, err := cli.Get(ctx, pfx, clientv3.WithPrefix())
-		if err != nil {
-			return nil, fmt.Errorf("read the cluster's service claims in etcd: %w", err)
-		}
-		for _, kv := range r.Kvs {
-			k := strings.TrimPrefix(string(kv.Key), pfx)
-			switch pfx {
-			case IPAddressesPrefix:
-				if ip, err := netip.ParseAddr(k); err == nil {
-					cl.ips[ip] = ipOwner(kv.Value)
-				}
-			case NodePortsPrefix:
-				if p, err := strconv.Atoi(k); err == nil {
-					cl.ports[p] = string(kv.Value)
-				}
-			case ServicesPrefix:
-				cl.services[string(kv.Key)] = true
+	err := c.withEtcd(3*time.Second, func(ctx context.Context, cli *clientv3.Client) error {
+		for _, pfx := range []string{IPAddressesPrefix, NodePortsPrefix, ServicesPrefix} {
+			r, err := cli.Get(ctx, pfx, clientv3.WithPrefix())
+			if err != nil {
+				return err
 			}
+			cl.add(pfx, r)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the cluster's service claims in etcd: %w", err)
 	}
 	c.claimCache = cl
 	return cl, nil
+}
+
+// add records the claims of one prefix.
+func (cl *serviceClaims) add(pfx string, r *clientv3.GetResponse) {
+	for _, kv := range r.Kvs {
+		k := strings.TrimPrefix(string(kv.Key), pfx)
+		switch pfx {
+		case IPAddressesPrefix:
+			if ip, err := netip.ParseAddr(k); err == nil {
+				cl.ips[ip] = ipOwner(kv.Value)
+			}
+		case NodePortsPrefix:
+			if p, err := strconv.Atoi(k); err == nil {
+				cl.ports[p] = string(kv.Value)
+			}
+		case ServicesPrefix:
+			cl.services[string(kv.Key)] = true
+		}
+	}
 }
 
 // ipAddress is the IPAddress object of a Service's ClusterIP.
@@ -219,12 +223,10 @@ func (c *Cluster) claimServices(before, after *Lab) (undo func(), err error) {
 	}
 	c.claimCache = nil
 	return func() {
-		if cli, err := c.etcd(); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			cli.Txn(ctx).Then(undoOps...).Commit()
-			cancel()
-			cli.Close()
-		}
+		c.withEtcd(3*time.Second, func(ctx context.Context, cli *clientv3.Client) error {
+			_, err := cli.Txn(ctx).Then(undoOps...).Commit()
+			return err
+		})
 	}, nil
 }
 
