@@ -365,6 +365,9 @@ func TestMultiMachine(t *testing.T) {
 			t.Fatalf("no IPAddress for %s in etcd:\n%s", a, ips)
 		}
 	}
+	if got := k(m1, "service", "list"); !strings.Contains(got, "web2@m2") || !strings.Contains(got, web2) {
+		t.Fatalf("service list on m1 does not show m2's service:\n%s", got)
+	}
 	if got := spreadTo("pa", web2, 16); !got["pb"] || !got["pd"] {
 		t.Fatalf("m2's selector service from m1 reached %v, want pb (m1) and pd (m2)", got)
 	}

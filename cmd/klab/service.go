@@ -383,17 +383,40 @@ func newServiceListCmd() *cobra.Command {
 				return err
 			}
 			defer c.Close()
+			// In a lab that spans machines, the other machines' Services
+			// too, from etcd, named SERVICE@MACHINE.
+			others, machine, err := c.OtherServices()
+			if err != nil {
+				return err
+			}
+			type entry struct {
+				l    *cluster.Lab
+				s    *cluster.Service
+				name string
+			}
+			var all []entry
+			for _, s := range c.Lab.Services {
+				all = append(all, entry{c.Lab, s, s.Name})
+			}
+			if others != nil {
+				for _, s := range others.Services {
+					all = append(all, entry{others, s, s.Name + "@" + machine[s.Name]})
+				}
+			}
 			if jsonOutput() {
 				out := []serviceJSON{}
-				for _, s := range c.Lab.Services {
-					out = append(out, serviceView(c.Lab, s))
+				for _, e := range all {
+					v := serviceView(e.l, e.s)
+					v.Name = e.name
+					out = append(out, v)
 				}
 				return printJSON(out)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tTYPE\tCLUSTER-IP\tPORT(S)\tENDPOINTS\tSELECTOR")
-			for _, s := range c.Lab.Services {
-				v := serviceView(c.Lab, s)
+			for _, e := range all {
+				s := e.s
+				v := serviceView(e.l, s)
 				var eps []string
 				for _, e := range v.Endpoints {
 					eps = append(eps, e.Pod)
@@ -401,7 +424,7 @@ func newServiceListCmd() *cobra.Command {
 				if len(eps) == 0 {
 					eps = []string{"<none>"}
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, v.Type, s.ClusterIP, strings.Join(v.Ports, ","), strings.Join(eps, ","), labelString(s.Selector))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.name, v.Type, s.ClusterIP, strings.Join(v.Ports, ","), strings.Join(eps, ","), labelString(s.Selector))
 			}
 			return w.Flush()
 		},

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -264,4 +265,42 @@ func samePorts(a, b *Service) bool {
 		}
 	}
 	return true
+}
+
+// OtherServices is, in a lab that spans machines, the lab as etcd has it
+// with only the other machines' Services (their endpoints from their
+// EndpointSlices, as the agents see them), and the machine that made each
+// (klab service list).
+func (c *Cluster) OtherServices() (*Lab, map[string]string, error) {
+	if !c.Lab.spansMachines() {
+		return nil, nil, nil
+	}
+	objs := map[string]any{}
+	machine := map[string]string{}
+	selector := map[string]map[string]string{}
+	for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix} {
+		r, err := c.etcdPrefix(pfx)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, kv := range r.Kvs {
+			if o := decodeObject(string(kv.Key), kv.Value, func(string, ...any) {}); o != nil {
+				objs[string(kv.Key)] = o
+				if s, ok := o.(*corev1.Service); ok {
+					machine[Key(s.Namespace, s.Name)] = s.Annotations[MachineLabel]
+					selector[Key(s.Namespace, s.Name)] = s.Spec.Selector
+				}
+			}
+		}
+	}
+	v := labFromObjects(c.Lab, objs)
+	keep := v.Services[:0]
+	for _, s := range v.Services {
+		if c.Lab.Service(s.Name) == nil && machine[s.Name] != c.Lab.ControlPlane.Machine.Name {
+			s.Selector = selector[s.Name] // the agents' view leaves it out
+			keep = append(keep, s)
+		}
+	}
+	v.Services = keep
+	return v, machine, nil
 }
