@@ -471,92 +471,16 @@ func runPolicy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 	}
 	n := c.Lab.Node(node)
 	view := &policyView{}
-	d := 100 * time.Millisecond
-	var cli *clientv3.Client
-	for ctx.Err() == nil {
-		var err error
-		if cli == nil {
-			if cli, err = c.Lab.ControlPlane.EtcdConfig.Dial(c.agentVia, 2*time.Second); err != nil {
-				logf("connect: %v; retrying in %v", err, d)
-				sleep(ctx, d)
-				d = min(2*d, 5*time.Second)
-				continue
+	registryWatch{what: "policies", prefixes: []string{NetworkPoliciesPrefix, PodsPrefix, NamespacesPrefix, KubeProxyConfigKey}, watched: policyWatched, decode: decodePolicyObject,
+		sync: func(cli *clientv3.Client, objs map[string]any, rev int64, why string, relisted bool) {
+			// The first sync after a (re)list compares with the kernel
+			// (what changed while etcd or the agent was away, drift);
+			// the later ones with the plan this node applied last.
+			if relisted {
+				view.synced = false
 			}
-			defer cli.Close()
-		}
-		objs := map[string]any{}
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		var rev int64
-		for _, pfx := range []string{NetworkPoliciesPrefix, PodsPrefix, NamespacesPrefix, KubeProxyConfigKey} {
-			var r *clientv3.GetResponse
-			if r, err = cli.Get(lctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(rev)); err != nil {
-				break
-			}
-			rev = r.Header.Revision
-			for _, kv := range r.Kvs {
-				if o := decodePolicyObject(string(kv.Key), kv.Value, logf); o != nil {
-					objs[string(kv.Key)] = o
-				}
-			}
-		}
-		cancel()
-		if err != nil {
-			logf("list policies: %v; retrying in %v", err, d)
-			sleep(ctx, d)
-			d = min(2*d, 5*time.Second)
-			continue
-		}
-		// The first sync after a (re)list compares with the kernel (what
-		// changed while etcd or the agent was away, drift); the later
-		// ones with the plan this node applied last.
-		view.synced = false
-		policySync(ctx, c, n, view, cli, objs, rev, "sync", logf)
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		ch := cli.Watch(wctx, "/registry/", clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		for wr := range ch {
-			if err := wr.Err(); err != nil {
-				logf("watch: %v", err)
-				break
-			}
-			d = 100 * time.Millisecond
-			events, rev := wr.Events, wr.Header.Revision
-		burst:
-			for {
-				select {
-				case more, ok := <-ch:
-					if !ok || more.Err() != nil {
-						break burst
-					}
-					events, rev = append(events, more.Events...), more.Header.Revision
-				case <-time.After(10 * time.Millisecond):
-					break burst
-				}
-			}
-			changed := 0
-			for _, ev := range events {
-				k := string(ev.Kv.Key)
-				if !policyWatched(k) {
-					continue
-				}
-				changed++
-				delete(objs, k)
-				if ev.Type != clientv3.EventTypeDelete {
-					if o := decodePolicyObject(k, ev.Kv.Value, logf); o != nil {
-						objs[k] = o
-					}
-				}
-			}
-			if changed > 0 {
-				policySync(ctx, c, n, view, cli, objs, rev, fmt.Sprintf("watch (%d change(s))", changed), logf)
-			}
-		}
-		wcancel()
-		if ctx.Err() == nil {
-			logf("watch ended (etcd unreachable?); listing again in %v", d)
-			sleep(ctx, d)
-			d = min(2*d, 5*time.Second)
-		}
-	}
+			policySync(ctx, c, n, view, cli, objs, rev, why, logf)
+		}}.run(ctx, c, logf)
 }
 
 // policySync compiles node n's policies from the objects with the view's

@@ -362,95 +362,19 @@ func runProxy(ctx context.Context, c *Cluster, node string, log io.Writer) {
 		fmt.Fprintf(log, time.Now().Format("15:04:05.000")+" proxy: "+format+"\n", args...)
 	}
 	n := c.Lab.Node(node)
-	d := 100 * time.Millisecond
-	var cli *clientv3.Client
-	for ctx.Err() == nil {
-		var err error
-		if cli == nil {
-			if cli, err = c.Lab.ControlPlane.EtcdConfig.Dial(c.agentVia, 2*time.Second); err != nil {
-				logf("connect: %v; retrying in %v", err, d)
-				sleep(ctx, d)
-				d = min(2*d, 5*time.Second)
-				continue
+	var view *proxyView
+	registryWatch{what: "services", prefixes: []string{ServicesPrefix, EndpointSlicesPrefix, KubeProxyConfigKey}, watched: proxyWatched, decode: decodeObject,
+		sync: func(cli *clientv3.Client, objs map[string]any, rev int64, why string, relisted bool) {
+			// After a (re)list the plan compares with the kernel
+			// (iptables-save: drift and what changed while etcd was
+			// away); then with the last rendering, as kube-proxy keeps
+			// it, so a one-service change rewrites that service's
+			// chains only.
+			if relisted {
+				view = &proxyView{}
 			}
-			defer cli.Close()
-		}
-		objs := map[string]any{}
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		var rev int64
-		for _, pfx := range []string{ServicesPrefix, EndpointSlicesPrefix, KubeProxyConfigKey} {
-			var r *clientv3.GetResponse
-			if r, err = cli.Get(lctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(rev)); err != nil {
-				break
-			}
-			rev = r.Header.Revision
-			for _, kv := range r.Kvs {
-				if o := decodeObject(string(kv.Key), kv.Value, logf); o != nil {
-					objs[string(kv.Key)] = o
-				}
-			}
-		}
-		cancel()
-		if err != nil {
-			logf("list services: %v; retrying in %v", err, d)
-			sleep(ctx, d)
-			d = min(2*d, 5*time.Second)
-			continue
-		}
-		// After a (re)list the plan compares with the kernel (iptables-save:
-		// drift and what changed while etcd was away); then with the last
-		// rendering, as kube-proxy keeps it, so a one-service change
-		// rewrites that service's chains only.
-		view := &proxyView{}
-		proxySync(ctx, c, n, view, cli, objs, rev, "sync", logf)
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		// One watch over /registry/ from the list's revision, filtered to
-		// the two prefixes: one ordered stream, one revision to ack.
-		ch := cli.Watch(wctx, "/registry/", clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		for wr := range ch {
-			if err := wr.Err(); err != nil {
-				logf("watch: %v", err)
-				break
-			}
-			d = 100 * time.Millisecond
-			events, rev := wr.Events, wr.Header.Revision
-		burst:
-			for {
-				select {
-				case more, ok := <-ch:
-					if !ok || more.Err() != nil {
-						break burst
-					}
-					events, rev = append(events, more.Events...), more.Header.Revision
-				case <-time.After(10 * time.Millisecond):
-					break burst
-				}
-			}
-			changed := false
-			for _, ev := range events {
-				k := string(ev.Kv.Key)
-				if !strings.HasPrefix(k, ServicesPrefix) && !strings.HasPrefix(k, EndpointSlicesPrefix) && k != KubeProxyConfigKey {
-					continue
-				}
-				changed = true
-				delete(objs, k)
-				if ev.Type != clientv3.EventTypeDelete {
-					if o := decodeObject(k, ev.Kv.Value, logf); o != nil {
-						objs[k] = o
-					}
-				}
-			}
-			if changed {
-				proxySync(ctx, c, n, view, cli, objs, rev, "watch", logf)
-			}
-		}
-		wcancel()
-		if ctx.Err() == nil {
-			logf("watch ended (etcd unreachable?); listing again in %v", d)
-			sleep(ctx, d)
-			d = min(2*d, 5*time.Second)
-		}
-	}
+			proxySync(ctx, c, n, view, cli, objs, rev, why, logf)
+		}}.run(ctx, c, logf)
 }
 
 // proxySync renders the node's rules from the objects with the CLI's own
