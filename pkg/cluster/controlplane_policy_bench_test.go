@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"fmt"
-	"strconv"
 	"testing"
 	"time"
 
@@ -40,23 +39,7 @@ func BenchmarkPolicyChange(b *testing.B) {
 	for _, row := range [][2]string{{ProxyIPTables, "direct"}, {ProxyIPTables, "etcd"}, {ProxyNFTables, "direct"}, {ProxyNFTables, "etcd"}} {
 		proxy, mode := row[0], row[1]
 		b.Run(fmt.Sprintf("%dnodes-%dpods-%dpolicies/%s/%s", nodes, nodes*pods, policies, proxy, mode), func(b *testing.B) {
-			state := b.TempDir()
-			lab := testutil.LabName(b, "np")
-			opts := &Options{ProxyMode: proxy}
-			if mode == "etcd" {
-				opts.ControlPlane = ControlPlaneEtcd
-			}
-			c, err := Open(state, lab, opts, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer func() {
-				c.Close()
-				Destroy(state, lab, nil, nil)
-			}()
-			c.Serve = func(target, proto string, port int) []string {
-				return []string{bin, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", state}
-			}
+			c := modeLab(b, bin, "np", proxy, mode)
 			spec := flannelSpec(nodes, pods)
 			for i := range spec.Pods {
 				spec.Pods[i].Labels = map[string]string{"app": fmt.Sprintf("a%d", i%20)}

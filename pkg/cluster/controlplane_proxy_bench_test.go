@@ -30,23 +30,8 @@ func BenchmarkProxyEndpointChange(b *testing.B) {
 	for _, row := range [][2]string{{ProxyIPTables, "direct"}, {ProxyIPTables, "etcd"}, {ProxyNFTables, "direct"}, {ProxyNFTables, "etcd"}} {
 		proxy, mode := row[0], row[1]
 		b.Run(fmt.Sprintf("%dnodes-%dsvc/%s/%s", nodes, services, proxy, mode), func(b *testing.B) {
-			state := b.TempDir()
-			lab := testutil.LabName(b, "kp")
-			opts := &Options{ProxyMode: proxy}
-			if mode == "etcd" {
-				opts.ControlPlane = ControlPlaneEtcd
-			}
-			c, err := Open(state, lab, opts, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer func() {
-				c.Close()
-				Destroy(state, lab, nil, nil)
-			}()
-			c.Serve = func(target, proto string, port int) []string {
-				return []string{bin, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", state}
-			}
+			c := modeLab(b, bin, "kp", proxy, mode)
+			var err error
 			if _, _, err := c.Build(flannelSpec(nodes, 2)); err != nil {
 				b.Fatal(err)
 			}
@@ -96,4 +81,28 @@ func tailOf(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// modeLab opens a new lab (prefix, proxy mode, "direct" or "etcd" for a
+// control plane) whose servers are bin's, removed when b ends.
+func modeLab(b *testing.B, bin, prefix, proxy, mode string) *Cluster {
+	b.Helper()
+	state := b.TempDir()
+	lab := testutil.LabName(b, prefix)
+	opts := &Options{ProxyMode: proxy}
+	if mode == "etcd" {
+		opts.ControlPlane = ControlPlaneEtcd
+	}
+	c, err := Open(state, lab, opts, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		c.Close()
+		Destroy(state, lab, nil, nil)
+	})
+	c.Serve = func(target, proto string, port int) []string {
+		return []string{bin, "__serve", "--name", target, "--port", strconv.Itoa(port), "--proto", proto, "--lab", lab, "--state-dir", state}
+	}
+	return c
 }
