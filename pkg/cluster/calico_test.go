@@ -281,6 +281,20 @@ func TestCalicoGracefulRestart(t *testing.T) {
 	t.Parallel()
 	c := calicoLab(t, 2, nil)
 	waitRoutes(t, c, 15*time.Second)
+	// BIRD keeps a failed peer's routes only once the session's protocol
+	// is up (bgp_sock_err: gr_ready && proto_state == PS_UP), which on a
+	// loaded machine can lag the routes reaching the kernel.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := exec.Command(BirdcBinary, "-s", c.BirdSocket("node1"), "show", "protocols").CombinedOutput()
+		if bgpUp(string(out)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node1's BGP sessions are not all up and Established:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	n2 := c.Lab.Node("node2")
 	want := fmt.Sprintf("%s via %s dev eth0 proto bird", n2.Blocks[0], n2.IP)
 	if err := c.SetBGP("node2", false); err != nil {
@@ -630,4 +644,21 @@ func startCapture(t *testing.T, capture *exec.Cmd) {
 	case <-capturing:
 	case <-time.After(15 * time.Second):
 	}
+}
+
+// bgpUp reports whether every BGP protocol in birdc's 'show protocols' is
+// up and Established (and there is one).
+func bgpUp(out string) bool {
+	n := 0
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 || f[1] != "BGP" {
+			continue
+		}
+		n++
+		if f[3] != "up" || !strings.Contains(l, "Established") {
+			return false
+		}
+	}
+	return n > 0
 }
